@@ -1,0 +1,1 @@
+"""Multimodal sequential recommendation: the library behind the DVC stages."""

@@ -1,0 +1,1 @@
+"""Raw-format readers, cleaning, id mapping, splits and torch datasets."""

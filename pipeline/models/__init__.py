@@ -1,0 +1,1 @@
+"""Sequential recommenders. Each model file registers itself in ``registry``."""

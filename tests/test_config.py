@@ -1,0 +1,94 @@
+"""Strict params loading: unknown, missing and mistyped keys are errors that name the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, DataConfig, load_params, load_section
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_params(tmp_path: Path, edit) -> Path:  # noqa: ANN001
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_repository_params_load() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.model.name == "sasrec"
+    assert params.data.max_seq_len == 200
+    assert params.evaluate.ks == [5, 10, 20]
+    assert params.model.build(REPO / "params.yaml").hidden_dim == 64
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r["train"].update(learning_rate=0.1))
+    with pytest.raises(ConfigError, match=r"params\.yaml: unknown key `train\.learning_rate`"):
+        load_params(path)
+
+
+def test_missing_key_is_an_error(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r["data"].pop("user_core"))
+    with pytest.raises(ConfigError, match=r"missing key `data\.user_core`"):
+        load_params(path)
+
+
+def test_wrong_type_is_an_error(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r["train"].update(epochs="ten"))
+    with pytest.raises(ConfigError, match=r"`train\.epochs` must be int"):
+        load_params(path)
+
+
+def test_bool_is_not_an_int_and_int_is_a_float(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r["train"].update(epochs=True))
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        load_params(path)
+    path = write_params(tmp_path, lambda r: r["train"].update(lr=1))
+    assert load_params(path).train.lr == 1.0
+
+
+def test_literal_choices_are_listed(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r["data"].update(dedupe="sometimes"))
+    with pytest.raises(ConfigError, match=r"`data\.dedupe` = 'sometimes' must be one of 'user_item', 'exact'"):
+        load_params(path)
+
+
+def test_nested_section_errors_use_dotted_keys(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r["embed"]["image"].update(colour="red"))
+    with pytest.raises(ConfigError, match=r"unknown key `embed\.image\.colour`"):
+        load_params(path)
+
+
+def test_unknown_section_and_unknown_model(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r.update(trian={"lr": 1}))
+    with pytest.raises(ConfigError, match=r"unknown section `trian`"):
+        load_params(path)
+    path = write_params(tmp_path, lambda r: r["model"].update(name="gru5rec"))
+    with pytest.raises(ConfigError, match=r"`model\.name` = 'gru5rec' must be one of: .*sasrec"):
+        load_params(path)
+
+
+def test_model_keys_must_belong_to_a_registered_model(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r["model"].update(hiden_dim=8))
+    with pytest.raises(ConfigError, match=r"unknown key `model\.hiden_dim`"):
+        load_params(path)
+
+
+def test_load_section_reads_one_section(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r.pop("train"))
+    data = load_section(DataConfig, "data", path)
+    assert data.source == "ml1m_recbole"
+    with pytest.raises(ConfigError, match=r"missing section `train`"):
+        load_params(path)
+
+
+def test_missing_params_file_says_where_to_run(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
