@@ -1,0 +1,286 @@
+"""Item images for ``items.parquet``: synthetic title cards, or real images found in ``data.images_dir``.
+
+- ``data.images_dir: null`` (MovieLens ships no images): every item gets a deterministic 224x224 PNG "title card"
+  (background colour from a hash of the item id, the title wrapped, a year/genre line) drawn with PIL's built-in
+  font, written to ``<out_dir>/images/<item_idx>.png``. Same item -> same bytes (for a given Pillow build).
+- ``data.images_dir`` set: the image of item ``x`` is ``<images_dir>/<image_file_stem(x)>.<ext>`` with ``ext`` one of
+  ``jpg, jpeg, png, webp`` (tried in that order, extension case-insensitive); if there is none and the reader gave a
+  local ``image_ref`` (a path, absolute or relative to ``images_dir``; URLs are ignored), that file is used. Each
+  file must pass ``PIL.Image.verify()``; an unreadable file is counted as ``corrupt`` and an absent one as
+  ``missing``, both with a null ``image_path``. Never fatal: the embed stage masks items without an image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
+
+import polars as pl
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from pipeline.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+CARD_SIZE = 224
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # lookup order in images_dir
+_MARGIN = 14
+_TITLE_SIZE, _TITLE_LINES = 20, 6
+_SUB_SIZE, _SUB_LINES = 13, 3
+_UNSAFE = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f]')
+
+
+def image_file_stem(item_id: str) -> str:
+    """The file name (without extension) for ``item_id`` in an images directory.
+
+    Rule: each character of ``/ \\ : * ? " < > |`` and each control character becomes ``_``; a leading ``.``
+    becomes ``_`` (no hidden files, no ``..``); an empty id becomes ``_``. Ids made of letters, digits, spaces,
+    ``-_.,()'&!`` and non-ASCII letters are kept as they are ("Toy Story (1995)" -> "Toy Story (1995)").
+    """
+    stem = _UNSAFE.sub("_", item_id)
+    if stem.startswith("."):
+        stem = "_" + stem[1:]
+    return stem or "_"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Synthetic title cards.
+
+
+@lru_cache(maxsize=4)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """PIL's built-in font (Aileron via FreeType when available, else the bitmap font); basic layout for speed."""
+    font = ImageFont.load_default(size=size)
+    if isinstance(font, ImageFont.FreeTypeFont):
+        return font.font_variant(layout_engine=ImageFont.Layout.BASIC)
+    return font
+
+
+def card_colour(item_id: str) -> tuple[int, int, int]:
+    """A dark background colour derived from the item id (white text stays readable)."""
+    digest = hashlib.sha256(item_id.encode("utf-8")).digest()
+    return (30 + digest[0] % 130, 30 + digest[1] % 130, 30 + digest[2] % 130)
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int, max_lines: int) -> list[str]:
+    """Greedy word wrap to ``width`` pixels; overlong words are cut, and an ellipsis marks dropped text."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        if font.getlength(candidate) <= width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        while font.getlength(word) > width:  # a single word wider than the card
+            cut = max(1, int(len(word) * width / font.getlength(word)) - 1)
+            lines.append(word[:cut])
+            word = word[cut:]
+        current = word
+    if current:
+        lines.append(current)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1].rstrip(".,;: ") + "..."
+    return lines
+
+
+_ASCII_MAP = str.maketrans(
+    {"ß": "ss", "Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o", "Œ": "OE", "œ": "oe", "Ł": "L", "ł": "l", "Đ": "D"}
+    | {"đ": "d", "–": "-", "—": "-", "‘": "'", "’": "'", "“": '"', "”": '"'}
+)
+
+
+def card_text(text: str) -> str:
+    """``text`` in ASCII for the built-in font, which has no accented glyphs: "Amélie" -> "Amelie"; others -> "?"."""
+    decomposed = unicodedata.normalize("NFKD", text.translate(_ASCII_MAP))
+    kept = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return kept.encode("ascii", "replace").decode("ascii")
+
+
+def render_title_card(item_id: str, title: str, subtitle: str) -> Image.Image:
+    """A 224x224 RGB card: ``title`` wrapped on a colour from ``item_id``, ``subtitle`` in a band at the bottom."""
+    background = card_colour(item_id)
+    image = Image.new("RGB", (CARD_SIZE, CARD_SIZE), background)
+    draw = ImageDraw.Draw(image)
+    inner = CARD_SIZE - 2 * _MARGIN
+    sub_font, title_font = _font(_SUB_SIZE), _font(_TITLE_SIZE)
+    title, subtitle = card_text(title), card_text(subtitle)
+    sub_lines = _wrap(subtitle, sub_font, inner, _SUB_LINES)
+    band_top = CARD_SIZE - _MARGIN - len(sub_lines) * (_SUB_SIZE + 3) - (6 if sub_lines else 0)
+    if sub_lines:
+        darker = tuple(c // 2 for c in background)
+        draw.rectangle((0, band_top, CARD_SIZE, CARD_SIZE), fill=darker)
+        for k, line in enumerate(sub_lines):
+            draw.text((_MARGIN, band_top + 6 + k * (_SUB_SIZE + 3)), line, font=sub_font, fill=(215, 215, 215))
+    draw.rectangle((_MARGIN, _MARGIN, _MARGIN + 28, _MARGIN + 3), fill=(255, 255, 255))
+    for k, line in enumerate(_wrap(title, title_font, inner, _TITLE_LINES)):
+        y = _MARGIN + 12 + k * (_TITLE_SIZE + 5)
+        if y + _TITLE_SIZE > band_top:
+            break
+        draw.text((_MARGIN, y), line, font=title_font, fill=(255, 255, 255))
+    return image
+
+
+def title_card_png(item_id: str, title: str, subtitle: str) -> bytes:
+    """PNG bytes of ``render_title_card`` (no metadata, so identical inputs give identical bytes)."""
+    buffer = io.BytesIO()
+    render_title_card(item_id, title, subtitle).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _card_texts(items: pl.DataFrame) -> tuple[list[str], list[str]]:
+    """Title and subtitle per item from whatever the reader provided: ``title`` > ``text`` > ``item_id``."""
+    ids = items["item_id"].to_list()
+    titles = items["title"].to_list() if "title" in items.columns else [None] * items.height
+    texts = items["text"].to_list()
+    title_out = [t or (x[:160] if x else "") or i for t, x, i in zip(titles, texts, ids, strict=True)]
+    years = items["year"].to_list() if "year" in items.columns else [None] * items.height
+    if "genres" in items.columns and items.schema["genres"] == pl.List(pl.String):
+        genres = [", ".join(g or []) for g in items["genres"].to_list()]
+    elif "genres" in items.columns and items.schema["genres"] == pl.String:
+        genres = [g or "" for g in items["genres"].to_list()]
+    else:
+        genres = [""] * items.height
+    subtitles = [
+        " | ".join(p for p in (str(y) if y is not None else "", g) if p) for y, g in zip(years, genres, strict=True)
+    ]
+    return title_out, subtitles
+
+
+def write_title_cards(items: pl.DataFrame, out_dir: Path) -> list[str]:
+    """Write ``<out_dir>/images/<item_idx>.png`` for every row of ``items``; returns the paths as strings.
+
+    The cards are drawn into a temporary sibling directory that then replaces ``images/`` as a whole, so an
+    interrupted run never leaves a half-written image set.
+    """
+    final = out_dir / "images"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".images.", dir=out_dir))
+    try:
+        titles, subtitles = _card_texts(items)
+        idx = items["item_idx"].to_list()
+        ids = items["item_id"].to_list()
+        for i, item_id, title, subtitle in tqdm(
+            zip(idx, ids, titles, subtitles, strict=True),
+            total=items.height,
+            desc="title cards",
+            unit="card",
+            mininterval=2.0,
+        ):
+            (tmp / f"{i}.png").write_bytes(title_card_png(item_id, title, subtitle))
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [str(final / f"{i}.png") for i in idx]
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Move directory ``new`` to ``final``, replacing whatever was there (the old tree is removed afterwards)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old.{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real images from a directory.
+
+
+def _index_dir(images_dir: Path) -> dict[str, Path]:
+    """``stem -> path`` for the image files directly in ``images_dir``; the first extension in lookup order wins."""
+    found: dict[str, tuple[int, Path]] = {}
+    with os.scandir(images_dir) as entries:
+        for entry in entries:
+            stem, dot, ext = entry.name.rpartition(".")
+            if not dot or ext.lower() not in IMAGE_EXTENSIONS or not entry.is_file():
+                continue
+            rank = IMAGE_EXTENSIONS.index(ext.lower())
+            if (
+                stem not in found
+                or rank < found[stem][0]
+                or (rank == found[stem][0] and entry.name < found[stem][1].name)
+            ):
+                found[stem] = (rank, images_dir / entry.name)
+    return {stem: path for stem, (_, path) in found.items()}
+
+
+def image_is_readable(path: Path) -> bool:
+    """``PIL.Image.verify()`` succeeds on ``path``."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as e:  # noqa: BLE001 - PIL raises many types on bad files; a bad image is never fatal
+        log.debug("unreadable image %s: %s", path, e)
+        return False
+    return True
+
+
+def find_images(items: pl.DataFrame, images_dir: Path) -> tuple[list[str | None], dict[str, int]]:
+    """Look up and verify each item's image in ``images_dir``; returns paths (None if absent or corrupt) and counts."""
+    if not images_dir.is_dir():
+        raise ConfigError(
+            f"data.images_dir = {str(images_dir)!r} is not a directory. Fix: point it at a folder of images named "
+            "<item_id>.<jpg|jpeg|png|webp>, or set data.images_dir: null for synthetic title cards"
+        )
+    index = _index_dir(images_dir)
+    refs = items["image_ref"].to_list() if "image_ref" in items.columns else [None] * items.height
+    paths: list[str | None] = []
+    counts = {"present": 0, "missing": 0, "corrupt": 0}
+    missing_examples: list[str] = []
+    corrupt_examples: list[str] = []
+    for item_id, ref in tqdm(
+        zip(items["item_id"].to_list(), refs, strict=True), total=items.height, desc="images", mininterval=2.0
+    ):
+        path = index.get(image_file_stem(item_id))
+        if path is None and ref and "://" not in ref:
+            candidate = Path(ref) if Path(ref).is_absolute() else images_dir / ref
+            path = candidate if candidate.is_file() else None
+        if path is None:
+            counts["missing"] += 1
+            missing_examples.append(item_id)
+            paths.append(None)
+        elif not image_is_readable(path):
+            counts["corrupt"] += 1
+            corrupt_examples.append(str(path))
+            paths.append(None)
+        else:
+            counts["present"] += 1
+            paths.append(str(path))
+    if counts["missing"]:
+        log.warning("%d items have no image in %s (e.g. %s)", counts["missing"], images_dir, missing_examples[:3])
+    if counts["corrupt"]:
+        log.warning("%d images could not be read (e.g. %s); masked as missing", counts["corrupt"], corrupt_examples[:3])
+    return paths, counts
+
+
+def attach_images(items: pl.DataFrame, images_dir: str | None, out_dir: Path) -> tuple[pl.DataFrame, dict]:
+    """Add ``image_path`` (String, nullable) to ``items`` (needs item_idx, item_id, text); returns it and the stats.
+
+    Stats: ``{"source": "synthetic_title_cards" | "images_dir", "present", "missing", "corrupt"}``.
+    """
+    if images_dir is None:
+        paths: list[str | None] = list(write_title_cards(items, out_dir))
+        stats = {"source": "synthetic_title_cards", "present": len(paths), "missing": 0, "corrupt": 0}
+    else:
+        stale = out_dir / "images"
+        if stale.is_dir():  # cards of an earlier run with images_dir unset must not linger in the output
+            shutil.rmtree(stale)
+        paths, counts = find_images(items, Path(images_dir))
+        stats = {"source": "images_dir", **counts}
+    return items.with_columns(pl.Series("image_path", paths, dtype=pl.String)), stats

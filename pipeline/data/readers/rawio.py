@@ -1,0 +1,456 @@
+"""Input helpers shared by the real-data readers (Amazon, H&M, MicroLens, MovieLens family).
+
+- :func:`read_json_lines`: a JSON-lines file (plain or ``.gz``) read in ~64 MB blocks, each parsed by polars in
+  one call. Only a block that polars rejects is re-read line by line in Python, where each bad line is counted
+  (``malformed_json``) and skipped; invalid UTF-8 is decoded with U+FFFD and counted (``non_utf8``, kept); a
+  2014-style Python-literal line (``{'asin': ...}``) is accepted through ``ast.literal_eval``. ``row`` is the
+  0-based physical line number, so it is the global file order and points at the line in error messages.
+- :func:`validate_interactions`: the per-row checks every reader applies, vectorised and lazy: ids present,
+  timestamp present and valid (normalised to seconds, see :func:`epoch_seconds`), item known. Each failing row
+  is counted under one reason (the first that applies, in that order) and dropped.
+- :func:`find_category_files`: the reviews + ``meta_`` pair of an Amazon category directory.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import io
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import polars as pl
+
+from pipeline.data.schema import INTERACTION_SCHEMA, DataFormatError
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 64 << 20  # uncompressed bytes per block handed to polars
+JSON_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json")
+_EXAMPLES = 5  # line numbers quoted per problem in logs and notes
+
+# Timestamps: values below 1e11 are seconds (1e11 s is the year 5138); 1e11..1e14 milliseconds (Amazon 2023,
+# MicroLens); 1e14..1e17 microseconds; above that nanoseconds. All are floored to whole seconds.
+_MS, _US, _NS = 10**11, 10**14, 10**17
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# JSON lines.
+
+
+@dataclass
+class LinesReport:
+    """What :func:`read_json_lines` saw in one file."""
+
+    path: Path
+    lines: int = 0  # physical lines, blank ones included
+    records: int = 0  # rows returned
+    blank: int = 0
+    malformed: int = 0  # not JSON, not an object, or none of the requested fields
+    non_utf8: int = 0  # lines with invalid UTF-8, decoded with U+FFFD and kept
+    python_literal: int = 0  # 2014-style ``{'key': ...}`` lines accepted via ast.literal_eval
+    malformed_lines: list[int] = field(default_factory=list)  # 1-based, the first few
+    non_utf8_lines: list[int] = field(default_factory=list)
+
+    def notes(self, what: str) -> list[str]:
+        out = []
+        if self.non_utf8:
+            out.append(
+                f"{self.path.name}: {self.non_utf8} {what} line(s) had invalid UTF-8 (e.g. line "
+                f"{', '.join(map(str, self.non_utf8_lines))}); decoded with U+FFFD replacement and kept"
+            )
+        if self.python_literal:
+            out.append(f"{self.path.name}: {self.python_literal} {what} line(s) in 2014 Python-literal syntax, read")
+        if self.malformed:
+            out.append(
+                f"{self.path.name}: {self.malformed} malformed {what} line(s) skipped (e.g. line "
+                f"{', '.join(map(str, self.malformed_lines))})"
+            )
+        return out
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """``path`` for binary reading, decompressed on the fly when it ends with ``.gz``."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")  # noqa: SIM115 - returned to the caller's `with`
+
+
+def _blocks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
+    """Blocks of whole lines (each but the last ends with a newline, so no UTF-8 sequence is ever cut)."""
+    try:
+        with open_binary(path) as f:
+            while True:
+                block = f.read(chunk_bytes)
+                if not block:
+                    return
+                if not block.endswith(b"\n"):
+                    block += f.readline()
+                yield block
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        raise DataFormatError(
+            f"{path}: cannot be read to the end ({e}). Fix: the file is probably a truncated or corrupt download; "
+            "delete it and download it again (python -m stages.download resumes and verifies)"
+        ) from e
+
+
+def _prefetch(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Read (and decompress) the next block in a thread while the caller parses the current one."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        future = pool.submit(next, blocks, None)
+        try:
+            while True:
+                block = future.result()
+                if block is None:
+                    return
+                future = pool.submit(next, blocks, None)
+                yield block
+        finally:
+            future.cancel()
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - the consumer already stopped; its own error is the one that matters
+                pass
+            blocks.close()
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_line(raw: bytes, report: LinesReport, line_no: int) -> dict | None:
+    """One line as a dict, or None (malformed). Invalid UTF-8 is replaced and counted."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        report.non_utf8 += 1
+        if len(report.non_utf8_lines) < _EXAMPLES:
+            report.non_utf8_lines.append(line_no)
+    try:
+        obj = json.loads(text, parse_constant=_no_constants)
+    except ValueError:
+        obj = None
+        if text.lstrip().startswith("{'"):
+            try:
+                obj = ast.literal_eval(text.strip())
+                report.python_literal += 1
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                obj = None
+    return obj if isinstance(obj, dict) else None
+
+
+def _slow_block(block: bytes, first: int, schema: dict[str, pl.DataType], report: LinesReport) -> pl.DataFrame:
+    """Parse ``block`` line by line; returns the good records (with ``row``) in file order."""
+    kept: list[str] = []
+    rows: list[int] = []
+    for offset, raw in enumerate(block.split(b"\n")):
+        if not raw.strip():
+            continue
+        obj = _parse_line(raw, report, first + offset + 1)
+        if obj is None:
+            report.malformed += 1
+            if len(report.malformed_lines) < _EXAMPLES:
+                report.malformed_lines.append(first + offset + 1)
+            continue
+        kept.append(json.dumps(obj, ensure_ascii=False, default=str))
+        rows.append(first + offset)
+    if not kept:
+        return pl.DataFrame(schema=schema).with_columns(row=pl.Series([], dtype=pl.Int64))
+    frame = pl.read_ndjson(io.BytesIO("\n".join(kept).encode("utf-8")), schema=schema, ignore_errors=True)
+    return frame.with_columns(row=pl.Series(rows, dtype=pl.Int64))
+
+
+def _coerce(obj: object, dtype: pl.DataType) -> object:
+    """``obj`` (parsed JSON) shaped to ``dtype``; a mismatching part becomes None (numbers read as strings)."""
+    if obj is None:
+        return None
+    if isinstance(dtype, pl.List):
+        return [_coerce(e, dtype.inner) for e in obj] if isinstance(obj, list) else None
+    if isinstance(dtype, pl.Struct):
+        return {f.name: _coerce(obj.get(f.name), f.dtype) for f in dtype.fields} if isinstance(obj, dict) else None
+    if isinstance(obj, bool):
+        return str(obj).lower()
+    if isinstance(obj, str | int | float):
+        return str(obj)
+    return None
+
+
+def decode_nested(text: pl.Series, dtype: pl.DataType) -> pl.Series:
+    """A String column of JSON text (as polars gives nested values read as String) decoded to ``dtype``.
+
+    For ``List(String)``, a plain string value becomes a one-element list (some files hold ``"description":
+    "..."`` instead of a list). Other values of the wrong shape become null. ``str.json_decode`` does the work;
+    only when it rejects a value does a Python pass shape the column value by value.
+    """
+    opener = "[" if isinstance(dtype, pl.List) else "{"
+    stripped = text.str.strip_chars()
+    is_json = stripped.str.starts_with(opener).fill_null(False)
+    candidates = pl.select(pl.when(is_json).then(stripped)).to_series()
+    try:
+        decoded = candidates.str.json_decode(dtype)
+    except pl.exceptions.PolarsError:
+        values = [None if v is None else _coerce(_loads_or_none(v), dtype) for v in candidates.to_list()]
+        decoded = pl.Series(values, dtype=dtype)
+    if dtype == pl.List(pl.String):
+        plain = ~is_json & text.is_not_null()
+        if plain.any():
+            decoded = pl.select(pl.when(plain).then(pl.concat_list(text)).otherwise(decoded)).to_series()
+    return decoded.alias(text.name)
+
+
+def _loads_or_none(value: str) -> object:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
+
+
+def read_json_lines(
+    path: Path, schema: dict[str, pl.DataType], *, chunk_bytes: int = CHUNK_BYTES
+) -> tuple[pl.DataFrame, LinesReport]:
+    """The fields in ``schema`` of every record in ``path``, plus ``row`` (0-based physical line, Int64).
+
+    A field with a value of the wrong type is null (``ignore_errors``). Numbers are best requested as
+    ``pl.String`` (polars gives their text) and parsed afterwards, so ``"1588687728923"`` and ``1588687728923``
+    read the same. Records where every requested field is null (not an object, or none of the fields) count as
+    malformed. Nested fields (lists, structs) are read as JSON text and decoded with :func:`decode_nested`
+    (several times faster than polars' nested JSON reader). Memory: one block plus the selected columns.
+    """
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found")
+    nested = {name: dtype for name, dtype in schema.items() if dtype.is_nested()}
+    schema = {name: (pl.String() if name in nested else dtype) for name, dtype in schema.items()}
+    report = LinesReport(path=path)
+    frames: list[pl.DataFrame] = []
+    first = 0  # physical line index of the block's first line
+    for block in _prefetch(_blocks(path, chunk_bytes)):
+        n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        try:
+            frame = pl.read_ndjson(io.BytesIO(block), schema=schema, ignore_errors=True)
+        except pl.exceptions.PolarsError:
+            frame = None
+        if frame is not None and frame.height == n_lines:
+            frame = frame.with_columns(row=pl.int_range(first, first + n_lines, dtype=pl.Int64))
+        else:  # a bad line, a blank line or invalid UTF-8 somewhere in this block
+            before = report.malformed
+            frame = _slow_block(block, first, schema, report)
+            report.blank += n_lines - frame.height - (report.malformed - before)
+        empty = pl.all_horizontal([pl.col(c).is_null() for c in schema])
+        n_empty = int(frame.select(empty.sum()).item())
+        if n_empty:
+            bad_rows = frame.filter(empty)["row"].head(_EXAMPLES - len(report.malformed_lines)).to_list()
+            report.malformed_lines.extend(r + 1 for r in bad_rows)
+            report.malformed += n_empty
+            frame = frame.filter(~empty)
+        if nested:
+            frame = frame.with_columns([decode_nested(frame[name], dtype) for name, dtype in nested.items()])
+        frames.append(frame)
+        first += n_lines
+    report.lines = first
+    if not frames:
+        out = pl.DataFrame(schema={**schema, **nested}).with_columns(row=pl.Series([], dtype=pl.Int64))
+    else:
+        out = pl.concat(frames, how="vertical", rechunk=False)
+    report.records = out.height
+    report.malformed_lines.sort()
+    if report.malformed:
+        log.warning("%s: skipped %d malformed line(s), e.g. line %s", path, report.malformed, report.malformed_lines)
+    if report.non_utf8:
+        log.warning("%s: %d line(s) with invalid UTF-8 decoded with U+FFFD", path, report.non_utf8)
+    return out, report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Interaction checks.
+
+
+def epoch_seconds(raw: pl.Expr) -> pl.Expr:
+    """Epoch seconds (Int64) from integer or decimal text/numbers in s, ms, us or ns; null if not a number.
+
+    The unit is decided per value by magnitude (seconds up to 1e11, i.e. until the year 5138; ms up to 1e14;
+    us up to 1e17; ns above), then floored to whole seconds.
+    """
+    text = raw.cast(pl.String).str.strip_chars()
+    as_float = text.cast(pl.Float64, strict=False)
+    as_int = pl.coalesce(
+        text.str.to_integer(strict=False),
+        pl.when(as_float.is_finite()).then(as_float.floor()).cast(pl.Int64, strict=False),
+    )
+    magnitude = as_int.abs()
+    return (
+        pl.when(magnitude < _MS)
+        .then(as_int)
+        .when(magnitude < _US)
+        .then(as_int // 1_000)
+        .when(magnitude < _NS)
+        .then(as_int // 1_000_000)
+        .otherwise(as_int // 1_000_000_000)
+    )
+
+
+def _blank(expr: pl.Expr) -> pl.Expr:
+    return expr.is_null() | (expr.cast(pl.String).str.strip_chars().str.len_bytes() == 0)
+
+
+@dataclass
+class InteractionCheck:
+    """Result of :func:`validate_interactions`."""
+
+    interactions: pl.LazyFrame  # INTERACTION_SCHEMA, bad rows removed
+    drops: Counter[str]
+    kept: int
+    subsecond_rows: int  # kept rows whose timestamp was given in ms/us/ns
+    midnight_fraction: float  # kept rows whose timestamp is a multiple of 86400 (day resolution)
+
+
+def validate_interactions(
+    frame: pl.LazyFrame, *, known_items: pl.Series | None, timestamp: pl.Expr | None = None
+) -> InteractionCheck:
+    """Apply the shared per-row checks to ``frame`` (``user_id``, ``item_id``, ``ts_raw``, ``rating``, ``row``).
+
+    ``timestamp`` turns ``ts_raw`` into epoch seconds (default :func:`epoch_seconds`); a null result for a
+    non-null ``ts_raw``, or a result <= 0, is ``bad_timestamp``. Reasons, first match wins: ``missing_user``,
+    ``missing_item``, ``missing_timestamp``, ``bad_timestamp``, ``unknown_item`` (item not in ``known_items``,
+    when given). One streaming pass computes the counts; the returned frame stays lazy.
+    """
+    ts_raw = pl.col("ts_raw")
+    seconds = epoch_seconds(ts_raw) if timestamp is None else timestamp
+    reason = (
+        pl.when(_blank(pl.col("user_id")))
+        .then(pl.lit("missing_user"))
+        .when(_blank(pl.col("item_id")))
+        .then(pl.lit("missing_item"))
+        .when(_blank(ts_raw))
+        .then(pl.lit("missing_timestamp"))
+        .when(pl.col("timestamp").is_null() | (pl.col("timestamp") <= 0))
+        .then(pl.lit("bad_timestamp"))
+    )
+    if known_items is not None:
+        reason = reason.when(~pl.col("item_id").is_in(known_items.implode())).then(pl.lit("unknown_item"))
+    staged = frame.with_columns(
+        pl.col("user_id").cast(pl.String).str.strip_chars(),
+        pl.col("item_id").cast(pl.String).str.strip_chars(),
+        seconds.alias("timestamp"),
+        pl.col("rating").cast(pl.Float64, strict=False),
+    ).with_columns(reason.otherwise(pl.lit(None, dtype=pl.String)).alias("_reason"))
+    raw_num = ts_raw.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False).abs()
+    summary = (
+        staged.group_by("_reason")
+        .agg(
+            pl.len().alias("n"),
+            (raw_num >= _MS).sum().alias("subsecond"),
+            ((pl.col("timestamp") % 86_400) == 0).sum().alias("midnight"),
+        )
+        .collect(engine="streaming")
+    )
+    drops: Counter[str] = Counter()
+    kept = subsecond = midnight = 0
+    for row in summary.iter_rows(named=True):
+        if row["_reason"] is None:
+            kept, subsecond, midnight = row["n"], row["subsecond"] or 0, row["midnight"] or 0
+        else:
+            drops[row["_reason"]] = row["n"]
+    valid = staged.filter(pl.col("_reason").is_null()).select(
+        [pl.col(name).cast(dtype) for name, dtype in INTERACTION_SCHEMA.items()]
+    )
+    return InteractionCheck(
+        interactions=valid,
+        drops=drops,
+        kept=kept,
+        subsecond_rows=subsecond,
+        midnight_fraction=midnight / kept if kept else 0.0,
+    )
+
+
+META_ISSUES = {
+    "missing_item": "record(s) without an item id skipped",
+    "duplicate_item": "repeated item id(s) skipped (first kept)",
+}
+
+
+def meta_note(path: Path, issues: Counter[str]) -> list[str]:
+    """A note on skipped metadata records. They are not interaction rows, so they are not in ``RawData.drops``
+    (prepare counts input rows as kept interactions + drops)."""
+    parts = [f"{issues[k]:,} {text}" for k, text in META_ISSUES.items() if issues[k]]
+    return [f"{path.name}: {'; '.join(parts)}"] if parts else []
+
+
+def timestamp_notes(check: InteractionCheck, source: str) -> list[str]:
+    """Human-readable remarks on timestamp units and resolution for ``RawData.notes``."""
+    notes = []
+    if check.subsecond_rows:
+        notes.append(
+            f"{source}: {check.subsecond_rows:,} timestamps were in milliseconds (or finer) and were converted to "
+            "whole seconds; events within the same second tie and are ordered by file row"
+        )
+    if check.kept and check.midnight_fraction >= 0.9:
+        notes.append(
+            f"{source}: {check.midnight_fraction:.0%} of timestamps fall on midnight UTC (day resolution): a user's "
+            "events on the same day tie and are ordered by file row, which inflates results when the file is "
+            "sorted by item; treat sequence order within a day as unknown"
+        )
+    return notes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Amazon category files.
+
+
+def _strip_suffix(name: str) -> tuple[str, str] | None:
+    for suffix in JSON_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return None
+
+
+def find_category_files(path: Path, source: str, example: str) -> tuple[Path, Path, str]:
+    """``(reviews, meta, category)`` for ``data.path`` = a category directory or its reviews file.
+
+    The reviews file is the one JSON-lines file not named ``meta_*`` (``manifest.json`` of the downloader is
+    ignored); the meta file is ``meta_<category>.<json|jsonl>[.gz]`` beside it, where ``<category>`` is the
+    reviews name without ``reviews_`` / ``_5``. ``example`` is shown in errors (e.g. ``All_Beauty.jsonl.gz``).
+    """
+    fix_dir = f"point data.path at a directory holding one category's reviews file ({example}) and its meta_ file"
+    if path.is_file():
+        reviews, folder = path, path.parent
+    elif path.is_dir():
+        folder = path
+        found = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file() and _strip_suffix(p.name) and not p.name.startswith("meta_") and p.name != "manifest.json"
+        )
+        if not found:
+            raise DataFormatError(
+                f"data.source={source}: no reviews file (*.jsonl[.gz], *.json[.gz]) in {path}. "
+                f"Fix: {fix_dir}, or run python -m stages.download {source} --category <Category>"
+            )
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise DataFormatError(
+                f"data.source={source}: {path} holds several reviews files ({names}). Fix: set data.path to one of "
+                "them (its meta_ file must sit beside it), or keep one category per directory"
+            )
+        reviews = found[0]
+    else:
+        raise DataFormatError(f"data.source={source}: data.path = {str(path)!r} does not exist. Fix: {fix_dir}")
+    parsed = _strip_suffix(reviews.name)
+    if parsed is None:
+        raise DataFormatError(f"{reviews}: not a JSON-lines file (expected {', '.join(JSON_SUFFIXES)}). Fix: {fix_dir}")
+    category = parsed[0].removeprefix("reviews_").removesuffix("_5")
+    for suffix in JSON_SUFFIXES:
+        meta = folder / f"meta_{category}{suffix}"
+        if meta.is_file():
+            return reviews, meta, category
+    raise DataFormatError(
+        f"data.source={source}: no metadata file for {reviews.name}: expected {folder / f'meta_{category}'}"
+        f"{{{','.join(JSON_SUFFIXES)}}}. Fix: download meta_{category} (python -m stages.download {source} "
+        f"--category {category}) into {folder}; item text and images come from it"
+    )

@@ -1,0 +1,28 @@
+"""Shared pytest fixtures: keep them small and general."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures.make_tiny_ml1m import write_tiny_ml1m
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_ml1m_dir(tmp_path: Path) -> Path:
+    """A GroupLens-format ML-1M with 30 users and 40 movies (see tests/fixtures/make_tiny_ml1m.py)."""
+    return write_tiny_ml1m(tmp_path / "ml-1m")
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path, tiny_ml1m_dir: Path) -> Path:
+    """The repository's params.yaml with `data` pointed at ``tiny_ml1m_dir`` (cores 3/3), written to tmp_path."""
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["data"].update(source="movielens", path=str(tiny_ml1m_dir), images_dir=None, user_core=3, item_core=3)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
