@@ -291,7 +291,7 @@ def _stats(
         notes.append(SYNTHETIC_IMAGES_NOTE.format(source=cfg.source))
     return {
         "source": cfg.source,
-        "source_files": [str(p) for p in raw.source_files],
+        "source_files": [_portable(p) for p in raw.source_files],
         "input_rows": input_rows,
         "users": n_users,
         "items": n_items,
@@ -307,3 +307,11 @@ def _stats(
         "images": image_stats,
         "notes": notes,
     }
+
+
+def _portable(path: Path) -> str:
+    """A source path that is the same on every machine: site-packages files are named from their package."""
+    parts = Path(path).parts
+    if "site-packages" in parts:
+        return "/".join(parts[parts.index("site-packages") + 1 :])
+    return str(path)
