@@ -53,7 +53,7 @@ def top_k(
     k: int,
     *,
     index: faiss.Index | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     num_threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best items per user by inner product, excluding item 0 and each user's ``histories[u]``.

@@ -1,0 +1,162 @@
+"""Full-ranking evaluation of a trained model and of the popularity baseline on the leave-one-out split.
+
+Every item 1..N is ranked for every user; the items the user has already seen (``split.history(stage)``: the
+training items for ``valid``, plus the valid target for ``test``) are masked, so no sampled negatives are involved.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from pipeline import metrics, retrieval
+from pipeline.catalog import ItemCatalog
+from pipeline.data.dataset import eval_inputs
+from pipeline.data.splits import Stage, UserSplit
+from pipeline.features.store import load_catalog
+from pipeline.models import registry
+from pipeline.train import item_table, load_checkpoint, user_queries
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[Stage, ...] = ("valid", "test")
+
+
+@dataclass
+class StageResult:
+    """One stage's metrics and each user's top-K list (rows in split order)."""
+
+    metrics: dict[str, float]  # "HR@k", "NDCG@k", "MRR@k" for every k
+    items: np.ndarray  # (U, K) int64, best first; -1 pads when fewer than K unseen items exist
+    scores: np.ndarray  # (U, K) float32; -inf on pads
+    targets: np.ndarray  # (U,) int64
+
+
+@dataclass
+class EvaluationResult:
+    name: str  # run name in reports ("sasrec", "popularity", ...)
+    user_idx: np.ndarray  # (U,) int64, split order
+    ks: list[int]
+    stages: dict[str, StageResult] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """``{stage: {metric: value}}``, the shape every report table reads."""
+        return {stage: result.metrics for stage, result in self.stages.items()}
+
+
+def evaluate_vectors(
+    name: str,
+    split: UserSplit,
+    item_vectors: np.ndarray,
+    queries_for: Callable[[Stage], np.ndarray],
+    ks: Sequence[int],
+    stages: Sequence[Stage] = STAGES,
+) -> EvaluationResult:
+    """Rank with ``queries_for(stage)`` (U, D) against ``item_vectors`` (N+1, D); the core of both evaluations."""
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"evaluate.ks must be a non-empty list of positive integers, got {ks}")
+    index = retrieval.build_index(item_vectors)
+    result = EvaluationResult(name=name, user_idx=split.user_idx, ks=ks)
+    for stage in stages:
+        start = time.perf_counter()
+        queries = queries_for(stage)  # (U, D)
+        items, scores = retrieval.top_k(queries, item_vectors, split.history(stage), max(ks), index=index)
+        targets = split.target(stage)  # (U,)
+        result.stages[stage] = StageResult(metrics.compute(items, targets, ks), items, scores, targets)
+        log.info(
+            "%s %s: %d users x %d items ranked in %.2f s",
+            name,
+            stage,
+            len(split),
+            len(item_vectors) - 1,
+            time.perf_counter() - start,
+        )
+    return result
+
+
+def evaluate_model(
+    model: nn.Module,
+    split: UserSplit,
+    stages: Sequence[Stage] = STAGES,
+    ks: Sequence[int] = (5, 10, 20),
+    batch_size: int = 1024,
+    max_seq_len: int = 200,
+    device: torch.device | str = "cpu",
+    name: str = "model",
+) -> EvaluationResult:
+    """Score every user's history with ``model.user_vectors`` against ``model.item_vectors`` (full ranking).
+
+    ``max_seq_len`` must be the length the model was trained with (the checkpoint's ``max_seq_len``). Users are
+    fed to the model sorted by history length (results do not depend on left padding, see the registry contract).
+    """
+    item_vectors = item_table(model)  # (N+1, D)
+
+    def queries_for(stage: Stage) -> np.ndarray:
+        inputs = eval_inputs(split, stage, max_seq_len)  # (U, L)
+        # Batch users of similar length: batches are trimmed to their longest row, so less padding is computed.
+        order = np.argsort((inputs != 0).sum(axis=1), kind="stable")  # (U,)
+        queries = np.empty((len(inputs), item_vectors.shape[1]), dtype=np.float32)  # (U, D)
+        queries[order] = user_queries(model, inputs[order], batch_size, device)
+        return queries
+
+    return evaluate_vectors(name, split, item_vectors, queries_for, ks, stages)
+
+
+def training_counts(split: UserSplit, num_items: int) -> np.ndarray:
+    """(N+1,) float32 interaction counts over the training items only (row 0 = 0)."""
+    flat = np.concatenate(split.train) if len(split) else np.zeros(0, dtype=np.int64)
+    if len(flat) and (flat.min() < 1 or flat.max() > num_items):
+        raise ValueError(f"training items must lie in 1..{num_items}; found {flat.min()}..{flat.max()}")
+    return np.bincount(flat, minlength=num_items + 1).astype(np.float32)
+
+
+def evaluate_popularity(
+    split: UserSplit, num_items: int, ks: Sequence[int], stages: Sequence[Stage] = STAGES
+) -> EvaluationResult:
+    """Most-popular baseline: every user gets the items with the most training interactions, history masked.
+
+    Counts come from ``split.train`` for both stages (the valid targets are not counted for test, just as the
+    model is not retrained on them). Ties go to the smaller item index (see :mod:`pipeline.retrieval`).
+    """
+    counts = training_counts(split, num_items)[:, None]  # (N+1, 1)
+    queries = np.ones((len(split), 1), dtype=np.float32)  # (U, 1): score = count
+    return evaluate_vectors("popularity", split, counts, lambda stage: queries, ks, stages)
+
+
+def load_trained(
+    model_path: Path, features_dir: Path, prepared_dir: Path, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any], ItemCatalog]:
+    """Checkpoint -> (model in eval mode, checkpoint dict, catalog holding the features that model needs).
+
+    The catalog's ``max_seq_len`` is the checkpoint's, so positional embeddings match what was trained.
+    """
+    if not model_path.exists():
+        raise FileNotFoundError(f"{model_path}: no checkpoint; run `dvc repro train` (or python -m stages.train)")
+    header = torch.load(model_path, map_location="cpu", weights_only=True)  # plain data: name, max_seq_len, ...
+    for key in ("model_name", "max_seq_len"):
+        if key not in header:
+            raise ValueError(f"{model_path}: checkpoint has no `{key}`; it predates this pipeline, retrain it")
+    needs = registry.spec(header["model_name"]).needs_features
+    catalog = load_catalog(features_dir, prepared_dir, needs, max_seq_len=int(header["max_seq_len"]))
+    del header
+    model, checkpoint = load_checkpoint(model_path, catalog, map_location=device)
+    return model, checkpoint, catalog
+
+
+def load_user_ids(prepared_dir: Path, split: UserSplit) -> np.ndarray:
+    """(U,) original user ids in split order, read from ``sequences.parquet`` and checked against the split."""
+    path = prepared_dir / "sequences.parquet"
+    frame = pl.read_parquet(path, columns=["user_idx", "user_id"])
+    if not np.array_equal(frame["user_idx"].to_numpy(), split.user_idx):
+        raise ValueError(f"{path}: user_idx order differs from the loaded split; rerun `dvc repro prepare`")
+    return frame["user_id"].to_numpy()

@@ -1,0 +1,61 @@
+"""Stage `evaluate`: full-ranking metrics of models/model.pt (+ popularity) -> reports/ (metrics, report, plots)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.config import EvaluateConfig, load_section
+from pipeline.data.splits import load_split
+from pipeline.evaluation import evaluate_model, evaluate_popularity, load_trained, load_user_ids
+from pipeline.report import runs_of, text_table, write_report
+from pipeline.train import resolve_device
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    params: Annotated[Path, typer.Option(help="params file; reads only `evaluate`")] = Path("params.yaml"),
+    prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
+    features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
+    model: Annotated[Path, typer.Option(help="train stage checkpoint")] = Path("models/model.pt"),
+    out: Annotated[Path, typer.Option(help="metrics.json, report.md, topk.parquet, plots/")] = Path("reports"),
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N, for the user vectors")] = "auto",
+) -> None:
+    """Rank all items for every user (history masked) at valid and test; write reports/ and print the table."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
+    torch_device = resolve_device(device)
+    net, checkpoint, catalog = load_trained(model, features, prepared, torch_device)
+    split = load_split(prepared)
+
+    result = evaluate_model(
+        net,
+        split,
+        ks=cfg.ks,
+        batch_size=cfg.batch_size,
+        max_seq_len=checkpoint["max_seq_len"],
+        device=torch_device,
+        name=checkpoint["model_name"],
+    )
+    baselines = [evaluate_popularity(split, catalog.num_items, cfg.ks)] if cfg.popularity_baseline else []
+    write_report(
+        out,
+        result,
+        baselines,
+        user_ids=load_user_ids(prepared, split),
+        num_items=catalog.num_items,
+        checkpoint=checkpoint,
+        stats_path=prepared / "stats.json",
+        train_summary_path=model.parent / "train_summary.json",
+        dvclive_dir=model.parent / "dvclive",
+    )
+    typer.echo(text_table(runs_of([result, *baselines])))
+
+
+if __name__ == "__main__":
+    app()
