@@ -202,7 +202,7 @@ def test_prepare_dedupe_exact_and_chronological_sequences(tmp_path: Path, handma
     [
         ({"user_core": 2}, r"data.user_core.*>= 3"),
         ({"max_seq_len": 0}, r"data.max_seq_len.*> 0"),
-        ({"cold_start_fraction": 0.1}, r"data.cold_start_fraction.*not implemented yet"),
+        ({"cold_start_fraction": 1.0}, r"data.cold_start_fraction.*must be in \[0, 1\)"),
         ({"source": "nope"}, r"data.source.*must be one of"),
     ],
 )

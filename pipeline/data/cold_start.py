@@ -1,4 +1,5 @@
-"""The item cold-start setting: a fraction of the items is held out of training entirely (MP4SR paper, Sec. 4.5).
+"""The item cold-start setting: a fraction of the items is held out of training entirely (the MP4SR paper's
+cold-start setting; DESIGN.md: "a held-out fraction of items never appears in training").
 
 Rules, applied by ``prepare`` to the chronological sequences when ``data.cold_start_fraction`` > 0 (the sequences
 it writes are already arranged so that the ordinary leave-one-out split of :mod:`pipeline.data.splits` *is* the

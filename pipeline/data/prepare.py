@@ -7,7 +7,9 @@ Steps, in order (each drop is counted by reason in ``stats.json``; input rows = 
 3. ``duplicate``: ``data.dedupe = user_item`` keeps each user's first interaction with an item (chronological
    order); ``exact`` drops only repeated identical (user, item, timestamp) events, keeping the first by file row;
 4. ``kcore``: iterative k-core (``data.user_core``, ``data.item_core``) until no user or item falls below its
-   threshold (removing users can push items under theirs and back).
+   threshold (removing users can push items under theirs and back);
+5. ``cold_start_*``: with ``data.cold_start_fraction`` > 0, the held-out items' interactions that are not a test
+   target, and what must go to keep sequences chronological (rules in :mod:`pipeline.data.cold_start`).
 
 "Chronological" always means ordered by ``(timestamp, row)``, where ``row`` is the reader's file order, so equal
 timestamps are broken deterministically and the result never depends on the order of rows in memory.
@@ -30,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.config import ConfigError, DataConfig
+from pipeline.data.cold_start import COLD_START_DROP_REASONS, apply_cold_start, check_fraction, choose_cold_items
 from pipeline.data.images import attach_images
 from pipeline.data.readers import get_reader
 from pipeline.data.schema import INTERACTION_SCHEMA, ITEM_REQUIRED_COLUMNS, RawData
@@ -68,11 +71,7 @@ def validate_config(cfg: DataConfig) -> None:
         raise ConfigError(f"`data.max_seq_len` = {cfg.max_seq_len} must be > 0 (e.g. 200)")
     if cfg.min_rating is not None and not math.isfinite(cfg.min_rating):
         raise ConfigError(f"`data.min_rating` = {cfg.min_rating} must be a finite number or null")
-    if cfg.cold_start_fraction != 0.0:
-        raise ConfigError(
-            f"`data.cold_start_fraction` = {cfg.cold_start_fraction}: the cold-start split is not implemented yet; "
-            "set data.cold_start_fraction: 0.0"
-        )
+    check_fraction(cfg.cold_start_fraction)
 
 
 def check_raw(raw: RawData, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -228,12 +227,17 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     input_rows = interactions.height + sum(raw.drops.values())
     drops: Counter[str] = Counter({reason: int(n) for reason, n in raw.drops.items()})
 
-    coded, user_codes, drops["unknown_item"] = _encode_ids(interactions, meta)
+    # += so that a reader's own count under the same reason is added to, never overwritten.
+    coded, user_codes, unknown = _encode_ids(interactions, meta)
+    drops["unknown_item"] += unknown
     del interactions
     interacted_items = coded["item_id"].n_unique()
-    coded, drops["min_rating"] = filter_min_rating(coded, cfg.min_rating)
-    coded, drops["duplicate"] = dedupe(coded, cfg.dedupe)
-    coded, drops["kcore"], passes = k_core(coded, cfg.user_core, cfg.item_core)
+    coded, below_rating = filter_min_rating(coded, cfg.min_rating)
+    drops["min_rating"] += below_rating
+    coded, duplicates = dedupe(coded, cfg.dedupe)
+    drops["duplicate"] += duplicates
+    coded, kcore_dropped, passes = k_core(coded, cfg.user_core, cfg.item_core)
+    drops["kcore"] += kcore_dropped
     if coded.height == 0:
         raise ConfigError(
             f"no interactions left after filtering {input_rows:,} rows (dropped: {dict(drops)}); lower "
@@ -245,6 +249,10 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     mapped = mapped.join(user_codes.rename({"user_id": "user_name", "user_code": "user_id"}), on="user_id")
     sequences = build_sequences(mapped.drop("user_id").rename({"user_name": "user_id"}))
     del mapped
+    cold_items = choose_cold_items(item_map.height, cfg.cold_start_fraction, cfg.seed)
+    sequences, cold_drops, cold_summary = apply_cold_start(sequences, cold_items)
+    if len(cold_items):  # the cold_start_* reasons appear in stats.json only in the cold-start setting
+        drops.update(cold_drops)
     tie_rate = timestamp_tie_rate(sequences)
     catalog = item_map.rename({"item_id": "item_code"}).join(_item_codes(meta), on="item_code").sort("item_idx")
 
@@ -264,6 +272,7 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
         "filtered_out": interacted_items - items.height,
     }
     stats = _stats(cfg, raw, input_rows, drops, passes, not_in_catalog, sequences, items.height, tie_rate, image_stats)
+    stats["cold_start"] = {"fraction": cfg.cold_start_fraction, **cold_summary}
     write_json_atomic(out_dir / "stats.json", stats)  # written last: its presence means the outputs are complete
     log.info("prepared %s in %.1f s", out_dir, time.perf_counter() - started)
     return stats
@@ -284,6 +293,7 @@ def _stats(
     lengths = sequences["items"].list.len().to_numpy()
     n_users, n_inter = sequences.height, int(lengths.sum())
     dropped = {reason: int(n) for reason, n in raw.drops.items()} | {r: int(drops[r]) for r in DROP_REASONS}
+    dropped |= {r: int(drops[r]) for r in COLD_START_DROP_REASONS if r in drops}
     if input_rows != n_inter + sum(dropped.values()):  # an internal invariant: every row is kept or counted
         raise RuntimeError(f"row accounting is off: {input_rows} in, {n_inter} kept, dropped {dropped}")
     notes = list(raw.notes)

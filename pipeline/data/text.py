@@ -57,11 +57,6 @@ def clean_text_series(values: pl.Series) -> pl.Series:
     return s.alias(name)
 
 
-def clean_text_expr(column: str) -> pl.Expr:
-    """:func:`clean_text_series` as an expression over ``column`` (for ``with_columns``)."""
-    return pl.col(column).map_batches(clean_text_series, return_dtype=pl.String)
-
-
 def join_list(column: str, separator: str) -> pl.Expr:
     """A ``List(String)`` column as one string: nulls and empty elements dropped, null if nothing is left."""
     joined = (

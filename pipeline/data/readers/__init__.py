@@ -37,6 +37,12 @@ def _lazy(module: str, function: str) -> Reader:
 READERS: dict[str, Reader] = {
     "ml1m_recbole": _lazy("pipeline.data.readers.movielens", "read_ml1m_recbole"),
     "movielens": _lazy("pipeline.data.readers.movielens", "read_movielens"),
+    "movielens100k": _lazy("pipeline.data.readers.movielens_family", "read_movielens100k"),
+    "movielens_csv": _lazy("pipeline.data.readers.movielens_family", "read_movielens_csv"),
+    "amazon2018": _lazy("pipeline.data.readers.amazon2018", "read_amazon2018"),
+    "amazon2023": _lazy("pipeline.data.readers.amazon2023", "read_amazon2023"),
+    "hm": _lazy("pipeline.data.readers.hm", "read_hm"),
+    "microlens": _lazy("pipeline.data.readers.microlens", "read_microlens"),
 }
 
 

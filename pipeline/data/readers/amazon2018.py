@@ -26,12 +26,12 @@ import polars as pl
 
 from pipeline.config import DataConfig
 from pipeline.data.readers.rawio import (
+    BlockChecker,
     epoch_seconds,
     find_category_files,
     meta_note,
     read_json_lines,
     timestamp_notes,
-    validate_interactions,
 )
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series, compose_text, join_list, labelled
@@ -132,20 +132,21 @@ def read_amazon2018(cfg: DataConfig) -> RawData:
             f" Fix: run python -m stages.download {SOURCE} --category Arts_Crafts_and_Sewing and set data.path to it"
         )
     reviews_path, meta_path, category = find_category_files(Path(cfg.path), SOURCE, "Arts_Crafts_and_Sewing_5.json.gz")
-    raw, report = read_json_lines(reviews_path, REVIEW_SCHEMA)
-    drops: Counter[str] = Counter(malformed_json=report.malformed, blank_line=report.blank)
-    notes = report.notes("review")
-    frame = raw.lazy().select(
+    columns = [
         pl.col("reviewerID").alias("user_id"),
         pl.col("asin").alias("item_id"),
         pl.coalesce("unixReviewTime", "reviewTime").alias("ts_raw"),  # see review_seconds()
         pl.col("overall").alias("rating"),
-        "row",
-    )
-    wanted = raw["asin"].drop_nulls().str.strip_chars().unique()
-    items = read_meta(meta_path, wanted, notes)
-    check = validate_interactions(frame, known_items=None, timestamp=review_seconds())
+        pl.col("row"),
+    ]
+    checker = BlockChecker(columns, timestamp=review_seconds())
+    _, report = read_json_lines(reviews_path, REVIEW_SCHEMA, transform=checker)  # keeps only valid, typed rows
+    check = checker.result()
+    drops: Counter[str] = Counter(malformed_json=report.malformed, blank_line=report.blank)
     drops.update(check.drops)
+    notes = report.notes("review")
+    wanted = check.interactions.select(pl.col("item_id").unique()).collect()["item_id"]
+    items = read_meta(meta_path, wanted, notes)
     notes.extend(timestamp_notes(check, SOURCE))
     if reviews_path.name.removesuffix(".gz").removesuffix(".json").endswith("_5"):
         notes.append(

@@ -29,12 +29,11 @@ import polars as pl
 from pipeline.config import DataConfig
 from pipeline.data.readers.rawio import (
     CHUNK_BYTES,
-    InteractionCheck,
+    BlockChecker,
     find_category_files,
     meta_note,
     read_json_lines,
     timestamp_notes,
-    validate_interactions,
 )
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series, compose_text, join_list, labelled
@@ -117,16 +116,15 @@ def read_amazon2023(cfg: DataConfig) -> RawData:
             f" Fix: run python -m stages.download {SOURCE} --category All_Beauty and set data.path to its --out"
         )
     reviews_path, meta_path, category = find_category_files(Path(cfg.path), SOURCE, "All_Beauty.jsonl.gz")
-    raw, report = read_json_lines(reviews_path, REVIEW_SCHEMA)
+    columns = ["user_id", pl.col("parent_asin").alias("item_id"), pl.col("timestamp").alias("ts_raw"), "rating", "row"]
+    checker = BlockChecker([pl.col(c) if isinstance(c, str) else c for c in columns])
+    _, report = read_json_lines(reviews_path, REVIEW_SCHEMA, transform=checker)  # keeps only valid, typed rows
+    check = checker.result()
     drops: Counter[str] = Counter(malformed_json=report.malformed, blank_line=report.blank)
-    notes = report.notes("review")
-    frame = raw.lazy().select(
-        "user_id", pl.col("parent_asin").alias("item_id"), pl.col("timestamp").alias("ts_raw"), "rating", "row"
-    )
-    wanted = raw["parent_asin"].drop_nulls().str.strip_chars().unique()
-    items = read_meta(meta_path, wanted, notes)
-    check: InteractionCheck = validate_interactions(frame, known_items=None)
     drops.update(check.drops)
+    notes = report.notes("review")
+    wanted = check.interactions.select(pl.col("item_id").unique()).collect()["item_id"]
+    items = read_meta(meta_path, wanted, notes)
     notes.extend(timestamp_notes(check, SOURCE))
     notes.append(f"Amazon Reviews 2023, category {category}; item id = parent_asin")
     log.info(

@@ -124,7 +124,7 @@ def read_hm(cfg: DataConfig) -> RawData:
     )
     day = pl.col("ts_raw").str.strip_chars().str.strptime(pl.Date, "%Y-%m-%d", strict=False)
     seconds = day.cast(pl.Datetime("ms")).dt.epoch("s")
-    check = validate_interactions(frame, known_items=None, timestamp=seconds)
+    check = validate_interactions(frame, timestamp=seconds)
     drops = check.drops
     notes.extend(n for n in timestamp_notes(check, SOURCE) if "midnight" not in n)
     log.info("%s: kept %s transactions, %s articles; drops %s", tx_path, f"{check.kept:,}", items.height, dict(drops))

@@ -144,7 +144,7 @@ def read_microlens(cfg: DataConfig) -> RawData:
         else pl.lit(None, dtype=pl.String)
     )
     items = titles.select("item_id", pl.col("title").alias("text"), image_ref.alias("image_ref"), "title")
-    check = validate_interactions(scan_pairs(pairs_path), known_items=None)
+    check = validate_interactions(scan_pairs(pairs_path))
     drops = check.drops
     notes.extend(timestamp_notes(check, SOURCE))
     if covers is None:

@@ -86,7 +86,7 @@ def movie_items(movie_id: pl.Series, full_title: pl.Series, genres: pl.Series) -
 
 
 def _result(frame: pl.LazyFrame, items: pl.DataFrame, files: list[Path], source: str, meta_rows: int) -> RawData:
-    check = validate_interactions(frame, known_items=None)
+    check = validate_interactions(frame)
     drops = check.drops
     notes = [
         "MovieLens timestamps have one-second resolution; equal timestamps are ordered by file row.",

@@ -6,8 +6,9 @@
   2014-style Python-literal line (``{'asin': ...}``) is accepted through ``ast.literal_eval``. ``row`` is the
   0-based physical line number, so it is the global file order and points at the line in error messages.
 - :func:`validate_interactions`: the per-row checks every reader applies, vectorised and lazy: ids present,
-  timestamp present and valid (normalised to seconds, see :func:`epoch_seconds`), item known. Each failing row
-  is counted under one reason (the first that applies, in that order) and dropped.
+  timestamp present and valid (normalised to seconds, see :func:`epoch_seconds`). Each failing row is counted
+  under one reason (the first that applies, in that order) and dropped. Interactions with items that have no
+  metadata are *not* dropped here: prepare drops and counts them (``unknown_item``) for every source alike.
 - :func:`find_category_files`: the reviews + ``meta_`` pair of an Amazon category directory.
 """
 
@@ -18,8 +19,9 @@ import gzip
 import io
 import json
 import logging
+import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +52,7 @@ class LinesReport:
 
     path: Path
     lines: int = 0  # physical lines, blank ones included
-    records: int = 0  # rows returned
+    records: int = 0  # records parsed (before any transform)
     blank: int = 0
     malformed: int = 0  # not JSON, not an object, or none of the requested fields
     non_utf8: int = 0  # lines with invalid UTF-8, decoded with U+FFFD and kept
@@ -93,10 +95,10 @@ def _blocks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
                 if not block.endswith(b"\n"):
                     block += f.readline()
                 yield block
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
         raise DataFormatError(
-            f"{path}: cannot be read to the end ({e}). Fix: the file is probably a truncated or corrupt download; "
-            "delete it and download it again (python -m stages.download resumes and verifies)"
+            f"{path}: cannot be read to the end ({type(e).__name__}: {e}). Fix: the file is truncated or corrupt "
+            "(an interrupted download?): delete it and fetch it again (python -m stages.download verifies files)"
         ) from e
 
 
@@ -199,7 +201,7 @@ def decode_nested(text: pl.Series, dtype: pl.DataType) -> pl.Series:
         values = [None if v is None else _coerce(_loads_or_none(v), dtype) for v in candidates.to_list()]
         decoded = pl.Series(values, dtype=dtype)
     if dtype == pl.List(pl.String):
-        plain = ~is_json & text.is_not_null()
+        plain = ~is_json & ~stripped.str.starts_with("{").fill_null(True)  # an object is not a string
         if plain.any():
             decoded = pl.select(pl.when(plain).then(pl.concat_list(text)).otherwise(decoded)).to_series()
     return decoded.alias(text.name)
@@ -213,7 +215,11 @@ def _loads_or_none(value: str) -> object:
 
 
 def read_json_lines(
-    path: Path, schema: dict[str, pl.DataType], *, chunk_bytes: int = CHUNK_BYTES
+    path: Path,
+    schema: dict[str, pl.DataType],
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+    transform: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> tuple[pl.DataFrame, LinesReport]:
     """The fields in ``schema`` of every record in ``path``, plus ``row`` (0-based physical line, Int64).
 
@@ -221,7 +227,8 @@ def read_json_lines(
     ``pl.String`` (polars gives their text) and parsed afterwards, so ``"1588687728923"`` and ``1588687728923``
     read the same. Records where every requested field is null (not an object, or none of the fields) count as
     malformed. Nested fields (lists, structs) are read as JSON text and decoded with :func:`decode_nested`
-    (several times faster than polars' nested JSON reader). Memory: one block plus the selected columns.
+    (several times faster than polars' nested JSON reader). ``transform``, when given, is applied to each
+    block (with ``row``) and its result kept instead. Memory: one block plus what is kept.
     """
     if not path.is_file():
         raise DataFormatError(f"{path}: file not found")
@@ -251,14 +258,15 @@ def read_json_lines(
             frame = frame.filter(~empty)
         if nested:
             frame = frame.with_columns([decode_nested(frame[name], dtype) for name, dtype in nested.items()])
-        frames.append(frame)
+        report.records += frame.height
+        frames.append(frame if transform is None else transform(frame))
         first += n_lines
     report.lines = first
     if not frames:
-        out = pl.DataFrame(schema={**schema, **nested}).with_columns(row=pl.Series([], dtype=pl.Int64))
+        empty_frame = pl.DataFrame(schema={**schema, **nested}).with_columns(row=pl.Series([], dtype=pl.Int64))
+        out = empty_frame if transform is None else transform(empty_frame)
     else:
         out = pl.concat(frames, how="vertical", rechunk=False)
-    report.records = out.height
     report.malformed_lines.sort()
     if report.malformed:
         log.warning("%s: skipped %d malformed line(s), e.g. line %s", path, report.malformed, report.malformed_lines)
@@ -301,25 +309,21 @@ def _blank(expr: pl.Expr) -> pl.Expr:
 
 @dataclass
 class InteractionCheck:
-    """Result of :func:`validate_interactions`."""
+    """Result of :func:`validate_interactions` / :class:`BlockChecker`."""
 
     interactions: pl.LazyFrame  # INTERACTION_SCHEMA, bad rows removed
-    drops: Counter[str]
-    kept: int
-    subsecond_rows: int  # kept rows whose timestamp was given in ms/us/ns
-    midnight_fraction: float  # kept rows whose timestamp is a multiple of 86400 (day resolution)
+    drops: Counter[str] = field(default_factory=Counter)
+    kept: int = 0
+    subsecond_rows: int = 0  # kept rows whose timestamp was given in ms/us/ns
+    midnight_rows: int = 0  # kept rows whose timestamp is a multiple of 86400 (day resolution)
+
+    @property
+    def midnight_fraction(self) -> float:
+        return self.midnight_rows / self.kept if self.kept else 0.0
 
 
-def validate_interactions(
-    frame: pl.LazyFrame, *, known_items: pl.Series | None, timestamp: pl.Expr | None = None
-) -> InteractionCheck:
-    """Apply the shared per-row checks to ``frame`` (``user_id``, ``item_id``, ``ts_raw``, ``rating``, ``row``).
-
-    ``timestamp`` turns ``ts_raw`` into epoch seconds (default :func:`epoch_seconds`); a null result for a
-    non-null ``ts_raw``, or a result <= 0, is ``bad_timestamp``. Reasons, first match wins: ``missing_user``,
-    ``missing_item``, ``missing_timestamp``, ``bad_timestamp``, ``unknown_item`` (item not in ``known_items``,
-    when given). One streaming pass computes the counts; the returned frame stays lazy.
-    """
+def _staged(frame: pl.LazyFrame, timestamp: pl.Expr | None) -> pl.LazyFrame:
+    """``frame`` with typed, stripped columns and ``_reason`` (null for a valid row)."""
     ts_raw = pl.col("ts_raw")
     seconds = epoch_seconds(ts_raw) if timestamp is None else timestamp
     reason = (
@@ -332,41 +336,78 @@ def validate_interactions(
         .when(pl.col("timestamp").is_null() | (pl.col("timestamp") <= 0))
         .then(pl.lit("bad_timestamp"))
     )
-    if known_items is not None:
-        reason = reason.when(~pl.col("item_id").is_in(known_items.implode())).then(pl.lit("unknown_item"))
-    staged = frame.with_columns(
+    raw_num = ts_raw.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False).abs()
+    return frame.with_columns(
         pl.col("user_id").cast(pl.String).str.strip_chars(),
         pl.col("item_id").cast(pl.String).str.strip_chars(),
         seconds.alias("timestamp"),
         pl.col("rating").cast(pl.Float64, strict=False),
+        (raw_num >= _MS).alias("_subsecond"),
     ).with_columns(reason.otherwise(pl.lit(None, dtype=pl.String)).alias("_reason"))
-    raw_num = ts_raw.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False).abs()
-    summary = (
-        staged.group_by("_reason")
+
+
+def _summary(staged: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
+    return (
+        staged.lazy()
+        .group_by("_reason")
         .agg(
             pl.len().alias("n"),
-            (raw_num >= _MS).sum().alias("subsecond"),
+            pl.col("_subsecond").sum().alias("subsecond"),
             ((pl.col("timestamp") % 86_400) == 0).sum().alias("midnight"),
         )
-        .collect(engine="streaming")
     )
-    drops: Counter[str] = Counter()
-    kept = subsecond = midnight = 0
-    for row in summary.iter_rows(named=True):
-        if row["_reason"] is None:
-            kept, subsecond, midnight = row["n"], row["subsecond"] or 0, row["midnight"] or 0
-        else:
-            drops[row["_reason"]] = row["n"]
-    valid = staged.filter(pl.col("_reason").is_null()).select(
+
+
+def _valid(staged: pl.LazyFrame) -> pl.LazyFrame:
+    return staged.filter(pl.col("_reason").is_null()).select(
         [pl.col(name).cast(dtype) for name, dtype in INTERACTION_SCHEMA.items()]
     )
-    return InteractionCheck(
-        interactions=valid,
-        drops=drops,
-        kept=kept,
-        subsecond_rows=subsecond,
-        midnight_fraction=midnight / kept if kept else 0.0,
-    )
+
+
+def _tally(summary: pl.DataFrame, check: InteractionCheck) -> None:
+    for row in summary.iter_rows(named=True):
+        if row["_reason"] is None:
+            check.kept += row["n"]
+            check.subsecond_rows += row["subsecond"] or 0
+            check.midnight_rows += row["midnight"] or 0
+        else:
+            check.drops[row["_reason"]] += row["n"]
+
+
+def validate_interactions(frame: pl.LazyFrame, timestamp: pl.Expr | None = None) -> InteractionCheck:
+    """Apply the shared per-row checks to ``frame`` (``user_id``, ``item_id``, ``ts_raw``, ``rating``, ``row``).
+
+    ``timestamp`` turns ``ts_raw`` into epoch seconds (default :func:`epoch_seconds`); a null result for a
+    non-null ``ts_raw``, or a result <= 0, is ``bad_timestamp``. Reasons, first match wins: ``missing_user``,
+    ``missing_item``, ``missing_timestamp``, ``bad_timestamp``. One streaming pass computes the counts; the
+    returned frame stays lazy (for CSV sources prepare scans the file again).
+    """
+    staged = _staged(frame, timestamp)
+    check = InteractionCheck(interactions=_valid(staged))
+    _tally(_summary(staged).collect(engine="streaming"), check)
+    return check
+
+
+class BlockChecker:
+    """:func:`validate_interactions` applied to each block of a file read in blocks (``read_json_lines``'s
+    ``transform``), so only compact valid rows are kept: no second pass and no raw text columns in memory."""
+
+    def __init__(self, select: list[pl.Expr], timestamp: pl.Expr | None = None) -> None:
+        self.select, self.timestamp = select, timestamp
+        self.check = InteractionCheck(interactions=pl.LazyFrame(schema=INTERACTION_SCHEMA))
+        self.frames: list[pl.DataFrame] = []
+
+    def __call__(self, block: pl.DataFrame) -> pl.DataFrame:
+        staged = _staged(block.lazy().select(self.select), self.timestamp).collect()
+        _tally(_summary(staged).collect(), self.check)
+        valid = _valid(staged.lazy()).collect()
+        self.frames.append(valid)
+        return valid.head(0)  # read_json_lines keeps nothing itself
+
+    def result(self) -> InteractionCheck:
+        if self.frames:
+            self.check.interactions = pl.concat(self.frames, how="vertical", rechunk=False).lazy()
+        return self.check
 
 
 META_ISSUES = {

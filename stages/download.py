@@ -1,0 +1,66 @@
+"""Stage `download`: fetch a data set's raw files (and item images) from their public URLs into data/raw/.
+
+    python -m stages.download amazon2023 --category All_Beauty --images
+    python -m stages.download movielens25m
+    python -m stages.download                       # everything from the `download:` section of params.yaml
+
+Never run by `dvc repro` unless the user adds it: every other stage works offline on files already on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.config import DEFAULT_PARAMS, load_section
+from pipeline.download import DownloadConfig, DownloadError, download_dataset
+from pipeline.download.catalog import BASE_URL_ENV, CATALOG
+
+app = typer.Typer(add_completion=False)
+log = logging.getLogger("stages.download")
+
+
+@app.command()
+def main(
+    dataset: Annotated[str | None, typer.Argument(help=f"one of: {', '.join(CATALOG)}; omitted: params.yaml")] = None,
+    category: Annotated[str | None, typer.Option(help="Amazon category, e.g. All_Beauty")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default data/raw/<dataset>, /<category> added for Amazon)")
+    ] = None,
+    images: Annotated[bool, typer.Option("--images/--no-images", help="also fetch item images (Amazon)")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="concurrent requests")] = 8,
+    retries: Annotated[int, typer.Option(min=0, help="retries per file after the first attempt")] = 4,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds per connect/read before a retry")] = 30.0,
+    base_url: Annotated[
+        str | None, typer.Option(help=f"mirror for the catalogue's base URL (or {BASE_URL_ENV})")
+    ] = None,
+    params: Annotated[Path, typer.Option(help="read when DATASET is omitted (section `download`)")] = DEFAULT_PARAMS,
+) -> None:
+    """Download one data set; finished files are kept, so an interrupted run resumes where it stopped."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if dataset is None:
+        cfg: DownloadConfig = load_section(DownloadConfig, "download", params)
+    else:
+        out_str = str(out) if out is not None else None
+        cfg = DownloadConfig(dataset, category, out_str, images, workers, retries, timeout, base_url)
+    try:
+        summary = download_dataset(cfg)
+    except DownloadError as e:
+        log.error("%s", e)
+        raise typer.Exit(code=2) from e
+    for message in summary.messages:
+        log.warning("%s", message)
+    if not summary.ok:
+        raise typer.Exit(code=1)
+    spec = CATALOG[cfg.dataset]
+    hint = f"data.source: {spec.source}, data.path: {summary.data_path}"
+    if summary.images is not None:
+        hint += f", data.images_dir: {summary.images_dir} ({summary.images.failed} image(s) failed; see manifest)"
+    log.info("done. To use it, set in params.yaml -> %s", hint)
+
+
+if __name__ == "__main__":
+    app()
