@@ -1,0 +1,458 @@
+"""The ``embed`` stage: frozen text/image features for every item of ``items.parquet``, through the content cache.
+
+Outputs in ``out_dir`` (each written to a temporary file and renamed; ``manifest.json`` last, so a directory with
+a manifest is complete):
+
+- ``<modality>.npy`` float32 (N+1, d), row 0 (padding) zeros;
+- ``<modality>_mask.npy`` bool (N+1,), True where the item really has the modality (non-empty text; a readable
+  image). Items without it keep a zero row, and the mask says so;
+- with ``embed.store_tokens``: ``<modality>_tokens.npy`` float16 (N+1, T, dt) and ``<modality>_tokens_mask.npy``
+  bool (N+1, T);
+- ``manifest.json``: encoders, checkpoints, dims, counts (present / missing / corrupt), cache hits, hashes of the
+  inputs and of the params, device and time.
+
+A modality whose encoder is ``none`` writes no file (and stale files of an earlier run are removed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.config import EmbedConfig
+from pipeline.features.cache import EmbeddingCache, content_digest, item_key
+from pipeline.features.encoders import (
+    MODALITIES,
+    Encoded,
+    Encoder,
+    ImageEncoder,
+    TextEncoder,
+    build_encoder,
+    resolve_device,
+    sha256_json,
+)
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+IO_WORKERS = min(8, os.cpu_count() or 1)
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def feature_files(modality: str) -> dict[str, str]:
+    """File names of one modality's outputs."""
+    return {
+        "pooled": f"{modality}.npy",
+        "mask": f"{modality}_mask.npy",
+        "tokens": f"{modality}_tokens.npy",
+        "tokens_mask": f"{modality}_tokens_mask.npy",
+    }
+
+
+# --- items ------------------------------------------------------------------------------------------------------
+
+
+def read_items(path: Path, need_images: bool) -> pl.DataFrame:
+    """Read and check ``items.parquet``: item_idx 1..N sorted and contiguous, text never null."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; run `dvc repro prepare` first (or pass --items)")
+    columns = ["item_idx", "item_id", "text"] + (["image_path"] if need_images else [])
+    schema = pl.read_parquet_schema(path)
+    for column in columns:
+        if column not in schema:
+            raise ValueError(
+                f"{path}: missing column `{column}` (columns: {', '.join(schema)}). Rerun `dvc repro prepare`."
+            )
+    items = pl.read_parquet(path, columns=columns)
+    idx = items["item_idx"].to_numpy()
+    expected = np.arange(1, len(items) + 1)
+    if len(idx) == 0:
+        raise ValueError(f"{path}: no items")
+    if not np.array_equal(idx, expected):
+        bad = int(np.flatnonzero(idx != expected)[0])
+        raise ValueError(
+            f"{path}: row {bad} has item_idx {idx[bad]}; item_idx must be 1..N, sorted and contiguous "
+            f"(expected {bad + 1}). Rerun `dvc repro prepare`."
+        )
+    nulls = items["text"].is_null()
+    if nulls.any():
+        bad = int(nulls.arg_true()[0])
+        raise ValueError(
+            f"{path}: row {bad} (item_id {items['item_id'][bad]!r}) has a null `text`; use an empty string for "
+            "items without text. Rerun `dvc repro prepare`."
+        )
+    return items
+
+
+# --- outputs ----------------------------------------------------------------------------------------------------
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Outputs:
+    """Output arrays of one modality, allocated when the first vector reveals the dims."""
+
+    out_dir: Path
+    modality: str
+    rows: int  # N + 1
+    want_tokens: bool
+    pooled: np.ndarray | None = None  # (N+1, d) float32
+    tokens: np.ndarray | None = None  # (N+1, T, dt) float16, a memmap of a temporary file
+    tokens_mask: np.ndarray | None = None  # (N+1, T) bool
+    tokens_tmp: Path | None = None
+    tokens_shape: tuple[int, int] | None = None  # (T, dt)
+
+    def ensure(self, d: int, tokens_shape: tuple[int, int] | None) -> None:
+        if self.pooled is not None:
+            return
+        self.pooled = np.zeros((self.rows, d), dtype=np.float32)
+        if self.want_tokens:
+            assert tokens_shape is not None  # encoders return tokens whenever they are asked to
+            self.tokens_shape = (int(tokens_shape[0]), int(tokens_shape[1]))
+            name = feature_files(self.modality)["tokens"]
+            self.tokens_tmp = self.out_dir / f".tmp-{uuid.uuid4().hex[:8]}-{name}"
+            # A new memmap file reads as zeros: row 0 and items without the modality stay zero.
+            self.tokens = np.lib.format.open_memmap(
+                self.tokens_tmp, mode="w+", dtype=np.float16, shape=(self.rows, *tokens_shape)
+            )
+            self.tokens_mask = np.zeros((self.rows, tokens_shape[0]), dtype=bool)
+
+    def put(
+        self, item_rows: np.ndarray, pooled: np.ndarray, tokens: np.ndarray | None, mask: np.ndarray | None
+    ) -> None:
+        self.ensure(pooled.shape[1], None if tokens is None else tokens.shape[1:])
+        self.pooled[item_rows] = pooled
+        if self.want_tokens:
+            self.tokens[item_rows] = tokens
+            self.tokens_mask[item_rows] = mask
+
+    def commit(self, mask: np.ndarray) -> None:
+        files = feature_files(self.modality)
+        _atomic_save(self.out_dir / files["pooled"], self.pooled)
+        _atomic_save(self.out_dir / files["mask"], mask)
+        if self.want_tokens:
+            self.tokens.flush()
+            del self.tokens
+            os.replace(self.tokens_tmp, self.out_dir / files["tokens"])
+            _atomic_save(self.out_dir / files["tokens_mask"], self.tokens_mask)
+        else:
+            for key in ("tokens", "tokens_mask"):
+                (self.out_dir / files[key]).unlink(missing_ok=True)
+
+
+# --- inputs -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Inputs:
+    """What one modality reads for every item (index i = item_idx i+1)."""
+
+    digests: list[str | None]  # sha256 of the content, None where the item has none
+    counts: dict[str, int]
+    examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+
+def _text_inputs(texts: list[str]) -> _Inputs:
+    digests = [content_digest(t) if t.strip() else None for t in texts]
+    empty = sum(d is None for d in digests)
+    return _Inputs(digests, {"missing": empty, "empty_text": empty})
+
+
+def _hash_file(path: str | None) -> tuple[str, str | None]:
+    if path is None or path == "":
+        return "missing", None
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return "missing_file", None
+    except OSError:
+        return "unreadable", None
+    return "ok", content_digest(data)
+
+
+def _image_inputs(item_ids: list[str], paths: list[str | None]) -> _Inputs:
+    with ThreadPoolExecutor(IO_WORKERS) as pool:
+        results = list(pool.map(_hash_file, paths, chunksize=64))
+    counts = {"missing": 0, "missing_path": 0, "missing_file": 0, "unreadable": 0}
+    examples: dict[str, list[dict[str, str]]] = {"missing_file": [], "corrupt": []}
+    for item_id, path, (status, _) in zip(item_ids, paths, results, strict=True):
+        if status == "missing":
+            counts["missing_path"] += 1
+        elif status in ("missing_file", "unreadable"):
+            counts[status] += 1
+            if len(examples["missing_file"]) < 5:
+                examples["missing_file"].append({"item_id": item_id, "path": str(path), "reason": status})
+    counts["missing"] = counts["missing_path"] + counts["missing_file"] + counts["unreadable"]
+    if counts["missing_file"] + counts["unreadable"]:
+        first = examples["missing_file"][0]
+        logger.warning(
+            "%d image file(s) not found or unreadable, e.g. item %s: %s (paths are relative to %s); masked as missing",
+            counts["missing_file"] + counts["unreadable"],
+            first["item_id"],
+            first["path"],
+            Path.cwd(),
+        )
+    return _Inputs([d for _, d in results], counts, examples)
+
+
+def _decode_image(path: str, encoder: ImageEncoder) -> tuple[torch.Tensor | None, str | None]:
+    """Read, decode and preprocess one image; (None, reason) when it is corrupt."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (448, 448))  # JPEG: decode at a reduced scale that still covers the model input
+            image.load()
+            return encoder.preprocess(image), None
+    except _IMAGE_ERRORS as error:
+        return None, f"{type(error).__name__}: {error}"
+
+
+# --- encoding ---------------------------------------------------------------------------------------------------
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _encode_texts(encoder: TextEncoder, texts: list[str], want_tokens: bool) -> Iterator[tuple[list[int], Encoded]]:
+    """Yield (positions in ``texts``, outputs) per batch."""
+    positions = list(range(len(texts)))
+    for batch in _batches(positions, encoder.config.batch_size):
+        yield batch, encoder.encode([texts[i] for i in batch], want_tokens)
+
+
+def _encode_images(
+    encoder: ImageEncoder, paths: list[str], want_tokens: bool, corrupt: dict[int, str]
+) -> Iterator[tuple[list[int], Encoded]]:
+    """Decode the next batch in a thread pool while the current one is encoded; corrupt positions go to ``corrupt``."""
+    batches = list(_batches(list(range(len(paths))), encoder.config.batch_size))
+    with ThreadPoolExecutor(IO_WORKERS) as pool:
+
+        def submit(batch: list[int]) -> list[Future]:
+            return [pool.submit(_decode_image, paths[i], encoder) for i in batch]
+
+        pending = submit(batches[0]) if batches else []
+        for b, batch in enumerate(batches):
+            futures, pending = pending, (submit(batches[b + 1]) if b + 1 < len(batches) else [])
+            good, pixels = [], []
+            for pos, future in zip(batch, futures, strict=True):
+                tensor, reason = future.result()
+                if tensor is None:
+                    corrupt[pos] = reason or "unreadable"
+                else:
+                    good.append(pos)
+                    pixels.append(tensor)
+            if good:
+                yield good, encoder.encode(torch.stack(pixels), want_tokens)  # (B, 3, H, W) in
+
+
+def _dummy_output(encoder: Encoder, want_tokens: bool) -> Encoded:
+    """Dims when no item has the modality: encode one blank input."""
+    if isinstance(encoder, TextEncoder):
+        return encoder.encode(["-"], want_tokens)
+    encoder.load()
+    return encoder.encode(encoder.preprocess(Image.new("RGB", (224, 224))).unsqueeze(0), want_tokens)
+
+
+def embed_modality(
+    modality: str,
+    encoder: Encoder,
+    items: pl.DataFrame,
+    out_dir: Path,
+    cache_dir: Path,
+    store_tokens: bool,
+    shard_size: int = 1024,
+) -> dict[str, Any]:
+    """Encode one modality of every item (cache first), write its arrays, return its manifest entry."""
+    start = time.perf_counter()
+    n = len(items)
+    item_ids = items["item_id"].to_list()
+    if modality == "text":
+        raw = items["text"].to_list()
+        inputs = _text_inputs(raw)
+    else:
+        raw = items["image_path"].to_list()
+        inputs = _image_inputs(item_ids, raw)
+
+    identity = encoder.identity()
+    identity_hash = sha256_json(identity)
+    cache = EmbeddingCache(cache_dir, modality, encoder.name, identity, identity_hash, shard_size=shard_size)
+
+    # Unique keys -> item rows (identical inputs are encoded once).
+    rows_by_key: dict[str, list[int]] = {}
+    for i, digest in enumerate(inputs.digests):
+        if digest is not None:
+            rows_by_key.setdefault(item_key(identity_hash, digest), []).append(i + 1)
+    corrupt: dict[str, str] = {k: cache.bad[k] for k in rows_by_key if k in cache.bad}  # key -> reason
+    hit_keys = [k for k in rows_by_key if cache.has(k, store_tokens)]
+    miss_keys = [k for k in rows_by_key if not cache.has(k, store_tokens) and k not in corrupt]
+    cache_hits = sum(len(rows_by_key[k]) for k in [*hit_keys, *corrupt])
+
+    out = _Outputs(out_dir, modality, n + 1, store_tokens)
+    mask = np.zeros(n + 1, dtype=bool)  # (N+1,)
+
+    def put(keys: list[str], pooled: np.ndarray, tokens: np.ndarray | None, tmask: np.ndarray | None) -> None:
+        counts = [len(rows_by_key[k]) for k in keys]
+        item_rows = np.array([r for k in keys for r in rows_by_key[k]], dtype=np.int64)
+        rep = np.repeat(np.arange(len(keys)), counts)
+        out.put(item_rows, pooled[rep], None if tokens is None else tokens[rep], None if tmask is None else tmask[rep])
+        mask[item_rows] = True
+
+    for positions, pooled, tokens, tmask in cache.read(hit_keys, store_tokens):
+        put([hit_keys[p] for p in positions], pooled, tokens, tmask)
+
+    encoded = 0
+    if miss_keys:
+        encoder.load()
+        sources = [raw[rows_by_key[k][0] - 1] for k in miss_keys]  # one input per unique key
+        new_corrupt: dict[int, str] = {}
+        if isinstance(encoder, TextEncoder):
+            stream = _encode_texts(encoder, sources, store_tokens)
+        else:
+            stream = _encode_images(encoder, sources, store_tokens, new_corrupt)
+        bar = tqdm(total=len(miss_keys), desc=f"embed {modality} ({encoder.name})", unit="item")
+        try:
+            for positions, enc in stream:
+                keys = [miss_keys[p] for p in positions]
+                pooled = enc.pooled.numpy()  # (B, d)
+                tokens = enc.tokens.to(torch.float16).numpy() if store_tokens else None  # (B, T, dt)
+                tmask = enc.token_mask.numpy() if store_tokens else None  # (B, T)
+                cache.add(keys, pooled, tokens, tmask)
+                put(keys, pooled, tokens, tmask)
+                encoded += len(keys)
+                bar.update(encoded + len(new_corrupt) - bar.n)
+            bar.update(len(miss_keys) - bar.n)
+            for p, reason in new_corrupt.items():
+                cache.add_bad(miss_keys[p], reason)
+                corrupt[miss_keys[p]] = reason
+        finally:
+            bar.close()
+            cache.flush()  # whatever finished is kept, even when interrupted
+
+    if out.pooled is None:
+        dummy = _dummy_output(encoder, store_tokens)
+        out.ensure(dummy.pooled.shape[1], None if dummy.tokens is None else tuple(dummy.tokens.shape[1:]))
+    out.commit(mask)
+
+    corrupt_items = sorted(r for k in corrupt for r in rows_by_key[k])
+    examples = inputs.examples
+    if corrupt_items:
+        examples["corrupt"] = [
+            {"item_id": item_ids[rows_by_key[k][0] - 1], "path": str(raw[rows_by_key[k][0] - 1]), "reason": reason}
+            for k, reason in list(corrupt.items())[:5]
+        ]
+        logger.warning("%d corrupt image(s) masked as missing, e.g. %s", len(corrupt_items), examples["corrupt"][0])
+
+    files = feature_files(modality)
+    entry: dict[str, Any] = {
+        "enabled": True,
+        **encoder.describe(),
+        "identity_hash": identity_hash,
+        "file": files["pooled"],
+        "mask_file": files["mask"],
+        "dim": int(out.pooled.shape[1]),
+        "dtype": "float32",
+        "tokens_file": files["tokens"] if store_tokens else None,
+        "tokens_mask_file": files["tokens_mask"] if store_tokens else None,
+        "tokens_shape": list(out.tokens_shape) if store_tokens else None,
+        "tokens_dtype": "float16" if store_tokens else None,
+        "items": n,
+        "present": int(mask.sum()),
+        **inputs.counts,
+        "corrupt": len(corrupt_items),
+        "cache_hits": cache_hits,
+        "cache_misses": sum(len(rows_by_key[k]) for k in miss_keys),
+        "encoded": encoded,
+        "cache_dir": str(cache.dir),
+        "inputs_hash": hashlib.sha256("\n".join(d or "-" for d in inputs.digests).encode()).hexdigest(),
+        "params_hash": sha256_json(asdict(encoder.config)),
+        "examples": {k: v for k, v in examples.items() if v},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return entry
+
+
+def embed_items(
+    items_path: Path, out_dir: Path, cache_dir: Path, config: EmbedConfig, shard_size: int = 1024
+) -> dict[str, Any]:
+    """Run the embed stage: features for every modality of ``items_path`` into ``out_dir``; returns the manifest.
+
+    ``cache_dir`` is the content cache (``data/cache/embeddings``); ``shard_size`` encoded items per cache shard.
+    """
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    # Build every encoder first: config mistakes surface before any work is done.
+    encoders = {m: build_encoder(getattr(config, m), m, device) for m in MODALITIES}
+    items = read_items(items_path, need_images=encoders["image"] is not None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # no manifest until every file below is complete
+    for leftover in out_dir.glob(".tmp-*"):  # temporaries of an interrupted run
+        leftover.unlink(missing_ok=True)
+    logger.info("embed: %d items from %s on %s", len(items), items_path, device)
+
+    modalities: dict[str, Any] = {}
+    for modality, encoder in encoders.items():
+        if encoder is None:
+            for name in feature_files(modality).values():
+                (out_dir / name).unlink(missing_ok=True)
+            modalities[modality] = {"enabled": False, "encoder": "none"}
+            logger.info("embed %s: disabled (embed.%s.name = none)", modality, modality)
+            continue
+        modalities[modality] = embed_modality(
+            modality, encoder, items, out_dir, cache_dir, config.store_tokens, shard_size=shard_size
+        )
+        m = modalities[modality]
+        logger.info(
+            "embed %s: %d present, %d missing, %d corrupt; %d from cache, %d encoded (%.1f s)",
+            modality,
+            m["present"],
+            m["missing"],
+            m["corrupt"],
+            m["cache_hits"],
+            m["encoded"],
+            m["seconds"],
+        )
+
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "num_items": len(items),
+        "items_file": str(items_path),
+        "items_hash": hashlib.sha256("\n".join(items["item_id"].to_list()).encode()).hexdigest(),
+        "params_hash": sha256_json(asdict(config)),
+        "params": asdict(config),
+        "store_tokens": config.store_tokens,
+        "device": str(device),
+        "torch": torch.__version__,
+        "seconds": round(time.perf_counter() - start, 3),
+        "modalities": modalities,
+    }
+    _atomic_json(out_dir / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,129 @@
+"""Load the frozen features a model needs (``data/features``) into an ``ItemCatalog``, checked against the items."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from pipeline.catalog import ItemCatalog
+from pipeline.data.splits import load_split
+from pipeline.features.embed import MANIFEST, feature_files
+from pipeline.features.encoders import MODALITIES
+
+logger = logging.getLogger(__name__)
+
+RERUN = "Run `dvc repro embed`."
+NEEDS: tuple[str, ...] = tuple(MODALITIES) + tuple(f"{m}_tokens" for m in MODALITIES)
+
+
+def _name(features_dir: Path, file: str) -> str:
+    return f"{features_dir.name}/{file}"
+
+
+def _load_array(features_dir: Path, file: str, hint: str) -> np.ndarray:
+    path = features_dir / file
+    if not path.exists():
+        raise FileNotFoundError(f"{_name(features_dir, file)} not found. {hint}")
+    return np.load(path)
+
+
+def _check_rows(features_dir: Path, file: str, array: np.ndarray, n: int, trailing: tuple[int, ...] | None) -> None:
+    name = _name(features_dir, file)
+    if array.shape[0] != n + 1:
+        raise ValueError(f"{name} has {array.shape[0]} rows; expected {n + 1} (items + padding row). {RERUN}")
+    if trailing is not None and tuple(array.shape[1:]) != trailing:
+        raise ValueError(
+            f"{name} has shape {array.shape}; expected ({n + 1}, {', '.join(map(str, trailing))}). {RERUN}"
+        )
+    if np.any(array[0]):
+        raise ValueError(f"{name}: row 0 (padding) must be all zeros / False. {RERUN}")
+
+
+def _read_manifest(features_dir: Path, n: int, item_ids: list[str]) -> dict[str, Any]:
+    path = features_dir / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{_name(features_dir, MANIFEST)} not found (the embed stage did not finish). {RERUN}")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    items_hash = hashlib.sha256("\n".join(item_ids).encode()).hexdigest()
+    if manifest.get("num_items") != n or manifest.get("items_hash") != items_hash:
+        raise ValueError(
+            f"{_name(features_dir, MANIFEST)} describes {manifest.get('num_items')} items of another items.parquet; "
+            f"the current one has {n}. {RERUN}"
+        )
+    return manifest
+
+
+def _popularity(prepared_dir: Path, n: int) -> tuple[torch.Tensor, int]:
+    """Training-interaction counts (every item of each user but the last two) and the longest history length."""
+    split = load_split(prepared_dir)
+    train = np.concatenate(split.train) if len(split) else np.zeros(0, dtype=np.int64)
+    if len(train) and (train.min() < 1 or train.max() > n):
+        bad = int(train.max() if train.max() > n else train.min())
+        raise ValueError(
+            f"{prepared_dir.name}/sequences.parquet refers to item {bad}, but items.parquet has items 1..{n}. "
+            "Run `dvc repro prepare`."
+        )
+    counts = np.bincount(train, minlength=n + 1).astype(np.float32)  # (N+1,), row 0 = 0
+    longest = max((len(t) for t in split.train), default=0) + 1  # test input = train + valid target
+    return torch.from_numpy(counts), longest
+
+
+def load_catalog(
+    features_dir: Path, prepared_dir: Path, needs: tuple[str, ...] = (), max_seq_len: int | None = None
+) -> ItemCatalog:
+    """An ``ItemCatalog`` with the features listed in ``needs`` ("text", "image", "text_tokens", "image_tokens").
+
+    ``max_seq_len`` is ``data.max_seq_len``; left as None it is the longest input in the data (train + valid).
+    With ``needs=()`` only ``num_items`` and ``popularity`` are filled (no feature file is read).
+    """
+    unknown = [need for need in needs if need not in NEEDS]
+    if unknown:
+        raise ValueError(f"unknown feature {unknown[0]!r}; a model may need: {', '.join(NEEDS)}")
+    items_path = prepared_dir / "items.parquet"
+    if not items_path.exists():
+        raise FileNotFoundError(f"{items_path} not found. Run `dvc repro prepare`.")
+    item_ids = pl.read_parquet(items_path, columns=["item_id"])["item_id"].to_list()
+    n = len(item_ids)
+    popularity, longest = _popularity(prepared_dir, n)
+    catalog = ItemCatalog(num_items=n, max_seq_len=max_seq_len or longest, popularity=popularity)
+    if not needs:
+        return catalog
+
+    manifest = _read_manifest(features_dir, n, item_ids)
+    for modality in MODALITIES:
+        wants_pooled, wants_tokens = modality in needs, f"{modality}_tokens" in needs
+        if not (wants_pooled or wants_tokens):
+            continue
+        entry = manifest.get("modalities", {}).get(modality, {})
+        if not entry.get("enabled", False):
+            raise ValueError(
+                f"the model needs {modality} features, but embed.{modality}.name was 'none' when "
+                f"{_name(features_dir, MANIFEST)} was written. Set embed.{modality}.name (see params.yaml) and "
+                "run `dvc repro embed`."
+            )
+        files = feature_files(modality)
+        mask = _load_array(features_dir, files["mask"], RERUN)
+        _check_rows(features_dir, files["mask"], mask, n, ())
+        catalog.masks[modality] = torch.from_numpy(mask.astype(bool))  # (N+1,)
+        if wants_pooled:
+            pooled = _load_array(features_dir, files["pooled"], RERUN)
+            _check_rows(features_dir, files["pooled"], pooled, n, (int(entry["dim"]),))
+            catalog.features[modality] = torch.from_numpy(pooled.astype(np.float32, copy=False))  # (N+1, d)
+        if wants_tokens:
+            hint = "Token features are written only with embed.store_tokens: true; set it and run `dvc repro embed`."
+            tokens = _load_array(features_dir, files["tokens"], hint)
+            t, d = tokens.shape[1:] if tokens.ndim == 3 else (0, 0)
+            _check_rows(features_dir, files["tokens"], tokens, n, tuple(entry.get("tokens_shape") or (t, d)))
+            token_mask = _load_array(features_dir, files["tokens_mask"], hint)
+            _check_rows(features_dir, files["tokens_mask"], token_mask, n, (tokens.shape[1],))
+            catalog.tokens[modality] = torch.from_numpy(tokens.astype(np.float16, copy=False))  # (N+1, T, d)
+            catalog.token_masks[modality] = torch.from_numpy(token_mask.astype(bool))  # (N+1, T)
+        logger.info("catalog: %s features for %d items (%d present)", modality, n, int(mask.sum()))
+    return catalog

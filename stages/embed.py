@@ -1,0 +1,44 @@
+"""Stage `embed`: frozen text/image features for every item (DESIGN.md), resumable through the content cache.
+
+    python -m stages.embed --params params.yaml --items data/prepared/items.parquet \
+        --out data/features --cache data/cache/embeddings
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.config import EmbedConfig, load_section
+from pipeline.features.embed import embed_items
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    params: Annotated[Path, typer.Option(help="params file; only its `embed` section is read")] = Path("params.yaml"),
+    items: Annotated[Path, typer.Option(help="items written by `prepare`")] = Path("data/prepared/items.parquet"),
+    out: Annotated[Path, typer.Option(help="output directory (a DVC output)")] = Path("data/features"),
+    cache: Annotated[Path, typer.Option(help="embedding cache, kept across runs")] = Path("data/cache/embeddings"),
+) -> None:
+    """Encode every item's text and image with the frozen encoders named in `embed`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = load_section(EmbedConfig, "embed", params)
+    manifest = embed_items(items, out, cache, config)
+    for modality, entry in manifest["modalities"].items():
+        if entry["enabled"]:
+            typer.echo(
+                f"{modality}: {entry['encoder']} dim {entry['dim']}, {entry['present']}/{entry['items']} present, "
+                f"{entry['corrupt']} corrupt, {entry['cache_hits']} from cache, {entry['encoded']} encoded"
+            )
+        else:
+            typer.echo(f"{modality}: disabled")
+    typer.echo(f"wrote {out}/ in {manifest['seconds']:.1f} s on {manifest['device']}")
+
+
+if __name__ == "__main__":
+    app()
