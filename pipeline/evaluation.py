@@ -20,6 +20,7 @@ from torch import nn
 
 from pipeline import metrics, retrieval
 from pipeline.catalog import ItemCatalog
+from pipeline.data.cold_start import cold_target_mask
 from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import Stage, UserSplit
 from pipeline.features.store import load_catalog
@@ -29,6 +30,8 @@ from pipeline.train import item_table, load_checkpoint, user_queries
 log = logging.getLogger(__name__)
 
 STAGES: tuple[Stage, ...] = ("valid", "test")
+# Test metrics over the users whose test target is in no history: item cold start (pipeline.data.cold_start).
+COLD_START = "test_cold_start"
 
 
 @dataclass
@@ -47,10 +50,11 @@ class EvaluationResult:
     user_idx: np.ndarray  # (U,) int64, split order
     ks: list[int]
     stages: dict[str, StageResult] = field(default_factory=dict)
+    subsets: dict[str, dict[str, float]] = field(default_factory=dict)  # metrics over user subsets (COLD_START)
 
     def metrics(self) -> dict[str, dict[str, float]]:
-        """``{stage: {metric: value}}``, the shape every report table reads."""
-        return {stage: result.metrics for stage, result in self.stages.items()}
+        """``{stage or subset: {metric: value}}``, the shape every report table reads."""
+        return {stage: result.metrics for stage, result in self.stages.items()} | self.subsets
 
 
 def evaluate_vectors(
@@ -81,6 +85,11 @@ def evaluate_vectors(
             len(item_vectors) - 1,
             time.perf_counter() - start,
         )
+    cold = cold_target_mask(split) if "test" in result.stages else np.zeros(0, dtype=bool)  # (U,)
+    if cold.any():  # never an empty subset: its metrics would be NaN
+        test = result.stages["test"]
+        result.subsets[COLD_START] = metrics.compute(test.items, test.targets, ks, mask=cold)
+        log.info("%s: %d of %d users have a cold-start test target", name, int(cold.sum()), len(split))
     return result
 
 

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from pipeline.evaluation import EvaluationResult  # noqa: E402
+from pipeline.evaluation import COLD_START, EvaluationResult  # noqa: E402
 from pipeline.io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.metrics import METRIC_NAMES  # noqa: E402
 
@@ -169,6 +169,11 @@ def render_report(
         "## Results\n",
         markdown_table(runs),
     ]
+    if any(COLD_START in per_stage for per_stage in runs.values()):
+        parts.append(
+            f"`{COLD_START}`: test metrics over the users whose test target is in no user's history (item cold "
+            "start; `data.cold_start_fraction` holds items out of training, see pipeline/data/cold_start.py).\n"
+        )
     if stats is not None:
         parts.append(_data_section(stats))
     if checkpoint is not None:

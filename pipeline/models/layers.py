@@ -7,7 +7,11 @@ attention and the feed-forward network; pre-LN trains stably with Adam at lr 1e-
 because the same blocks are reused by ODMT and MP4SR under different losses.
 
 Masks are boolean with ``True`` = "this query may attend to this key" (the convention of
-``torch.nn.functional.scaled_dot_product_attention``), shaped (B, 1, L, L) so they broadcast over heads.
+``torch.nn.functional.scaled_dot_product_attention``), shaped (B, 1, L, L) so they broadcast over heads; a float
+mask of 0 / -inf (:func:`additive_mask`) is accepted too. Every query row must allow at least one key.
+
+CPU speed: attention-weight dropout (``attn_dropout`` > 0) makes PyTorch fall back from the fused CPU attention
+kernel to the unfused one (~10x slower at B=128, L=200, and it keeps the (B, H, L, L) weights for backward).
 """
 
 from __future__ import annotations
@@ -51,8 +55,15 @@ def causal_padding_mask(input_ids: torch.Tensor) -> torch.Tensor:
     return (causal & keys) | eye  # (B, 1, L, L)
 
 
+def additive_mask(attn_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask (True = attend) -> float mask of 0 / -inf that SDPA adds to the scores; float masks pass."""
+    if attn_mask.dtype != torch.bool:
+        return attn_mask
+    return torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill_(~attn_mask, -torch.inf)
+
+
 class MultiHeadSelfAttention(nn.Module):
-    """Scaled dot-product self-attention over ``num_heads`` heads with an explicit boolean mask."""
+    """Scaled dot-product self-attention over ``num_heads`` heads with an explicit (boolean or additive) mask."""
 
     def __init__(self, dim: int, num_heads: int, attn_dropout: float, dropout: float) -> None:
         super().__init__()
@@ -75,7 +86,11 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise two-layer network ``dim -> ffn_dim -> dim`` with a configurable activation."""
+    """Position-wise two-layer network ``dim -> ffn_dim -> dim`` with a configurable activation.
+
+    Dropout only on the output, as in GPT-2 / nanoGPT: a mask over the 4x wider hidden layer costs more than the
+    rest of the block on CPU.
+    """
 
     def __init__(self, dim: int, ffn_dim: int, dropout: float, activation: str = "gelu") -> None:
         super().__init__()
@@ -87,7 +102,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.dropout(self.activation(self.fc1(x)))  # (B, L, F)
+        h = self.activation(self.fc1(x))  # (B, L, F)
         return self.dropout(self.fc2(h))  # (B, L, D)
 
 
@@ -142,9 +157,69 @@ class CausalTransformer(nn.Module):
         self.ln_final = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        attn_mask = additive_mask(attn_mask, x.dtype)  # (B, 1, L, L): converted once, not once per layer
         for block in self.blocks:
             x = block(x, attn_mask)  # (B, L, D)
         return self.ln_final(x)  # (B, L, D)
+
+
+class _FullSoftmaxCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ weight.T`` that never holds the whole (P, N) logit matrix.
+
+    Logits are built ``chunk`` rows at a time; the gradient of each chunk (softmax - one-hot) is folded into the
+    gradients of ``hidden`` and ``weight`` right away, so memory is O(chunk x N) instead of O(P x N) for logits,
+    log-probabilities and their gradient. Compute equals the plain version: one forward and two gradient matmuls.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
+        count = hidden.shape[0]
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_grad else None  # (P, D)
+        grad_weight = torch.zeros_like(weight) if need_grad else None  # (N, D)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, count, chunk):
+            h = hidden[start : start + chunk]  # (C, D)
+            t = targets[start : start + chunk]  # (C,)
+            logits = (h @ weight.T).float()  # (C, N)
+            target_logit = logits.gather(1, t[:, None])  # (C, 1)
+            top = logits.amax(dim=1, keepdim=True)  # (C, 1)
+            probs = logits.sub_(top).exp_()  # (C, N) unnormalised softmax, in place of the logits
+            norm = probs.sum(dim=1, keepdim=True)  # (C, 1)
+            total += (top + norm.log() - target_logit).sum()  # log-sum-exp minus the target's logit
+            if need_grad:
+                grad = probs.div_(norm * count)  # (C, N) softmax / P
+                grad[torch.arange(len(t), device=t.device), t] -= 1.0 / count  # d(mean loss) / d(logits)
+                grad = grad.to(hidden.dtype)
+                grad_hidden[start : start + chunk] = grad @ weight  # (C, D)
+                grad_weight.addmm_(grad.T, h)  # (N, D)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return (total / count).to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_out, grad_weight * grad_out, None, None
+
+
+def full_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, max_logits: int = 1 << 23
+) -> torch.Tensor:
+    """Mean softmax cross-entropy of ``hidden`` (P, D) against every row of ``weight`` (N, D).
+
+    ``targets`` (P,) int64 are row indices of ``weight``. Equal to ``F.cross_entropy(hidden @ weight.T, targets)``
+    with at most ``max_logits`` logits alive at once (default 8M floats = 32 MB).
+    """
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0  # no position has a target: zero loss, still part of the graph
+    chunk = max(1, max_logits // max(1, weight.shape[0]))
+    return _FullSoftmaxCrossEntropy.apply(hidden, weight, targets, chunk)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

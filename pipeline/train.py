@@ -1,0 +1,302 @@
+"""The one training loop every model uses, plus checkpoints and the inference helpers evaluation needs.
+
+Phases (MP4SR's pre-training and fine-tuning) are data: :func:`fit` calls ``model.set_phase(phase)`` when the model
+has it, and ``model.on_epoch_start(epoch)`` before each epoch when it has that (ODMT's distillation ramp).
+
+Contract with models (see :mod:`pipeline.models.registry`): batches are left-padded and trimmed to their longest
+row, and evaluation inputs may be trimmed too, so a model's outputs must not depend on extra left padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline import metrics, retrieval
+from pipeline.catalog import ItemCatalog
+from pipeline.config import TrainConfig
+from pipeline.data.dataset import NextItemDataset, collate, eval_inputs, trim_left_padding
+from pipeline.data.splits import UserSplit
+from pipeline.io import atomic_path, write_json_atomic
+from pipeline.models import registry
+
+log = logging.getLogger(__name__)
+
+VALID_K = 10
+STOP_METRIC = f"NDCG@{VALID_K}"  # early stopping and best-epoch selection
+CHECKPOINT_NAME = "model.pt"
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int  # 1-based epoch whose weights were kept
+    best_valid: dict[str, float]  # valid HR/NDCG/MRR@10 at best_epoch
+    epochs_run: int
+    stopped_early: bool
+    seconds_per_epoch: float  # mean wall time of the training part of an epoch (no validation)
+    sequences_per_second: float  # training sequences per second, over all epochs
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: losses, valid metrics, timings
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA). Call before building a model so its init is seeded too."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cpu``; ``cuda`` / ``cuda:N`` (must exist)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device = {name!r} but no CUDA device is visible; set train.device to auto or cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"train.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from err
+
+
+def fit(
+    model: nn.Module,
+    split: UserSplit,
+    train_cfg: TrainConfig,
+    max_seq_len: int,
+    out_dir: Path | None,
+    live: Any = None,
+    phase: str = "train",
+) -> TrainResult:
+    """Train ``model`` on ``split.train``, validate each epoch, keep the best weights (loaded back at the end).
+
+    Early stopping: stop after ``train_cfg.patience`` epochs without a better valid NDCG@10. Writes
+    ``out_dir/model.pt`` (see :func:`save_checkpoint`) unless ``out_dir`` is None. ``live`` is an optional
+    ``dvclive.Live``; metrics of a phase other than "train" are logged under ``<phase>/``.
+    """
+    _check_train_config(train_cfg)
+    seed_everything(train_cfg.seed)
+    if train_cfg.num_threads > 0:
+        torch.set_num_threads(train_cfg.num_threads)
+    device = resolve_device(train_cfg.device)
+    model.to(device)
+    if hasattr(model, "set_phase"):
+        model.set_phase(phase)
+    dataset = NextItemDataset(split, max_seq_len)
+    loader = DataLoader(
+        dataset,
+        batch_size=train_cfg.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(train_cfg.seed),
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    valid_inputs = eval_inputs(split, "valid", max_seq_len)  # (U, L)
+    prefix = "" if phase == "train" else f"{phase}/"
+
+    best_score, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
+    history: list[dict[str, float]] = []
+    train_seconds, bad_epochs, stopped_early = 0.0, 0, False
+    for epoch in range(1, train_cfg.epochs + 1):
+        if hasattr(model, "on_epoch_start"):
+            model.on_epoch_start(epoch)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        losses = _train_epoch(model, loader, optimizer, train_cfg, device, f"{phase} epoch {epoch}")
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        train_seconds += seconds
+        valid = validate(model, valid_inputs, split, train_cfg.batch_size, device)
+        row = {**{f"train/{k}": v for k, v in losses.items()}, **{f"valid/{k}": v for k, v in valid.items()}}
+        row |= {"epoch_seconds": seconds, "epoch_cpu_seconds": cpu_seconds}
+        row["sequences_per_second"] = len(dataset) / seconds
+        history.append(row)
+        _log_live(live, {f"{prefix}{k}": v for k, v in row.items()})
+        log.info(
+            "%s epoch %d: loss %.4f, valid %s %.4f (%.1f s)",
+            phase,
+            epoch,
+            losses["loss"],
+            STOP_METRIC,
+            valid[STOP_METRIC],
+            seconds,
+        )
+        if valid[STOP_METRIC] > best_score:
+            best_score, best_epoch, best_valid, bad_epochs = valid[STOP_METRIC], epoch, valid, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= train_cfg.patience:
+                log.info("early stop: no better valid %s for %d epochs", STOP_METRIC, bad_epochs)
+                stopped_early = True
+                break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    epochs_run = len(history)
+    result = TrainResult(
+        best_epoch=best_epoch,
+        best_valid=best_valid,
+        epochs_run=epochs_run,
+        stopped_early=stopped_early,
+        seconds_per_epoch=train_seconds / max(epochs_run, 1),
+        sequences_per_second=len(dataset) * epochs_run / max(train_seconds, 1e-9),
+        history=history,
+    )
+    if out_dir is not None:
+        save_checkpoint(out_dir / CHECKPOINT_NAME, model, max_seq_len, train_cfg, best_epoch, best_valid)
+    return result
+
+
+def _check_train_config(cfg: TrainConfig) -> None:
+    for key in ("epochs", "batch_size", "patience"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"train.{key} = {getattr(cfg, key)} must be >= 1 (params.yaml)")
+    if cfg.lr < 0 or cfg.weight_decay < 0 or (cfg.grad_clip is not None and cfg.grad_clip < 0):
+        raise ValueError("train.lr, train.weight_decay and train.grad_clip must be >= 0 (params.yaml)")
+
+
+def _train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    train_cfg: TrainConfig,
+    device: torch.device,
+    desc: str,
+) -> dict[str, float]:
+    """One pass over the loader; returns the mean of every loss component the model reports."""
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    batches = 0
+    for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, unit="batch")):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        out = model(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{desc}, batch {step}: loss is {loss.item()}; lower train.lr or set train.grad_clip"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if train_cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        optimizer.step()
+        for key, value in out.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
+        batches += 1
+    return {key: float(total) / batches for key, total in sums.items()}
+
+
+def validate(
+    model: nn.Module, inputs: np.ndarray, split: UserSplit, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """Valid HR/NDCG/MRR@10: full ranking over all items with each user's training history masked."""
+    queries = user_queries(model, inputs, batch_size, device)  # (U, D)
+    items = item_table(model)  # (N+1, D)
+    topk, _ = retrieval.top_k(queries, items, split.history("valid"), VALID_K)  # (U, 10)
+    return metrics.compute(topk, split.target("valid"), [VALID_K])
+
+
+@torch.no_grad()
+def user_queries(model: nn.Module, inputs: np.ndarray, batch_size: int, device: torch.device | str) -> np.ndarray:
+    """(U, L) left-padded histories -> (U, D) float32 query vectors (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    chunks = []
+    for start in range(0, len(inputs), batch_size):
+        ids = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size])).to(device)  # (b, L)
+        ids = trim_left_padding({"input_ids": ids})["input_ids"]  # (b, L')
+        chunks.append(model.user_vectors(ids).float().cpu())  # (b, D)
+    model.train(was_training)
+    return torch.cat(chunks).numpy()  # (U, D)
+
+
+@torch.no_grad()
+def item_table(model: nn.Module) -> np.ndarray:
+    """(N+1, D) float32 item vectors (eval mode, no grad); row 0 is padding."""
+    was_training = model.training
+    model.eval()
+    table = model.item_vectors().float().cpu().numpy()  # (N+1, D)
+    model.train(was_training)
+    return table
+
+
+def registered_name(model: nn.Module) -> str:
+    for name, spec in registry.models().items():
+        if type(model) is spec.model_cls:
+            return name
+    raise ValueError(f"{type(model).__name__} is not registered; decorate it with @register in pipeline.models")
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    max_seq_len: int,
+    train_cfg: TrainConfig,
+    epoch: int,
+    valid_metrics: dict[str, float],
+) -> None:
+    """Write plain data + ``state_dict`` atomically: loadable by :func:`load_checkpoint` with no training code."""
+    checkpoint = {
+        "model_name": registered_name(model),
+        "model_config": asdict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "num_items": int(model.item_vectors().shape[0] - 1),
+        "max_seq_len": int(max_seq_len),
+        "epoch": int(epoch),
+        "valid_metrics": {k: float(v) for k, v in valid_metrics.items()},
+        "train_config": asdict(train_cfg),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(
+    path: Path, catalog: ItemCatalog, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from ``model.pt`` through the registry; returns ``(model in eval mode, checkpoint)``."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint; run `dvc repro train` (or python -m stages.train) first")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if checkpoint["num_items"] != catalog.num_items:
+        raise ValueError(
+            f"{path} was trained on {checkpoint['num_items']} items but the catalog has {catalog.num_items}; "
+            "the prepared data changed since training: run `dvc repro train`"
+        )
+    if catalog.max_seq_len != checkpoint["max_seq_len"]:
+        catalog = dataclasses.replace(catalog, max_seq_len=checkpoint["max_seq_len"])
+    spec = registry.spec(checkpoint["model_name"])
+    config = spec.config_cls(**checkpoint["model_config"])
+    model = registry.build_model(checkpoint["model_name"], config, catalog)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.to(map_location)
+    model.eval()
+    return model, checkpoint
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_summary(path: Path, result: TrainResult, **extra: Any) -> None:
+    """``train_summary.json``: best epoch and metrics, epochs run, speed, plus ``extra`` fields; atomic."""
+    write_json_atomic(path, {k: v for k, v in asdict(result).items() if k != "history"} | extra)
+
+
+def _log_live(live: Any, row: dict[str, float]) -> None:
+    if live is None:
+        return
+    for name, value in row.items():
+        live.log_metric(name, value)
+    live.next_step()

@@ -1,0 +1,239 @@
+"""The training loop, datasets and checkpoints on a tiny learnable toy pattern (CPU, a few seconds)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.catalog import ItemCatalog
+from pipeline.config import TrainConfig
+from pipeline.data.dataset import NextItemDataset, collate, eval_inputs, left_pad
+from pipeline.data.splits import UserSplit
+from pipeline.models.sasrec import SASRec, SASRecConfig
+from pipeline.train import (
+    fit,
+    item_table,
+    load_checkpoint,
+    seed_everything,
+    user_queries,
+    validate,
+    write_summary,
+)
+from stages.train import app
+
+NUM_ITEMS = 30
+MAX_LEN = 12
+
+
+def cycle_split(num_users: int = 160, seed: int = 0) -> UserSplit:
+    """Each user walks the item cycle 1 -> 2 -> ... -> 30 -> 1 from a random start: the next item is learnable."""
+    rng = np.random.default_rng(seed)
+    seqs = [(rng.integers(NUM_ITEMS) + np.arange(rng.integers(5, 14))) % NUM_ITEMS + 1 for _ in range(num_users)]
+    return UserSplit(
+        user_idx=np.arange(num_users, dtype=np.int64),
+        train=[s[:-2] for s in seqs],
+        valid_target=np.array([s[-2] for s in seqs], dtype=np.int64),
+        test_target=np.array([s[-1] for s in seqs], dtype=np.int64),
+    )
+
+
+def catalog() -> ItemCatalog:
+    return ItemCatalog(num_items=NUM_ITEMS, max_seq_len=MAX_LEN, popularity=torch.zeros(NUM_ITEMS + 1))
+
+
+def model(seed: int = 0) -> SASRec:
+    seed_everything(seed)
+    return SASRec(SASRecConfig(hidden_dim=16, num_layers=1, num_heads=2, dropout=0.1), catalog())
+
+
+def train_cfg(**overrides: Any) -> TrainConfig:
+    base = dict(
+        seed=0,
+        device="cpu",
+        epochs=3,
+        batch_size=32,
+        lr=0.01,
+        weight_decay=0.0,
+        patience=5,
+        grad_clip=1.0,
+        num_threads=0,
+    )
+    return TrainConfig(**(base | overrides))
+
+
+class RecordingLive:
+    """Stands in for ``dvclive.Live``: records every metric per step."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = [{}]
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.steps[-1][name] = value
+
+    def next_step(self) -> None:
+        self.steps.append({})
+
+
+def test_left_pad_keeps_the_most_recent_items() -> None:
+    out = left_pad([np.array([1, 2, 3, 4, 5]), np.array([7]), np.array([], dtype=np.int64)], 3)
+    assert out.dtype == np.int64
+    assert out.tolist() == [[3, 4, 5], [0, 0, 7], [0, 0, 0]]
+
+
+def test_eval_inputs_use_the_stage_history() -> None:
+    split = UserSplit(np.arange(1), [np.array([1, 2, 3])], np.array([4]), np.array([5]))
+    assert eval_inputs(split, "valid", 5).tolist() == [[0, 0, 1, 2, 3]]
+    assert eval_inputs(split, "test", 3).tolist() == [[2, 3, 4]]
+
+
+def test_dataset_pairs_every_position_with_the_next_item() -> None:
+    split = UserSplit(
+        np.arange(3),
+        [np.array([1, 2, 3, 4]), np.array([9]), np.array([5, 6])],
+        np.array([5, 8, 7]),
+        np.array([6, 7, 8]),
+    )
+    data = NextItemDataset(split, max_len=4)
+    assert len(data) == 2 and data.skipped_users == 1  # the user with one training item adds nothing
+    assert data[0]["input_ids"].tolist() == [0, 1, 2, 3] and data[0]["target_ids"].tolist() == [0, 2, 3, 4]
+    batch = collate([data[1]])  # only [5] -> [6]: the all-padding leading columns are trimmed away
+    assert batch["input_ids"].tolist() == [[5]] and batch["target_ids"].tolist() == [[6]]
+    truncated = NextItemDataset(split, max_len=2)
+    assert truncated[0]["input_ids"].tolist() == [2, 3] and truncated[0]["target_ids"].tolist() == [3, 4]
+
+
+def test_training_lowers_the_loss_and_beats_random() -> None:
+    split = cycle_split()
+    live = RecordingLive()
+    untrained = model()
+    before = validate(untrained, eval_inputs(split, "valid", MAX_LEN), split, 64, torch.device("cpu"))
+    result = fit(untrained, split, train_cfg(epochs=6), MAX_LEN, None, live=live)
+    losses = [row["train/loss"] for row in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    # random ranking of the ~20 unseen items puts the target in the top 10 about half the time (NDCG@10 ~ 0.2)
+    assert before["NDCG@10"] < 0.4 < 0.9 < result.best_valid["NDCG@10"]
+    assert result.best_valid["HR@10"] >= result.best_valid["NDCG@10"] >= result.best_valid["MRR@10"]
+    assert live.steps[-1] == {} and len(live.steps) == 7  # one step per epoch
+    assert {"train/loss", "train/ce", "valid/NDCG@10", "epoch_seconds", "sequences_per_second"} <= set(live.steps[0])
+
+
+def test_early_stopping_after_patience_bad_epochs() -> None:
+    result = fit(model(), cycle_split(), train_cfg(epochs=10, patience=2, lr=0.0), MAX_LEN, None)
+    assert result.best_epoch == 1  # lr 0: the metric never improves after the first epoch
+    assert result.epochs_run == 3 and result.stopped_early
+
+
+def test_bad_train_config_is_an_error_naming_the_key() -> None:
+    with pytest.raises(ValueError, match="train.patience"):
+        fit(model(), cycle_split(), train_cfg(patience=0), MAX_LEN, None)
+
+
+def test_same_seed_same_metrics() -> None:
+    first = fit(model(seed=1), cycle_split(), train_cfg(epochs=2, seed=1), MAX_LEN, None)
+    second = fit(model(seed=1), cycle_split(), train_cfg(epochs=2, seed=1), MAX_LEN, None)
+    strip = [{k: v for k, v in row.items() if "second" not in k} for row in first.history]
+    assert strip == [{k: v for k, v in row.items() if "second" not in k} for row in second.history]
+
+
+def test_checkpoint_round_trip_reproduces_user_vectors(tmp_path: Path) -> None:
+    split = cycle_split()
+    trained = model()
+    cfg = train_cfg(epochs=2)
+    result = fit(trained, split, cfg, MAX_LEN, tmp_path)
+    inputs = eval_inputs(split, "test", MAX_LEN)  # (U, L)
+    expected = user_queries(trained, inputs, 64, "cpu")  # (U, D)
+
+    loaded, checkpoint = load_checkpoint(tmp_path / "model.pt", dataclasses.replace(catalog(), max_seq_len=99))
+    assert checkpoint["model_name"] == "sasrec" and checkpoint["epoch"] == result.best_epoch
+    assert checkpoint["model_config"] == dataclasses.asdict(trained.config)
+    assert checkpoint["train_config"] == dataclasses.asdict(cfg)
+    assert checkpoint["num_items"] == NUM_ITEMS and checkpoint["max_seq_len"] == MAX_LEN
+    assert checkpoint["valid_metrics"] == result.best_valid
+    np.testing.assert_array_equal(user_queries(loaded, inputs, 64, "cpu"), expected)
+    np.testing.assert_array_equal(item_table(loaded), item_table(trained))
+    assert expected.dtype == np.float32 and expected.shape == (len(split), 16)
+    assert not list(tmp_path.glob(".model.pt.*"))  # the atomic write left no temp file
+
+    with pytest.raises(ValueError, match="dvc repro train"):
+        load_checkpoint(tmp_path / "model.pt", dataclasses.replace(catalog(), num_items=NUM_ITEMS + 1))
+
+
+def test_phase_and_epoch_hooks_and_phase_prefixed_metrics() -> None:
+    class Hooked(SASRec):
+        def __init__(self) -> None:
+            super().__init__(SASRecConfig(16, 1, 2, 0.0), catalog())
+            self.calls: list[Any] = []
+
+        def set_phase(self, phase: str) -> None:
+            self.calls.append(phase)
+
+        def on_epoch_start(self, epoch: int) -> None:
+            self.calls.append(epoch)
+
+    hooked = Hooked()
+    live = RecordingLive()
+    fit(hooked, cycle_split(), train_cfg(epochs=2), MAX_LEN, None, live=live, phase="pretrain")
+    assert hooked.calls == ["pretrain", 1, 2]
+    assert "pretrain/valid/NDCG@10" in live.steps[0] and "pretrain/train/loss" in live.steps[0]
+
+
+def test_summary_is_plain_json(tmp_path: Path) -> None:
+    result = fit(model(), cycle_split(), train_cfg(epochs=1), MAX_LEN, None)
+    write_summary(tmp_path / "train_summary.json", result, peak_rss_mb=1.0)
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["best_epoch"] == 1 and summary["epochs_run"] == 1 and summary["peak_rss_mb"] == 1.0
+    assert set(summary["best_valid"]) == {"HR@10", "NDCG@10", "MRR@10"}
+
+
+def test_train_stage_writes_checkpoint_summary_and_dvclive(tmp_path: Path) -> None:
+    split = cycle_split(num_users=40)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    held_out = zip(split.train, split.valid_target, split.test_target, strict=True)
+    sequences = [np.concatenate([t, [v, w]]) for t, v, w in held_out]
+    pl.DataFrame(
+        {
+            "user_idx": np.arange(1, 41, dtype=np.int32),
+            "user_id": [f"u{i}" for i in range(40)],
+            "items": [s.astype(np.int32).tolist() for s in sequences],
+            "timestamps": [list(range(len(s))) for s in sequences],
+        }
+    ).write_parquet(prepared / "sequences.parquet")
+    pl.DataFrame(
+        {
+            "item_idx": np.arange(1, NUM_ITEMS + 1, dtype=np.int32),
+            "item_id": [str(i) for i in range(NUM_ITEMS)],
+            "text": [""] * NUM_ITEMS,
+            "image_path": [None] * NUM_ITEMS,
+        }
+    ).write_parquet(prepared / "items.parquet")
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["data"]["max_seq_len"] = MAX_LEN
+    params["train"] |= {"epochs": 2, "device": "cpu", "batch_size": 16}
+    params["model"] |= {"name": "sasrec", "hidden_dim": 16, "num_layers": 1, "num_heads": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    out = tmp_path / "models"
+    args = ["--params", str(tmp_path / "params.yaml"), "--prepared", str(prepared), "--features", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["model_name"] == "sasrec" and summary["epochs_run"] == 2 and summary["peak_rss_mb"] > 0
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    assert checkpoint["max_seq_len"] == MAX_LEN and checkpoint["model_config"]["hidden_dim"] == 16
+    assert json.loads((out / "dvclive" / "metrics.json").read_text())["step"] == 1  # steps 0 and 1 logged
+    assert (out / "dvclive" / "plots" / "metrics" / "valid" / "NDCG@10.tsv").exists()
+
+    params["train"]["device"] = "tpu"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    bad = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert bad.exit_code == 1
