@@ -29,9 +29,10 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout + proc.stderr
 
 
-def _tiny_params(raw_dir: Path, model: dict | None = None) -> dict:
+def _tiny_params(raw_dir: Path, model: dict | None = None, data: dict | None = None) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update(source="movielens", path=str(raw_dir), user_core=3, item_core=2)
+    params["data"].update(data or {})
     params["embed"]["text"]["batch_size"] = 16
     params["embed"]["image"]["batch_size"] = 16
     params["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
@@ -40,8 +41,12 @@ def _tiny_params(raw_dir: Path, model: dict | None = None) -> dict:
     return params
 
 
-def make_project(tmp_path: Path, model: dict | None = None) -> Path:
-    """A fresh git + DVC project holding this repository's pipeline, pointed at a tiny data set."""
+def make_project(tmp_path: Path, model: dict | None = None, data: dict | None = None) -> Path:
+    """A fresh git + DVC project holding this repository's pipeline, pointed at a tiny data set.
+
+    By default the data set is a generated GroupLens ML-1M-format one; ``data`` overrides `data:` params (e.g. to
+    point at another source's fixture).
+    """
     project = tmp_path / "project"
     project.mkdir()
     for name in ("pipeline", "stages"):
@@ -50,7 +55,7 @@ def make_project(tmp_path: Path, model: dict | None = None) -> Path:
         if (REPO / name).exists():
             shutil.copy(REPO / name, project / name)
     raw = write_tiny_ml1m(tmp_path / "raw")
-    (project / "params.yaml").write_text(yaml.safe_dump(_tiny_params(raw, model), sort_keys=False))
+    (project / "params.yaml").write_text(yaml.safe_dump(_tiny_params(raw, model, data), sort_keys=False))
     (project / ".gitignore").write_text("data/cache/\n")
     _run(["git", "init", "-q"], project)
     _run(["dvc", "init", "-q"], project)
@@ -94,3 +99,27 @@ def test_dvc_repro_runs_every_stage_and_caches(tmp_path: Path) -> None:
     out = _run(["dvc", "exp", "run", "-S", "train.lr=0.002"], project)
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     assert "Running stage 'prepare'" not in out and "Running stage 'embed'" not in out
+
+
+def test_dvc_repro_on_amazon2023_fixture_with_real_images(tmp_path: Path) -> None:
+    """Issue 5: an Amazon-Reviews-2023-format category (reviews + meta + image files) through every stage."""
+    fixture = REPO / "tests/fixtures/real_formats/amazon2023"
+    project = make_project(
+        tmp_path, data={"source": "amazon2023", "path": str(fixture), "images_dir": str(fixture / "images")}
+    )
+    out = _run(["dvc", "repro"], project)
+    for stage in ("prepare", "embed", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+
+    stats = json.loads((project / "data/prepared/stats.json").read_text())
+    assert stats["images"]["source"] == "images_dir"
+    assert stats["images"]["present"] > 0
+    assert stats["images"]["present"] + stats["images"]["missing"] + stats["images"]["corrupt"] == stats["items"]
+    assert sum(stats["dropped"].values()) > 0  # the fixture holds malformed and duplicate rows, all counted
+    items = pl.read_parquet(project / "data/prepared/items.parquet")
+    assert items["item_id"].str.starts_with("B").all()  # parent_asin is the item id
+    manifest = json.loads((project / "data/features/manifest.json").read_text())
+    image = manifest["modalities"]["image"] if "modalities" in manifest else manifest["image"]
+    assert image["present"] == stats["images"]["present"]
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert 0.0 <= metrics["sasrec"]["test"]["NDCG@10"] <= 1.0

@@ -247,13 +247,18 @@ def test_images_dir_present_missing_corrupt(tmp_path: Path) -> None:
         }
     )
     out = tmp_path / "out"
-    (out / "images").mkdir(parents=True)  # stale cards of an earlier run are removed
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "1.png").write_bytes(b"stale card")  # cards of an earlier run are removed
     result, stats = attach_images(items, str(images_dir), out)
     assert stats == {"source": "images_dir", "present": 3, "missing": 2, "corrupt": 1}
     assert result["image_path"].to_list() == [
         str(images_dir / "a.png"), str(images_dir / "b_c.JPG"), None, None, str(images_dir / "sub" / "f.webp"), None
     ]  # fmt: skip
-    assert not (out / "images").exists()
+    # images/ (the DVC output embed depends on) now only indexes the real files used, so a change reaches embed
+    assert [p.name for p in (out / "images").iterdir()] == ["index.json"]
+    index = json.loads((out / "images" / "index.json").read_text())
+    assert [row["path"] for row in index["images"]] == [p for p in result["image_path"].to_list() if p]
+    assert all(row["bytes"] > 0 for row in index["images"])
     assert image_file_stem("../x:y") == "_._x_y"
 
 

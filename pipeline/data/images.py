@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -278,9 +279,27 @@ def attach_images(items: pl.DataFrame, images_dir: str | None, out_dir: Path) ->
         paths: list[str | None] = list(write_title_cards(items, out_dir))
         stats = {"source": "synthetic_title_cards", "present": len(paths), "missing": 0, "corrupt": 0}
     else:
-        stale = out_dir / "images"
-        if stale.is_dir():  # cards of an earlier run with images_dir unset must not linger in the output
-            shutil.rmtree(stale)
         paths, counts = find_images(items, Path(images_dir))
         stats = {"source": "images_dir", **counts}
+        write_image_index(items, paths, out_dir / "images")
     return items.with_columns(pl.Series("image_path", paths, dtype=pl.String)), stats
+
+
+def write_image_index(items: pl.DataFrame, paths: list[str | None], images_out: Path) -> None:
+    """With real images, ``images/`` holds no pictures but an index of the files used (path, size, mtime).
+
+    The folder is the DVC output that ``embed`` depends on, so any change in which files are used, or in their size
+    or modification time as seen by ``prepare``, reaches ``embed``. (DVC cannot watch ``data.images_dir`` itself:
+    after changing images in place, run ``dvc repro --force prepare``.) Cards of an earlier run are removed.
+    """
+    rows = []
+    for item_id, path in zip(items["item_id"].to_list(), paths, strict=True):
+        if path is not None:
+            info = Path(path).stat()
+            rows.append({"item_id": item_id, "path": path, "bytes": info.st_size, "mtime_ns": info.st_mtime_ns})
+    tmp = images_out.with_name(images_out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "index.json").write_text(json.dumps({"source": "images_dir", "images": rows}, indent=1) + "\n")
+    shutil.rmtree(images_out, ignore_errors=True)
+    tmp.rename(images_out)
