@@ -17,7 +17,6 @@ A modality whose encoder is ``none`` writes no file (and stale files of an earli
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -46,6 +45,7 @@ from pipeline.features.encoders import (
     resolve_device,
     sha256_json,
 )
+from pipeline.io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -104,16 +104,8 @@ def read_items(path: Path, need_images: bool) -> pl.DataFrame:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -454,5 +446,5 @@ def embed_items(
         "seconds": round(time.perf_counter() - start, 3),
         "modalities": modalities,
     }
-    _atomic_json(out_dir / MANIFEST, manifest)
+    write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
