@@ -17,9 +17,11 @@ from pipeline.config import DEFAULT_PARAMS, ConfigError, DataConfig, ModelConfig
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
 from pipeline.models import registry
+from pipeline.pretrain import init_from_pretrained
 from pipeline.train import fit, peak_rss_mb, resolve_device, seed_everything, write_summary
 
 log = logging.getLogger("stages.train")
+PRETRAINED = Path("models/pretrain/pretrain.pt")  # a marker there means: train from scratch
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
@@ -29,6 +31,7 @@ def main(
     prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
     features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
     out: Annotated[Path, typer.Option(help="model.pt, train_summary.json, dvclive/")] = Path("models"),
+    pretrained: Annotated[Path, typer.Option(help="pretrain stage output (MP4SR)")] = PRETRAINED,
 ) -> None:
     """Train the configured model; keep the epoch with the best valid NDCG@10."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -45,6 +48,11 @@ def main(
         raise typer.Exit(code=1) from e
     seed_everything(train_cfg.seed)  # before building: weight init is part of "same seed, same metrics"
     model = registry.build_model(model_cfg.name, model_cfg.build(params), catalog)
+    try:
+        init_from_pretrained(model, pretrained)  # MP4SR: the pre-trained weights; other models or a marker: no-op
+    except (ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        raise typer.Exit(code=1) from e
     start = time.perf_counter()
     with Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False) as live:
         result = fit(model, split, train_cfg, max_seq_len, out, live=live)

@@ -1,0 +1,69 @@
+"""DVC stage `pretrain`: MP4SR's contrastive pre-training -> models/pretrain/pretrain.pt (a marker when not needed).
+
+python -m stages.pretrain --params params.yaml --prepared data/prepared --features data/features --out models/pretrain
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from dvclive import Live
+
+from pipeline.config import DEFAULT_PARAMS, ConfigError, DataConfig, ModelConfig, TrainConfig, load_section
+from pipeline.data.splits import load_split
+from pipeline.features.store import load_catalog
+from pipeline.models import registry
+from pipeline.pretrain import PRETRAIN_NAME, SUMMARY_NAME, PretrainConfig, pretrain, skip_reason, write_marker
+from pipeline.train import peak_rss_mb, resolve_device, seed_everything, write_summary
+
+log = logging.getLogger("stages.pretrain")
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    params: Annotated[Path, typer.Option(help="params file (pretrain, model, train, data)")] = DEFAULT_PARAMS,
+    prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
+    features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
+    out: Annotated[Path, typer.Option(help="pretrain.pt, pretrain_summary.json, dvclive/")] = Path("models/pretrain"),
+) -> None:
+    """Pre-train MP4SR's M2SE (NI + CM losses); keep the epoch with the best valid NDCG@10."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        pretrain_cfg: PretrainConfig = load_section(PretrainConfig, "pretrain", params)
+        model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
+        train_cfg: TrainConfig = load_section(TrainConfig, "train", params)
+        max_seq_len = load_section(DataConfig, "data", params).max_seq_len
+        reason = skip_reason(model_cfg.name, pretrain_cfg)
+        if reason is None:
+            spec = registry.spec(model_cfg.name, params)
+            catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len=max_seq_len)
+            split = load_split(prepared)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        raise typer.Exit(code=1) from e
+    with Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False) as live:  # exists even for a marker
+        if reason is not None:
+            write_marker(out / PRETRAIN_NAME, reason)
+            return
+        seed_everything(train_cfg.seed)  # before building: weight init is part of "same seed, same metrics"
+        model = registry.build_model(model_cfg.name, model_cfg.build(params), catalog)
+        start = time.perf_counter()
+        result = pretrain(model, split, pretrain_cfg, train_cfg, max_seq_len, out / PRETRAIN_NAME, live=live)
+    write_summary(
+        out / SUMMARY_NAME,
+        result,
+        enabled=True,
+        model_name=model_cfg.name,
+        device=str(resolve_device(train_cfg.device)),
+        total_seconds=time.perf_counter() - start,
+        peak_rss_mb=peak_rss_mb(),
+    )
+
+
+if __name__ == "__main__":
+    app()
