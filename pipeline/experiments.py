@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.evaluation import COLD_START
+
 METRICS = ("HR@10", "NDCG@10", "MRR@10")
 
 
@@ -16,7 +18,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def _row(result: dict[str, Any]) -> list[str]:
     metrics = result["metrics"].get(result["model"], {})
     cells = [result["name"]]
-    for stage in ("valid", "test", "cold_test"):
+    for stage in ("valid", "test", COLD_START):
         cells += [_fmt(metrics.get(stage, {}).get(m)) for m in METRICS]
     train = result.get("train") or {}
     pretrain = result.get("pretrain") or {}
@@ -40,3 +42,16 @@ def experiments_table(paths: list[Path]) -> str:
     for path in paths:
         lines.append("| " + " | ".join(_row(json.loads(path.read_text()))) + " |")
     return "\n".join(lines) + "\n"
+
+
+def experiments_sections(results_dir: Path) -> list[str]:
+    """The "Experiments" section of report.md: the table of every ``<results_dir>/*.json``; none when empty."""
+    paths = sorted(Path(results_dir).glob("*.json"))
+    if not paths:
+        return []
+    intro = (
+        "Runs of `python -m bench.ablations` (each variant = params.yaml plus the overrides in "
+        "bench/experiments.yaml; same split, seed and budget). Metrics @10; cold test = users whose test target "
+        "is a held-out item (cold-start setting only).\n\n"
+    )
+    return ["## Experiments\n\n" + intro + experiments_table(paths)]

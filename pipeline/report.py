@@ -2,7 +2,7 @@
 
 Tables are generic: a *run* is a name plus ``{stage: {metric: value}}`` (the shape of ``metrics.json`` entries and
 of :meth:`EvaluationResult.metrics`), so later sections (ablations, cold-start) append rows from any number of
-metrics files with :func:`experiments_section`. Every file is written atomically (temp file + rename).
+metrics files (see :mod:`pipeline.experiments`). Every file is written atomically (temp file + rename).
 """
 
 from __future__ import annotations
@@ -122,29 +122,6 @@ def text_table(runs: Runs) -> str:
             lines.append("  " + name.ljust(width) + "".join(_fmt(values.get(k)).rjust(col + 2) for k in keys))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
-
-
-def experiments_section(metrics_files: Sequence[Path], title: str = "Experiments") -> str:
-    """A markdown section with one row per run found in several ``metrics.json``-shaped files.
-
-    Rows are named ``<run>`` when the name is unique across files, else ``<file stem>/<run>``.
-    """
-    loaded: list[tuple[Path, dict[str, Any]]] = []
-    for path in metrics_files:
-        data = read_json(path)
-        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-            raise ValueError(f"{path}: expected {{run: {{stage: {{metric: value}}}}}} like reports/metrics.json")
-        loaded.append((path, data))
-    counts: dict[str, int] = {}
-    for _, data in loaded:
-        for name in data:
-            counts[name] = counts.get(name, 0) + 1
-    runs = {
-        (name if counts[name] == 1 else f"{path.stem}/{name}"): per_stage
-        for path, data in loaded
-        for name, per_stage in data.items()
-    }
-    return f"## {title}\n\n" + markdown_table(runs)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import typer
 from pipeline.config import EvaluateConfig, load_section
 from pipeline.data.splits import load_split
 from pipeline.evaluation import evaluate_model, evaluate_popularity, load_trained, load_user_ids
+from pipeline.experiments import experiments_sections
 from pipeline.report import runs_of, text_table, write_report
 from pipeline.train import resolve_device
 
@@ -25,6 +26,9 @@ def main(
     model: Annotated[Path, typer.Option(help="train stage checkpoint")] = Path("models/model.pt"),
     out: Annotated[Path, typer.Option(help="metrics.json, report.md, topk.parquet, plots/")] = Path("reports"),
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N, for the user vectors")] = "auto",
+    experiments: Annotated[Path, typer.Option(help="bench.ablations results copied into report.md")] = Path(
+        "reports/experiments"
+    ),
 ) -> None:
     """Rank all items for every user (history masked) at valid and test; write reports/ and print the table."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -53,6 +57,7 @@ def main(
         stats_path=prepared / "stats.json",
         train_summary_path=model.parent / "train_summary.json",
         dvclive_dir=model.parent / "dvclive",
+        extra_sections=experiments_sections(experiments),
     )
     typer.echo(text_table(runs_of([result, *baselines])))
 

@@ -183,13 +183,6 @@ def test_tables_are_generic_over_runs(tmp_path: Path) -> None:
     text = report.text_table(runs)
     assert text.startswith("valid:") and "cold_test:" in text and "0.4000" in text
 
-    (tmp_path / "a.json").write_text(json.dumps({"odmt": runs["odmt"], "popularity": runs["popularity"]}))
-    (tmp_path / "b.json").write_text(json.dumps({"mp4sr": runs["odmt"], "popularity": runs["popularity"]}))
-    section = report.experiments_section([tmp_path / "a.json", tmp_path / "b.json"])
-    assert section.startswith("## Experiments")
-    rows = [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ")]
-    assert rows == ["| run", "| odmt", "| a/popularity", "| mp4sr", "| b/popularity"]
-
 
 def write_project(tmp_path: Path) -> tuple[Path, Path, Path]:
     """prepared/ (sequences, items, stats), models/ (an untrained SASRec checkpoint + summary + dvclive)."""

@@ -1,0 +1,56 @@
+"""The ablation runner's param overrides and the experiments table copied into report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.ablations import apply_overrides
+from pipeline.experiments import experiments_sections, experiments_table
+
+
+def _result(name: str, model: str, ndcg: float, cold: float | None = None) -> dict:
+    stages = {"valid": {"HR@10": 0.3, "NDCG@10": ndcg, "MRR@10": 0.1}, "test": {"HR@10": 0.2, "NDCG@10": ndcg}}
+    if cold is not None:
+        stages["test_cold_start"] = {"HR@10": cold, "NDCG@10": cold / 2, "MRR@10": cold / 4}
+    return {
+        "name": name,
+        "model": model,
+        "metrics": {model: stages, "popularity": stages},
+        "train": {"seconds_per_epoch": 41.26, "epochs_run": 12},
+        "pretrain": {"seconds_per_epoch": 80.0} if model == "mp4sr" else None,
+        "stages": {"train": {"seconds": 500.0, "peak_rss_mb": 1500}, "evaluate": {"seconds": 30, "peak_rss_mb": 900}},
+    }
+
+
+def test_overrides_replace_existing_keys_only() -> None:
+    params = {"model": {"name": "sasrec", "hidden_dim": 64}, "train": {"lr": 0.001}}
+    out = apply_overrides(params, {"model.name": "odmt", "train.lr": 0.01})
+    assert out == {"model": {"name": "odmt", "hidden_dim": 64}, "train": {"lr": 0.01}}
+    assert params["model"]["name"] == "sasrec"  # the base is not mutated
+    with pytest.raises(KeyError, match="train.learning_rate"):
+        apply_overrides(params, {"train.learning_rate": 0.1})
+
+
+def test_table_has_one_row_per_run_with_cold_start_and_cost(tmp_path: Path) -> None:
+    (tmp_path / "a_sasrec.json").write_text(json.dumps(_result("sasrec", "sasrec", 0.15)))
+    (tmp_path / "b_mp4sr.json").write_text(json.dumps(_result("mp4sr_cold", "mp4sr", 0.12, cold=0.04)))
+    table = experiments_table(sorted(tmp_path.glob("*.json")))
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| run | valid HR@10 | valid NDCG@10 | valid MRR@10 | test HR@10")
+    assert len(lines) == 4
+    sasrec, mp4sr = lines[2].split(" | "), lines[3].split(" | ")
+    assert sasrec[0] == "| sasrec" and sasrec[2] == "0.1500" and sasrec[6] == "–"  # test MRR missing -> "–"
+    assert sasrec[7:10] == ["–", "–", "–"]  # no cold-start split
+    assert mp4sr[7:10] == ["0.0400", "0.0200", "0.0100"]
+    assert sasrec[10:] == ["41.3", "12", "–", "1500 |"]
+    assert mp4sr[12] == "80.0"
+
+
+def test_sections_empty_without_results(tmp_path: Path) -> None:
+    assert experiments_sections(tmp_path / "missing") == []
+    (tmp_path / "x.json").write_text(json.dumps(_result("sasrec", "sasrec", 0.15)))
+    (section,) = experiments_sections(tmp_path)
+    assert section.startswith("## Experiments") and "| sasrec |" in section
