@@ -65,9 +65,17 @@ def train_cfg(**overrides: Any) -> TrainConfig:
         weight_decay=0.0,
         patience=5,
         grad_clip=1.0,
-        num_threads=0,
+        num_threads=1,  # tiny tensors: one thread avoids OpenMP spin-waits on a busy machine
     )
     return TrainConfig(**(base | overrides))
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Any:
+    """``fit`` applies ``train.num_threads`` process-wide; give other tests their thread count back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 class RecordingLive:
@@ -218,7 +226,7 @@ def test_train_stage_writes_checkpoint_summary_and_dvclive(tmp_path: Path) -> No
     ).write_parquet(prepared / "items.parquet")
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params["data"]["max_seq_len"] = MAX_LEN
-    params["train"] |= {"epochs": 2, "device": "cpu", "batch_size": 16}
+    params["train"] |= {"epochs": 2, "device": "cpu", "batch_size": 16, "num_threads": 1}
     params["model"] |= {"name": "sasrec", "hidden_dim": 16, "num_layers": 1, "num_heads": 2}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
