@@ -7,6 +7,9 @@ Every model is an ``nn.Module`` built as ``ModelCls(config, catalog)`` that impl
 - ``user_vectors(input_ids) -> (B, D)``: the query for the item after the last position;
 - ``item_vectors() -> (N+1, D)``: one row per item (row 0 = padding), so that
   ``user_vectors(x) @ item_vectors().T`` is exactly the model's score used for ranking (FAISS inner product).
+
+Training batches and evaluation inputs are trimmed of columns that are padding in every row, so a model's outputs
+must not depend on extra left padding (tested for every model).
 """
 
 from __future__ import annotations
