@@ -1,0 +1,672 @@
+"""ODMT (Ji et al., "Online Distillation-enhanced Multi-modal Transformer for Sequential Recommendation", ACM MM 2023,
+arXiv 2308.04067), with the authors' code (github xyliugo/ODMT) as the reference for what the paper leaves open.
+
+Three parts, one module each:
+
+- :class:`IDAwareMultimodalTransformer` (paper Fig. 3b, "IMT"): every item is a short token sequence
+  ``[text summary, text tokens | image summary, image tokens | ID]``; a bidirectional transformer runs over it with
+  a mask that stops text and image tokens from attending to the ID token (the ID token reads everything). The ID
+  token and the two summary tokens, each through its own 2-layer MLP, are the item's three vectors (ID, text, image).
+- :class:`SASRecUserEncoder` / :class:`GRU4RecUserEncoder` (Fig. 3a, "model-agnostic"): one causal user encoder per
+  item-vector type reads the user's history as that type's item vectors and predicts the next item by inner product
+  with the same type's vectors, giving three logit sets.
+- :class:`OnlineDistillation` (Fig. 3c): KD(text <- ID) + KD(image <- ID) + KD(ID <- mean of the three logits),
+  at temperature tau and scaled by tau^2, weighted by ``distill_weight`` x the ramp ``exp(-5 (1 - epoch/alpha)^2)``.
+
+Choices where the paper and the code leave room (each documented where it is made):
+
+- The summary tokens are the modality's pooled feature (mean-pooled MiniLM output, global-average-pooled
+  EfficientNet map), projected like its tokens and tagged with a learned role embedding; the authors take the first
+  output token (BERT's / CLIP's CLS), which an EfficientNet feature map does not have.
+- A missing modality (``catalog.masks[m]`` False) is explicit: its tokens are masked out of attention and its
+  summary token is a learned "missing <m>" embedding, so the item's <m>-vector is built from the other modality's
+  tokens. A data set without a modality at all (``embed.<m>.name: none``) gives a model with fewer heads: ID + text
+  is the "two-head mode". Nothing is zero-filled.
+- The KD term is ``KL(p_teacher || p_student)``: the soft cross-entropy minus the teacher's entropy. The student's
+  gradient is the authors' soft cross-entropy's exactly; the term is 0 when the two logit sets agree, and with
+  ``distill_detach_teacher: false`` (mutual learning, the authors' setting) it pulls the teacher towards the
+  student instead of sharpening it.
+- ``softmax: full`` is cross-entropy over all N items (the SASRec baseline's objective); ``softmax: in_batch`` is the
+  authors' objective: the candidates are the batch's items, scored with the log-popularity (logQ) correction, and
+  each user's own other items are masked out as false negatives.
+- The ranking score is the weighted mean of the heads' scores (the authors: the plain mean), written as one inner
+  product: ``user_vectors = concat(w_h * u_h)`` and ``item_vectors = concat(v_h)`` over heads h.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.catalog import ItemCatalog
+from pipeline.models.layers import CausalTransformer, causal_padding_mask, init_weights
+from pipeline.models.registry import register
+
+MODALITIES: tuple[str, ...] = ("text", "image")
+FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim, item side and user side (paper, authors' code)
+INIT_STD = 0.02
+MASKED_LOGIT = -1e4  # finite (as in the authors' code) so that KL terms stay finite where both sides are masked
+RAMP_SHARPNESS = 5.0  # exp(-5 (1 - t)^2), Laine & Aila 2017, as in the authors' code
+EVAL_CHUNK = 1024  # items per item-transformer call when building the ranking table (bounds memory)
+
+
+@dataclass(frozen=True)
+class ODMTConfig:
+    hidden_dim: int  # D: width of tokens, item vectors and user encoders; the ranking vector is (#heads x D)
+    num_layers: int  # user-encoder depth per head: transformer blocks (sasrec) or GRU layers (gru4rec)
+    num_heads: int  # attention heads of the SASRec user encoders; must divide hidden_dim
+    dropout: float  # dropout everywhere (embeddings, attention, residual, feed-forward), item and user side
+    backbone: Literal["sasrec", "gru4rec"]  # sequential user encoder (the framework is model-agnostic)
+    id_aware_transformer: bool  # False = ablation "w/o IMT": ID embedding and pooled features through MLPs only
+    fusion_layers: int  # blocks of the ID-aware multimodal transformer (paper: 2)
+    fusion_heads: int  # its attention heads (paper: 2); must divide hidden_dim
+    id_init: Literal["features", "random"]  # features = ID embeddings start from the item's mean content vector
+    softmax: Literal["full", "in_batch"]  # full CE over all items | in-batch candidates with logQ correction
+    distill_weight: float  # weight of the online-distillation term (0 = ablation "w/o distillation")
+    distill_temperature: float  # tau
+    distill_ramp_epochs: int  # alpha: KD weight ramps as exp(-5 (1 - epoch/alpha)^2) up to epoch alpha; 0 = no ramp
+    distill_detach_teacher: bool  # True = teachers get no gradient from KD; False = mutual learning (authors)
+    head_weight_id: float  # ranking score = weighted mean of the heads' scores
+    head_weight_text: float
+    head_weight_image: float
+
+
+def distill_ramp(epoch: int, ramp_epochs: int) -> float:
+    """The authors' ``sigmoid_rampup``: ``exp(-5 (1 - min(epoch, alpha)/alpha)^2)``; 1.0 when alpha = 0."""
+    if ramp_epochs <= 0:
+        return 1.0
+    phase = 1.0 - min(max(epoch, 0), ramp_epochs) / ramp_epochs
+    return math.exp(-RAMP_SHARPNESS * phase * phase)
+
+
+def item_mlp(dim: int) -> nn.Sequential:
+    """The 2-layer MLP that turns an output token into an item vector (authors: Linear, LeakyReLU, Linear)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(), nn.Linear(dim, dim))
+
+
+@dataclass
+class ModalityInput:
+    """One modality of M items, gathered from the catalog."""
+
+    pooled: torch.Tensor  # (M, d_m) float32 pooled feature
+    present: torch.Tensor  # (M,) bool: the item has this modality
+    tokens: torch.Tensor | None = None  # (M, T_m, d_m) per-token features (None in the "w/o IMT" ablation)
+    token_mask: torch.Tensor | None = None  # (M, T_m) bool: real token
+
+
+class IDAwareMultimodalTransformer(nn.Module):
+    """Fig. 3b, IMT: item vectors (one per head: "id", then each modality) from the ID embedding and the content tokens.
+
+    With ``use_transformer=False`` (ablation "w/o IMT") the tokens are not used: the ID embedding and each projected
+    pooled feature go straight to their MLP.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        modality_dims: dict[str, int],
+        num_layers: int,
+        num_heads: int,
+        dropout: float,
+        use_transformer: bool,
+    ) -> None:
+        super().__init__()
+        self.modalities = tuple(modality_dims)
+        self.use_transformer = use_transformer
+        self.proj = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in modality_dims.items()})  # d_m -> D, tokens too
+        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in self.modalities})  # (D,)
+        self.input_norm = nn.LayerNorm(dim)
+        self.input_dropout = nn.Dropout(dropout)
+        self.mlp = nn.ModuleDict({h: item_mlp(dim) for h in ("id", *self.modalities)})
+        if use_transformer:
+            # roles: "<m>_summary", "<m>_token" per modality, and "id"
+            self.roles = nn.ParameterDict(
+                {f"{m}_{r}": nn.Parameter(torch.zeros(dim)) for m in self.modalities for r in ("summary", "token")}
+            )
+            self.roles["id"] = nn.Parameter(torch.zeros(dim))
+            self.encoder = CausalTransformer(num_layers, dim, num_heads, dropout, ffn_dim=FFN_MULTIPLIER * dim)
+
+    def summary(self, m: str, content: ModalityInput) -> torch.Tensor:
+        """(M, D): the projected pooled feature, or the learned "missing <m>" vector where the item lacks it."""
+        projected = self.proj[m](content.pooled)  # (M, D)
+        return torch.where(content.present[:, None], projected, self.missing[m])  # (M, D)
+
+    def forward(self, id_emb: torch.Tensor, content: dict[str, ModalityInput]) -> dict[str, torch.Tensor]:
+        """``id_emb`` (M, D) and each modality's inputs -> {"id": (M, D), "<m>": (M, D), ...} item vectors."""
+        if not self.use_transformer:
+            outputs = {"id": id_emb} | {m: self.summary(m, content[m]) for m in self.modalities}  # each (M, D)
+            return {h: self.mlp[h](self.input_dropout(self.input_norm(x))) for h, x in outputs.items()}  # (M, D)
+
+        parts, keys, summary_at = [], [], {}
+        offset = 0
+        for m in self.modalities:
+            c = content[m]
+            if c.tokens is None or c.token_mask is None:
+                raise ValueError(f"the ID-aware transformer needs {m} tokens; set embed.store_tokens: true")
+            summary_at[m] = offset
+            summary = self.summary(m, c) + self.roles[f"{m}_summary"]  # (M, D)
+            tokens = self.proj[m](c.tokens) + self.roles[f"{m}_token"]  # (M, T_m, D)
+            parts += [summary[:, None], tokens]
+            real = c.token_mask & c.present[:, None]  # (M, T_m): a missing modality has no tokens
+            keys += [torch.ones_like(c.present)[:, None], real]  # summaries are always valid keys
+            offset += 1 + tokens.shape[1]
+        parts.append((id_emb + self.roles["id"])[:, None])  # (M, 1, D): the ID token comes last
+        keys.append(torch.ones_like(keys[0]))
+        x = self.input_dropout(self.input_norm(torch.cat(parts, dim=1)))  # (M, S, D), S = sum(1 + T_m) + 1
+        mask = id_aware_mask(torch.cat(keys, dim=1))  # (M, 1, S, S)
+        h = self.encoder(x, mask)  # (M, S, D)
+        outputs = {"id": h[:, -1]} | {m: h[:, i] for m, i in summary_at.items()}  # each (M, D)
+        return {name: self.mlp[name](x) for name, x in outputs.items()}  # each (M, D)
+
+
+def id_aware_mask(keys: torch.Tensor) -> torch.Tensor:
+    """(M, S) bool valid keys, the last one the ID token -> (M, 1, S, S) bool attention mask (True = may attend).
+
+    Content tokens attend to every valid content token but never to the ID token; the ID token attends to all valid
+    tokens (authors' ``version v1``: ``mask[:, :, :-1, -1] = -inf``).
+    """
+    length = keys.shape[1]
+    mask = keys[:, None, None, :].expand(-1, 1, length, length).clone()  # (M, 1, S, S)
+    mask[:, :, :-1, -1] = False  # content queries do not see the ID key
+    return mask  # (M, 1, S, S)
+
+
+class SASRecUserEncoder(nn.Module):
+    """SASRec-style causal user encoder (the paper's default backbone) over a sequence of item vectors.
+
+    Learned positions count real items from the oldest one (0, 1, ...), so extra left padding changes nothing.
+    """
+
+    def __init__(self, dim: int, num_layers: int, num_heads: int, dropout: float, max_seq_len: int) -> None:
+        super().__init__()
+        self.max_seq_len = max_seq_len
+        self.pos_emb = nn.Embedding(max_seq_len, dim)  # (L_max, D)
+        self.emb_norm = nn.LayerNorm(dim)
+        self.emb_dropout = nn.Dropout(dropout)
+        self.encoder = CausalTransformer(num_layers, dim, num_heads, dropout, ffn_dim=FFN_MULTIPLIER * dim)
+
+    def forward(self, item_seq: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) item vectors of a left-padded history ``input_ids`` (B, L) -> (B, L) hidden states (B, L, D)."""
+        if input_ids.shape[1] > self.max_seq_len:
+            raise ValueError(
+                f"input has {input_ids.shape[1]} positions but the model was built for max_seq_len "
+                f"{self.max_seq_len}; left-pad/truncate inputs to data.max_seq_len"
+            )
+        positions = ((input_ids != 0).cumsum(dim=1) - 1).clamp(min=0)  # (B, L): 0 = oldest real item
+        x = self.emb_dropout(self.emb_norm(item_seq + self.pos_emb(positions)))  # (B, L, D)
+        return self.encoder(x, causal_padding_mask(input_ids))  # (B, L, D)
+
+
+class GRU4RecUserEncoder(nn.Module):
+    """GRU4Rec (Hidasi et al., ICLR 2016; RecBole's variant: dropout, GRU, dense) over a sequence of item vectors.
+
+    The inputs are LayerNorm-ed first, as in the SASRec encoder: ODMT's item vectors are MLP outputs of any scale
+    (tiny at initialisation), which a GRU, unlike attention behind a LayerNorm, does not absorb. Left-padded rows
+    are turned right-padded and packed, so the GRU never steps over padding: outputs do not depend on the amount of
+    left padding and padding positions output zeros.
+    """
+
+    def __init__(self, dim: int, num_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.emb_norm = nn.LayerNorm(dim)
+        self.emb_dropout = nn.Dropout(dropout)
+        self.gru = nn.GRU(dim, dim, num_layers=num_layers, batch_first=True, bias=True)
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, item_seq: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) item vectors of a left-padded history ``input_ids`` (B, L) -> hidden states (B, L, D)."""
+        batch, length, dim = item_seq.shape
+        lengths = (input_ids != 0).sum(dim=1)  # (B,)
+        shift = (length - lengths)[:, None]  # (B, 1): leading padding per row
+        cols = torch.arange(length, device=input_ids.device)[None, :]  # (1, L)
+        to_right = ((cols + shift) % length)[..., None].expand(-1, -1, dim)  # (B, L, D)
+        x = self.emb_dropout(self.emb_norm(item_seq.gather(1, to_right)))  # (B, L, D): real items first
+        # pack_padded_sequence takes its lengths on the CPU (a torch API requirement)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.gru(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=length)  # (B, L, D)
+        to_left = ((cols - shift) % length)[..., None].expand(-1, -1, dim)  # (B, L, D)
+        return self.dense(out.gather(1, to_left))  # (B, L, D): back to left padding
+
+
+def build_user_encoder(config: ODMTConfig, max_seq_len: int) -> nn.Module:
+    if config.backbone == "sasrec":
+        return SASRecUserEncoder(config.hidden_dim, config.num_layers, config.num_heads, config.dropout, max_seq_len)
+    if config.backbone == "gru4rec":
+        return GRU4RecUserEncoder(config.hidden_dim, config.num_layers, config.dropout)
+    raise ValueError(f"model.backbone = {config.backbone!r} must be one of: sasrec, gru4rec")
+
+
+class OnlineDistillation(nn.Module):
+    """Fig. 3c: every modality head learns from the ID head, and the ID head from the ensemble (mean of all heads).
+
+    Each term is ``tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))``, averaged over positions. This is
+    the readable version over explicit (P, C) logits; training uses :func:`head_losses`, which computes the same
+    numbers and gradients without holding any (P, C) tensor (checked against this in the tests).
+    """
+
+    def __init__(self, temperature: float, detach_teacher: bool) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.detach_teacher = detach_teacher
+
+    def kd(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """(P, C) student and teacher logits -> scalar; 0 exactly when they are equal."""
+        if self.detach_teacher:
+            teacher = teacher.detach()
+        tau = self.temperature
+        log_p_student = F.log_softmax(student / tau, dim=-1)  # (P, C)
+        log_p_teacher = F.log_softmax(teacher / tau, dim=-1)  # (P, C)
+        kl = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(dim=-1)  # (P,)
+        return kl.mean() * tau * tau
+
+    def forward(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{"id": (P, C), "<m>": (P, C), ...} -> {"kd_<m>": KD(m <- id), ..., "kd_id": KD(id <- ensemble)}."""
+        ensemble = torch.stack(list(logits.values())).mean(dim=0)  # (P, C)
+        terms = {f"kd_{h}": self.kd(x, logits["id"]) for h, x in logits.items() if h != "id"}
+        terms["kd_id"] = self.kd(logits["id"], ensemble)
+        return terms
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    temperature: float  # tau of the KD terms
+    kd_weight: float  # distill_weight x ramp; 0 = cross-entropy only (KD is then not computed at all)
+    detach_teacher: bool
+    max_logits: int = 1 << 22  # logits per head alive at once (4M floats = 16 MB)
+
+
+def head_losses(
+    hidden: list[torch.Tensor],
+    tables: list[torch.Tensor],
+    target_col: torch.Tensor,
+    options: LossOptions,
+    column_bias: torch.Tensor | None = None,
+    seen: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every head's cross-entropy plus the online-distillation terms, from queries and candidate vectors.
+
+    ``hidden[h]`` (P, D) are head h's queries (head 0 = id), ``tables[h]`` (C, D) its candidate vectors, so head h's
+    logits are ``hidden[h] @ tables[h].T (+ column_bias)`` (P, C); ``target_col`` (P,) the target columns. In-batch
+    softmax passes ``column_bias`` (C,) = -log q, ``seen`` (B, C) bool (the user's own items) and ``rows`` (P,) (the
+    user of each position): a user's own items other than the target are masked out.
+
+    Returns ``(loss, parts)``: ``loss = sum_h CE_h + kd_weight * sum KD``, and ``parts`` (2H,) detached =
+    ``[CE_h for h] + [KD(m <- id) for each modality m] + [KD(id <- ensemble)]`` (KD zeros when kd_weight is 0).
+    """
+    if target_col.shape[0] == 0:  # no position has a target: zero loss, still part of the graph
+        zero = sum(h.sum() for h in hidden) * 0.0
+        return zero, hidden[0].new_zeros(2 * len(hidden))
+    return _HeadLosses.apply(options, target_col, column_bias, seen, rows, *hidden, *tables)
+
+
+class _HeadLosses(torch.autograd.Function):
+    """:func:`head_losses`, in row chunks, with the gradient written in closed form during the forward pass.
+
+    With ``p`` the student's and ``q`` the teacher's softmax at temperature tau and ``KL = sum q (log q - log p)``
+    per row, ``tau^2 * mean(KL)`` has gradient ``tau / P * (p - q)`` w.r.t. the student logits and, for a teacher
+    that is not detached, ``tau / P * q * (log q - log p - KL)``; the ensemble (mean of the heads' logits) passes
+    1/H of its teacher gradient to each head. Cross-entropy: ``(softmax - one-hot) / P``. Each chunk's logit
+    gradient goes straight into the gradients of ``hidden`` and ``tables`` (two matmuls), as in
+    :func:`pipeline.models.layers.full_cross_entropy`.
+    """
+
+    @staticmethod
+    def forward(ctx, options, target_col, column_bias, seen, rows, *tensors):  # noqa: ANN001, ANN205
+        heads = len(tensors) // 2
+        hidden, tables = tensors[:heads], tensors[heads:]
+        count, tau, weight = hidden[0].shape[0], options.temperature, options.kd_weight
+        need_grad = any(ctx.needs_input_grad[5:])
+        grads = [torch.empty_like(h) for h in hidden] + [torch.zeros_like(t) for t in tables] if need_grad else []
+        ce = hidden[0].new_zeros(heads)  # (H,) summed over rows
+        kd = hidden[0].new_zeros(heads)  # (H,): modalities' KD, then the id head's
+        chunk = max(1, options.max_logits // max(1, tables[0].shape[0]))
+        for start in range(0, count, chunk):
+            part = slice(start, start + chunk)
+            t = target_col[part]  # (R,)
+            at = torch.arange(len(t), device=t.device)  # (R,)
+            z = [hidden[i][part] @ tables[i].T for i in range(heads)]  # H x (R, C)
+            if column_bias is not None:
+                own = seen[rows[part]]  # (R, C): the user's own items ...
+                own[at, t] = False  # ... except the target
+                bias = column_bias.expand(len(t), -1).masked_fill(own, MASKED_LOGIT)  # (R, C)
+                z = [x + bias for x in z]
+            log_p = [F.log_softmax(x, dim=-1) for x in z]  # H x (R, C)
+            ce -= torch.stack([lp[at, t].sum() for lp in log_p])
+            g = [lp.exp_() for lp in log_p] if need_grad else []  # H x (R, C): softmax, in place
+            for x in g:
+                x[at, t] -= 1.0
+            if weight > 0:
+                _distill_chunk(z, tau, weight, options.detach_teacher, kd, g)
+            for i, x in enumerate(g):
+                x.div_(count)
+                grads[i][part] = x @ tables[i]  # (R, D)
+                grads[heads + i].addmm_(x.T, hidden[i][part])  # (C, D)
+        ctx.save_for_backward(*grads)
+        ce, kd = ce / count, kd * (tau * tau / count)
+        loss = ce[0]
+        for value in ce[1:]:
+            loss = loss + value
+        if weight > 0:
+            loss = loss + weight * kd.sum()
+        ctx.mark_non_differentiable(parts := torch.cat([ce, kd]))
+        return loss.to(hidden[0].dtype), parts
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_parts):  # noqa: ANN001, ANN205
+        return (None,) * 5 + tuple(g * grad_loss for g in ctx.saved_tensors)
+
+
+def _distill_chunk(
+    z: list[torch.Tensor], tau: float, weight: float, detach: bool, kd: torch.Tensor, g: list[torch.Tensor]
+) -> None:
+    """Add one chunk's KD sums to ``kd`` (H,) and ``weight`` x their logit gradients (x P) to ``g`` (if any).
+
+    Written with in-place updates: on CPU this loop is bound by memory passes over (R, C) tensors, not by FLOPs.
+    """
+    heads = len(z)
+    log_p = [F.log_softmax(x / tau, dim=-1) for x in z]  # H x (R, C)
+    ensemble = torch.stack(z).sum(dim=0).mul_(1.0 / (heads * tau))  # (R, C): mean of the heads' logits / tau
+    log_p_ens = F.log_softmax(ensemble, dim=-1)  # (R, C)
+    p_id, p_ens = log_p[0].exp(), log_p_ens.exp()  # (R, C) each
+    scale = weight * tau  # d(tau^2 KL)/dz = tau * (...); the 1/P comes with the CE gradient
+    for i in range(1, heads):  # modality i learns from the id head
+        gap = log_p[0] - log_p[i]  # (R, C)
+        kl = _row_dot(p_id, gap)  # (R, 1)
+        kd[i - 1] += kl.sum()
+        if g:
+            g[i].add_(log_p[i].exp_(), alpha=scale).sub_(p_id, alpha=scale)  # student: p - q
+            if not detach:
+                g[0].addcmul_(p_id, gap.sub_(kl), value=scale)  # teacher: q (log q - log p - KL)
+    gap = log_p_ens.sub_(log_p[0])  # (R, C): the id head learns from the ensemble
+    kl = _row_dot(p_ens, gap)  # (R, 1)
+    kd[-1] += kl.sum()
+    if g:
+        g[0].add_(p_id, alpha=scale).sub_(p_ens, alpha=scale)
+        if not detach:
+            teacher = gap.sub_(kl).mul_(p_ens)  # (R, C), to every head through the mean
+            for x in g:
+                x.add_(teacher, alpha=scale / heads)
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(R, C), (R, C) -> (R, 1) row-wise dot products, in one pass."""
+    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0]  # (R, 1)
+
+
+def explicit_head_losses(
+    hidden: list[torch.Tensor],
+    tables: list[torch.Tensor],
+    target_col: torch.Tensor,
+    options: LossOptions,
+    column_bias: torch.Tensor | None = None,
+    seen: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`head_losses` the plain autograd way, over explicit (P, C) logits (memory-hungry; for the tests)."""
+    logits = [h @ t.T for h, t in zip(hidden, tables, strict=True)]  # H x (P, C)
+    if column_bias is not None:
+        own = seen[rows]  # (P, C)
+        own[torch.arange(len(rows), device=rows.device), target_col] = False
+        bias = column_bias.expand(len(rows), -1).masked_fill(own, MASKED_LOGIT)  # (P, C)
+        logits = [x + bias for x in logits]
+    ce = torch.stack([F.cross_entropy(x, target_col) for x in logits])  # (H,)
+    loss = ce.sum()
+    kd = torch.zeros_like(ce)  # (H,)
+    if options.kd_weight > 0:
+        names = ["id", *(f"m{i}" for i in range(1, len(logits)))]
+        terms = OnlineDistillation(options.temperature, options.detach_teacher)(dict(zip(names, logits, strict=True)))
+        kd = torch.stack(list(terms.values()))  # (H,): modalities first, then kd_id
+        loss = loss + options.kd_weight * kd.sum()
+    return loss, torch.cat([ce, kd]).detach()
+
+
+@register("odmt", ODMTConfig, needs_features=("text", "image", "text_tokens", "image_tokens"))
+class ODMT(nn.Module):
+    """ID-aware multimodal item vectors + one user encoder per head + online distillation; see the module docstring.
+
+    Heads are "id" plus every modality present in the catalog (``catalog.features``); the catalog's content tensors
+    are kept as non-persistent buffers (they are data, not weights, and stay out of checkpoints).
+    """
+
+    def __init__(self, config: ODMTConfig, catalog: ItemCatalog) -> None:
+        super().__init__()
+        _check_config(config)
+        self.config = config
+        self.num_items = catalog.num_items
+        self.modalities = tuple(m for m in MODALITIES if m in catalog.features)
+        if not self.modalities:
+            raise ValueError(
+                "ODMT needs at least one content modality but the catalog has no text or image features; "
+                "set embed.text.name / embed.image.name and run `dvc repro embed` (or use model.name: sasrec)"
+            )
+        self.heads = ("id", *self.modalities)
+        weights = {"id": config.head_weight_id, "text": config.head_weight_text, "image": config.head_weight_image}
+        total = sum(weights[h] for h in self.heads)
+        if total <= 0:
+            raise ValueError(f"model.head_weight_* of the heads {self.heads} sum to {total}; at least one must be > 0")
+        self.head_weights = {h: weights[h] / total for h in self.heads}
+        self._register_content(catalog)
+        self.register_buffer("popularity", catalog.popularity.float(), persistent=False)  # (N+1,) training counts
+
+        dim = config.hidden_dim
+        self.id_emb = nn.Embedding(catalog.num_items + 1, dim, padding_idx=0)  # (N+1, D)
+        self.item_encoder = IDAwareMultimodalTransformer(
+            dim,
+            {m: catalog.features[m].shape[1] for m in self.modalities},
+            config.fusion_layers,
+            config.fusion_heads,
+            config.dropout,
+            config.id_aware_transformer,
+        )
+        self.user_encoders = nn.ModuleDict({h: build_user_encoder(config, catalog.max_seq_len) for h in self.heads})
+        self.distillation = OnlineDistillation(config.distill_temperature, config.distill_detach_teacher)
+        self.apply(lambda m: init_weights(m, INIT_STD))
+        for name, param in self.item_encoder.named_parameters():
+            if name.startswith(("missing.", "roles.")):  # free vectors: same init as the embeddings
+                nn.init.normal_(param, std=INIT_STD)
+        if config.id_init == "features":
+            self._init_ids_from_content()
+        self.kd_ramp = distill_ramp(1, config.distill_ramp_epochs)  # set per epoch by on_epoch_start
+        self._table_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
+
+    # --- catalog content ---------------------------------------------------------------------------------------
+
+    def _register_content(self, catalog: ItemCatalog) -> None:
+        """Keep each modality's pooled features, presence mask and (trimmed) tokens as non-persistent buffers."""
+        rows = catalog.num_items + 1
+        for m in self.modalities:
+            pooled = catalog.features[m]
+            present = catalog.masks.get(m)
+            if present is None:
+                raise ValueError(f"catalog has {m} features but no {m} mask; load features with load_catalog")
+            if pooled.shape[0] != rows or present.shape != (rows,):
+                raise ValueError(
+                    f"{m} features have {pooled.shape[0]} rows and a mask of {tuple(present.shape)}; expected "
+                    f"{rows} (items + padding row). Run `dvc repro embed`."
+                )
+            self.register_buffer(f"{m}_pooled", pooled.float(), persistent=False)  # (N+1, d_m)
+            self.register_buffer(f"{m}_present", present.bool(), persistent=False)  # (N+1,)
+            if not self.config.id_aware_transformer:
+                continue
+            if m not in catalog.tokens or m not in catalog.token_masks:
+                raise ValueError(
+                    f"model.id_aware_transformer is true but the catalog has no {m} tokens; set "
+                    "embed.store_tokens: true and run `dvc repro embed` (or set model.id_aware_transformer: false)"
+                )
+            tokens, token_mask = catalog.tokens[m], catalog.token_masks[m].bool()
+            used = token_mask.any(dim=0)  # (T,): drop columns that are padding for every item (less compute)
+            used[0] = True  # keep at least one column
+            tokens = tokens[:, used]  # (N+1, T_m, d_m) float16
+            if self.config.softmax == "full":  # every step reads every item's tokens: convert once, not per step
+                tokens = tokens.float()
+            self.register_buffer(f"{m}_tokens", tokens, persistent=False)  # (N+1, T_m, d_m)
+            self.register_buffer(f"{m}_token_mask", token_mask[:, used], persistent=False)  # (N+1, T_m)
+
+    def content(self, ids: torch.Tensor | None = None, with_tokens: bool = True) -> dict[str, ModalityInput]:
+        """(M,) item ids, or None for all N+1 rows (no gather) -> each modality's inputs for those items."""
+
+        def rows(name: str) -> torch.Tensor:
+            table = getattr(self, name)  # (N+1, ...)
+            return table if ids is None else table[ids]  # (M, ...)
+
+        out = {}
+        dtype = self.id_emb.weight.dtype
+        for m in self.modalities:
+            tokens = token_mask = None
+            if with_tokens and self.config.id_aware_transformer:
+                tokens = rows(f"{m}_tokens").to(dtype)  # (M, T_m, d_m): float16 on the catalog side
+                token_mask = rows(f"{m}_token_mask")  # (M, T_m)
+            out[m] = ModalityInput(rows(f"{m}_pooled").to(dtype), rows(f"{m}_present"), tokens, token_mask)
+        return out
+
+    @torch.no_grad()
+    def _init_ids_from_content(self) -> None:
+        """ID embeddings start as the mean of the item's projected pooled features (authors' ``init 1``).
+
+        Each modality is projected by its (freshly initialised) token projection, centred and scaled to unit RMS over
+        the items that have it (non-negative CNN features share one large direction that would make every ID alike),
+        then averaged; the table is scaled to the usual init std. Items with no content keep their random row.
+        """
+        total = torch.zeros_like(self.id_emb.weight)  # (N+1, D)
+        count = torch.zeros(self.num_items + 1, 1, device=total.device)  # (N+1, 1)
+        for m, c in self.content(with_tokens=False).items():
+            present = c.present[:, None].float()  # (N+1, 1)
+            items = present.sum().clamp(min=1)
+            z = c.pooled @ self.item_encoder.proj[m].weight.T  # (N+1, D)
+            z = z - (z * present).sum(dim=0) / items  # (N+1, D): centred over the items with this modality
+            rms = (z.square() * present).sum().div(items * z.shape[1]).sqrt().clamp(min=1e-8)
+            total += z / rms * present
+            count += present
+        has = count[:, 0] > 0  # (N+1,)
+        has[0] = False
+        self.id_emb.weight[has] = total[has] / count[has] * INIT_STD
+
+    # --- item and user sides -----------------------------------------------------------------------------------
+
+    def item_table(self, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """(M,) item ids, or None for all N+1 items -> {head: (M, D)} item vectors; rows of id 0 (padding) are zero."""
+        id_emb = self.id_emb.weight if ids is None else self.id_emb(ids)  # (M, D)
+        vectors = self.item_encoder(id_emb, self.content(ids))  # each (M, D)
+        if ids is None:
+            ids = torch.arange(self.num_items + 1, device=id_emb.device)  # (N+1,)
+        real = (ids != 0)[:, None].to(id_emb.dtype)  # (M, 1)
+        return {h: vectors[h] * real for h in self.heads}  # each (M, D)
+
+    def encode(self, input_ids: torch.Tensor, table: dict[str, torch.Tensor], index: torch.Tensor) -> dict:
+        """(B, L) history -> {head: (B, L, D)}; ``table[h][index]`` are the vectors of the items in ``input_ids``."""
+        return {h: self.user_encoders[h](table[h][index], input_ids) for h in self.heads}  # each (B, L, D)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.kd_ramp = distill_ramp(epoch, self.config.distill_ramp_epochs)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by :func:`pipeline.train.fit` before each (1-based) epoch: the KD-weight ramp."""
+        self.set_epoch(epoch)
+
+    # --- training ----------------------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sum of the heads' cross-entropies + distill_weight x ramp x KD, with every component for logging."""
+        queries, columns, target_col, in_batch = self.loss_inputs(batch)
+        weight = self.config.distill_weight * self.kd_ramp
+        options = LossOptions(self.config.distill_temperature, weight, self.config.distill_detach_teacher)
+        loss, parts = head_losses(queries, columns, target_col, options, **in_batch)
+        out = {"loss": loss} | {f"ce_{h}": parts[i] for i, h in enumerate(self.heads)}
+        if self.config.distill_weight > 0:  # with distill_weight 0 the KD terms are not computed at all
+            kd = parts[len(self.heads) :]  # (H,)
+            out |= {f"kd_{h}": kd[i] for i, h in enumerate(self.modalities)} | {"kd_id": kd[-1], "kd": kd.sum()}
+        out["kd_weight"] = loss.new_tensor(weight)
+        return out
+
+    def loss_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[list, list, torch.Tensor, dict]:
+        """Per head: queries (P, D) at positions with a target and candidate vectors (C, D); target columns (P,);
+        and, for in-batch softmax, the logQ bias and the users' own items (see :func:`head_losses`)."""
+        input_ids, targets = batch["input_ids"], batch["target_ids"]  # (B, L) each
+        has_target = targets > 0  # (B, L)
+        if self.config.softmax == "full":  # candidates are all items 0..N: ids are their own positions
+            table = self.item_table()  # {head: (N+1, D)}
+            hidden = self.encode(input_ids, table, input_ids)  # {head: (B, L, D)}
+            target_col = targets[has_target] - 1  # (P,): column j scores item j + 1
+            in_batch = {}
+        else:
+            padding = input_ids.new_zeros(1)  # item 0 is always candidates[0], never a column
+            candidates = torch.unique(torch.cat([padding, input_ids.flatten(), targets.flatten()]))  # (C,) sorted
+            table = self.item_table(candidates)  # {head: (C, D)}
+            hidden = self.encode(input_ids, table, torch.searchsorted(candidates, input_ids))  # {head: (B, L, D)}
+            target_col = torch.searchsorted(candidates, targets[has_target]) - 1  # (P,): column 0 = candidates[1]
+            in_batch = self._in_batch_inputs(candidates, input_ids, targets, has_target)
+        queries = [hidden[h][has_target] for h in self.heads]  # H x (P, D)
+        columns = [table[h][1:] for h in self.heads]  # H x (C-1, D): padding (candidates[0] = 0) is no column
+        return queries, columns, target_col, in_batch
+
+    def _in_batch_inputs(
+        self, candidates: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, has_target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """In-batch softmax: ``-log q(item)`` per column (logQ correction) and each user's own items, to mask."""
+        counts = self.popularity[candidates[1:]]  # (C-1,)
+        log_q = torch.log((counts + 1.0) / (counts + 1.0).sum())  # (C-1,): +1 so unseen items stay finite
+        seen = torch.zeros(input_ids.shape[0], len(candidates), dtype=torch.bool, device=input_ids.device)  # (B, C)
+        seen.scatter_(1, torch.searchsorted(candidates, input_ids), True)
+        seen.scatter_(1, torch.searchsorted(candidates, targets), True)
+        rows = has_target.nonzero()[:, 0]  # (P,): the user of each position
+        return {"column_bias": -log_q, "seen": seen[:, 1:], "rows": rows}
+
+    # --- ranking -----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def ranking_table(self) -> dict[str, torch.Tensor]:
+        """{head: (N+1, D)} for all items, for ranking (no gradient); built in chunks and, in eval mode, cached until
+        any weight changes (the validation and evaluation loops call :meth:`user_vectors` once per user batch)."""
+        key = (self.training, *((id(t), t._version, t.device) for t in self.parameters()))
+        if self._table_cache is not None and self._table_cache[0] == key and not self.training:
+            return self._table_cache[1]
+        ids = torch.arange(self.num_items + 1, device=self.id_emb.weight.device)  # (N+1,)
+        chunks = [self.item_table(ids[i : i + EVAL_CHUNK]) for i in range(0, len(ids), EVAL_CHUNK)]
+        table = {h: torch.cat([c[h] for c in chunks]) for h in self.heads}  # {head: (N+1, D)}
+        self._table_cache = (key, table) if not self.training else None
+        return table
+
+    def head_user_vectors(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, L) histories -> {head: (B, D)} per-head queries (the hidden state at the last position)."""
+        hidden = self.encode(input_ids, self.ranking_table(), input_ids)  # {head: (B, L, D)}
+        return {h: x[:, -1] for h, x in hidden.items()}  # {head: (B, D)}
+
+    def user_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) histories -> (B, H*D) ``concat(w_h * u_h)``: its inner product with an item row is the fused score."""
+        queries = self.head_user_vectors(input_ids)  # {head: (B, D)}
+        return torch.cat([self.head_weights[h] * queries[h] for h in self.heads], dim=1)  # (B, H*D)
+
+    def item_vectors(self) -> torch.Tensor:
+        """(N+1, H*D) ``concat(v_h)`` over heads (row 0 = padding, zeros)."""
+        table = self.ranking_table()  # {head: (N+1, D)}
+        return torch.cat([table[h] for h in self.heads], dim=1)  # (N+1, H*D)
+
+
+def _check_config(config: ODMTConfig) -> None:
+    """Value checks the type checks of :mod:`pipeline.config` cannot do; messages name the ``model.`` key."""
+    if not 0.0 <= config.dropout < 1.0:
+        raise ValueError(f"model.dropout = {config.dropout} must be in [0, 1)")
+    for key in ("hidden_dim", "num_layers", "num_heads", "fusion_layers", "fusion_heads"):
+        if getattr(config, key) < 1:
+            raise ValueError(f"model.{key} = {getattr(config, key)} must be >= 1")
+    for key in ("num_heads", "fusion_heads"):
+        if config.hidden_dim % getattr(config, key):
+            raise ValueError(f"model.hidden_dim = {config.hidden_dim} must be divisible by model.{key}")
+    if config.distill_weight < 0:
+        raise ValueError(f"model.distill_weight = {config.distill_weight} must be >= 0 (0 turns distillation off)")
+    if config.distill_temperature <= 0:
+        raise ValueError(f"model.distill_temperature = {config.distill_temperature} must be > 0")
+    if config.distill_ramp_epochs < 0:
+        raise ValueError(f"model.distill_ramp_epochs = {config.distill_ramp_epochs} must be >= 0 (0 = no ramp)")
+    for key in ("head_weight_id", "head_weight_text", "head_weight_image"):
+        if getattr(config, key) < 0:
+            raise ValueError(f"model.{key} = {getattr(config, key)} must be >= 0")

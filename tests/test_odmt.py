@@ -1,0 +1,528 @@
+"""ODMT: shapes, causality and padding invariance, the ID-aware attention mask, missing modalities, the losses
+(cross-entropy, online distillation, fused vs. explicit), the fused ranking score, and a tiny training run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from pipeline.catalog import ItemCatalog
+from pipeline.config import ConfigError, from_dict
+from pipeline.data.dataset import left_pad
+from pipeline.models import registry
+from pipeline.models.odmt import (
+    ODMT,
+    IDAwareMultimodalTransformer,
+    LossOptions,
+    ModalityInput,
+    ODMTConfig,
+    OnlineDistillation,
+    distill_ramp,
+    explicit_head_losses,
+    head_losses,
+    id_aware_mask,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_ITEMS = 20
+MAX_LEN = 10
+DIM = 16
+TEXT_DIM, TEXT_TOKENS = 12, 5
+IMAGE_DIM, IMAGE_TOKENS = 10, 4
+NO_IMAGE = (3, 7)  # items without an image
+NO_TEXT = (5,)  # items without text
+
+# The `model:` keys ODMT adds to params.yaml, with their defaults (the shared keys come from SASRec's block).
+ODMT_PARAMS: dict = {
+    "backbone": "sasrec",
+    "id_aware_transformer": True,
+    "fusion_layers": 2,
+    "fusion_heads": 2,
+    "id_init": "features",
+    "softmax": "full",
+    "distill_weight": 1.0,
+    "distill_temperature": 0.5,
+    "distill_ramp_epochs": 10,
+    "distill_detach_teacher": False,
+    "head_weight_id": 1.0,
+    "head_weight_text": 1.0,
+    "head_weight_image": 1.0,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> object:
+    """Tiny tensors: one intra-op thread is faster, and immune to oversubscribed CI machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_catalog(images: bool = True, tokens: bool = True, seed: int = 0) -> ItemCatalog:
+    """Random pooled features and tokens; a few items lack a modality; text has a variable number of tokens."""
+    g = torch.Generator().manual_seed(seed)
+    rows = NUM_ITEMS + 1
+    text_len = torch.randint(1, TEXT_TOKENS + 1, (rows,), generator=g)  # (N+1,)
+    specs = {"text": (TEXT_DIM, TEXT_TOKENS, NO_TEXT)}
+    if images:
+        specs["image"] = (IMAGE_DIM, IMAGE_TOKENS, NO_IMAGE)
+    catalog = ItemCatalog(NUM_ITEMS, MAX_LEN, torch.arange(rows, dtype=torch.float32) % 5)
+    for m, (dim, count, missing) in specs.items():
+        present = torch.ones(rows, dtype=torch.bool)
+        present[[0, *missing]] = False
+        catalog.features[m] = torch.randn(rows, dim, generator=g) * present[:, None]  # (N+1, d)
+        catalog.masks[m] = present
+        if tokens:
+            token_mask = torch.arange(count)[None] < (text_len[:, None] if m == "text" else count)  # (N+1, T)
+            token_mask = token_mask & present[:, None]  # (N+1, T)
+            catalog.tokens[m] = (torch.randn(rows, count, dim, generator=g) * token_mask[..., None]).half()
+            catalog.token_masks[m] = token_mask
+    return catalog
+
+
+def make_config(**overrides: object) -> ODMTConfig:
+    base = {"hidden_dim": DIM, "num_layers": 2, "num_heads": 2, "dropout": 0.0} | ODMT_PARAMS
+    return ODMTConfig(**(base | {"distill_ramp_epochs": 0} | overrides))
+
+
+def make_model(catalog: ItemCatalog | None = None, seed: int = 0, **overrides: object) -> ODMT:
+    torch.manual_seed(seed)
+    return ODMT(make_config(**overrides), catalog or make_catalog())
+
+
+def batch_ids() -> torch.Tensor:
+    seqs = [np.array([3, 5, 7, 9, 11, 2]), np.array([1, 4]), np.array([8, 8, 16, 17, 5, 6, 2, 1, 3, 12, 14])]
+    return torch.from_numpy(left_pad(seqs, MAX_LEN))  # (3, 10); row 2 truncated to its last 10 items
+
+
+def next_item_batch(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    targets = torch.roll(ids, -1, dims=1) * (ids != 0)  # (B, L)
+    targets[:, -1] = torch.tensor([4, 9, 20])[: len(ids)]
+    return {"input_ids": ids, "target_ids": targets}
+
+
+def hidden_states(model: ODMT, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    return model.encode(ids, model.ranking_table(), ids)  # {head: (B, L, D)}
+
+
+# --- shapes and interface --------------------------------------------------------------------------------------
+
+
+def test_shapes_and_loss_components() -> None:
+    model = make_model()
+    out = model(next_item_batch(batch_ids()))
+    heads = ("id", "text", "image")
+    assert set(out) == {"loss", "kd", "kd_weight", *(f"ce_{h}" for h in heads), *(f"kd_{h}" for h in heads)}
+    assert all(v.shape == () and torch.isfinite(v) for v in out.values())
+    model.eval()
+    assert model.user_vectors(batch_ids()).shape == (3, 3 * DIM)
+    items = model.item_vectors()
+    assert items.shape == (NUM_ITEMS + 1, 3 * DIM)
+    assert torch.count_nonzero(items[0]) == 0  # padding row
+    assert all(torch.count_nonzero(items[i]) > 0 for i in range(1, NUM_ITEMS + 1))
+
+
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
+def test_causality_future_items_do_not_change_the_past(backbone: str) -> None:
+    model = make_model(backbone=backbone).eval()
+    ids = batch_ids()
+    changed = ids.clone()
+    changed[:, 7:] = torch.tensor([13, 15, 10])  # new items at positions 7, 8, 9
+    with torch.no_grad():
+        before, after = hidden_states(model, ids), hidden_states(model, changed)
+    for h in model.heads:
+        torch.testing.assert_close(before[h][:, :7], after[h][:, :7], rtol=0, atol=1e-6)
+        assert not torch.allclose(before[h][:, 7:], after[h][:, 7:])
+
+
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
+def test_padding_invariance(backbone: str) -> None:
+    model = make_model(backbone=backbone).eval()
+    seqs = [np.array([3, 5, 7, 9, 11, 2]), np.array([1, 4]), np.array([8, 16, 17, 5])]
+    short = torch.from_numpy(left_pad(seqs, 6))  # (3, 6)
+    long = torch.from_numpy(left_pad(seqs, MAX_LEN))  # (3, 10): 4 more padding columns
+    with torch.no_grad():
+        torch.testing.assert_close(model.user_vectors(short), model.user_vectors(long), rtol=0, atol=1e-5)
+        for h in model.heads:
+            torch.testing.assert_close(
+                hidden_states(model, short)[h], hidden_states(model, long)[h][:, 4:], rtol=0, atol=1e-5
+            )
+
+
+@pytest.mark.parametrize("softmax", ["full", "in_batch"])
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
+def test_no_nan_with_fully_padded_rows(softmax: str, backbone: str) -> None:
+    model = make_model(dropout=0.3, softmax=softmax, backbone=backbone).train()
+    batch = next_item_batch(batch_ids())
+    batch["input_ids"][1] = 0  # a row that is padding everywhere
+    batch["target_ids"][1] = 0
+    loss = model(batch)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        assert torch.isfinite(model.eval().user_vectors(torch.zeros(2, 5, dtype=torch.long))).all()
+
+
+def test_input_longer_than_max_seq_len_is_an_error() -> None:
+    with pytest.raises(ValueError, match="max_seq_len"):
+        make_model().eval().user_vectors(torch.ones(1, MAX_LEN + 1, dtype=torch.long))
+
+
+# --- the ID-aware multimodal transformer -----------------------------------------------------------------------
+
+
+def test_id_aware_mask_by_hand() -> None:
+    keys = torch.tensor([[True, True, False, True, True]])  # 2 text-side keys, 1 padding, 1 content, the ID last
+    mask = id_aware_mask(keys)[0, 0]  # (S, S)
+    expected = torch.tensor(
+        [
+            [1, 1, 0, 1, 0],  # content queries see valid content keys, never the ID key
+            [1, 1, 0, 1, 0],
+            [1, 1, 0, 1, 0],
+            [1, 1, 0, 1, 0],
+            [1, 1, 0, 1, 1],  # the ID query sees everything valid
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(mask, expected)
+
+
+def _item_encoder_inputs(model: ODMT) -> tuple[torch.Tensor, dict[str, ModalityInput]]:
+    ids = torch.arange(NUM_ITEMS + 1)  # (N+1,)
+    return model.id_emb(ids), model.content(ids)
+
+
+def test_id_token_does_not_reach_text_or_image_vectors() -> None:
+    """The mask blocks text/image -> ID attention: changing the ID embeddings changes only the ID vectors."""
+    model = make_model().eval()
+    encoder: IDAwareMultimodalTransformer = model.item_encoder
+    with torch.no_grad():
+        id_emb, content = _item_encoder_inputs(model)
+        before = encoder(id_emb, content)
+        after = encoder(id_emb + torch.randn_like(id_emb), content)
+        for m in ("text", "image"):
+            torch.testing.assert_close(before[m], after[m], rtol=0, atol=0)
+        assert not torch.allclose(before["id"], after["id"])
+
+        # ... while the ID token does read the content tokens.
+        content["image"].tokens = content["image"].tokens + 1.0
+        changed = encoder(id_emb, content)
+        assert not torch.allclose(before["id"], changed["id"])
+        assert not torch.allclose(before["text"], changed["text"])  # text and image tokens attend to each other
+
+
+def test_missing_modality_is_masked_not_zero_filled() -> None:
+    """An item without an image: its image tokens and pooled feature are never read; its image vector comes from
+    the learned "missing image" summary attending to the item's text tokens."""
+    model = make_model().eval()
+    item = NO_IMAGE[0]
+    with torch.no_grad():
+        id_emb, content = _item_encoder_inputs(model)
+        before = model.item_encoder(id_emb, content)
+        content["image"].tokens[item] = torch.randn(IMAGE_TOKENS, IMAGE_DIM)
+        content["image"].token_mask[item] = True  # a wrong token mask is overridden by the modality mask
+        content["image"].pooled[item] = torch.randn(IMAGE_DIM)
+        after = model.item_encoder(id_emb, content)
+        for h in model.heads:
+            torch.testing.assert_close(before[h][item], after[h][item], rtol=0, atol=0)
+        assert torch.count_nonzero(before["image"][item]) > 0
+        model.item_encoder.missing["image"] += torch.randn(DIM)
+        assert not torch.allclose(model.item_encoder(id_emb, content)["image"][item], before["image"][item])
+
+
+def test_two_head_mode_without_images() -> None:
+    model = make_model(make_catalog(images=False))
+    assert model.heads == ("id", "text")
+    out = model(next_item_batch(batch_ids()))
+    assert {"ce_id", "ce_text", "kd_text", "kd_id"} <= set(out) and not any("image" in k for k in out)
+    out["loss"].backward()
+    model.eval()
+    assert model.item_vectors().shape == (NUM_ITEMS + 1, 2 * DIM)
+    assert model.user_vectors(batch_ids()).shape == (3, 2 * DIM)
+
+
+def test_no_content_at_all_is_an_error() -> None:
+    empty = ItemCatalog(NUM_ITEMS, MAX_LEN, torch.zeros(NUM_ITEMS + 1))
+    with pytest.raises(ValueError, match="at least one content modality"):
+        make_model(empty)
+
+
+def test_without_tokens_only_the_no_imt_ablation_builds() -> None:
+    catalog = make_catalog(tokens=False)
+    with pytest.raises(ValueError, match="store_tokens"):
+        make_model(catalog)
+    model = make_model(catalog, id_aware_transformer=False)
+    assert not hasattr(model.item_encoder, "encoder")  # "w/o IMT": MLPs over the ID and pooled features only
+    out = model(next_item_batch(batch_ids()))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+
+
+def test_unused_token_columns_are_trimmed() -> None:
+    catalog = make_catalog()
+    catalog.tokens["text"] = torch.cat([catalog.tokens["text"], torch.zeros(NUM_ITEMS + 1, 3, TEXT_DIM).half()], 1)
+    catalog.token_masks["text"] = torch.cat([catalog.token_masks["text"], torch.zeros(NUM_ITEMS + 1, 3).bool()], 1)
+    model = make_model(catalog)
+    assert model.text_tokens.shape[1] == TEXT_TOKENS
+    torch.testing.assert_close(make_model().eval().item_vectors(), model.eval().item_vectors())
+
+
+def test_id_embeddings_start_from_content() -> None:
+    catalog = make_catalog()
+    for m in ("text", "image"):  # items 1 and 2 have the same content
+        catalog.features[m][2] = catalog.features[m][1]
+    model = make_model(catalog)
+    table = model.id_emb.weight.detach()
+    torch.testing.assert_close(table[1], table[2])
+    assert torch.count_nonzero(table[0]) == 0
+    assert table[1:].std().item() == pytest.approx(0.02, rel=0.3)
+    random_init = make_model(catalog, id_init="random").id_emb.weight.detach()
+    assert not torch.allclose(random_init[1], random_init[2])
+
+
+# --- losses ----------------------------------------------------------------------------------------------------
+
+
+def test_kd_is_zero_when_equal_and_grows_with_the_difference() -> None:
+    torch.manual_seed(0)
+    kd = OnlineDistillation(temperature=0.5, detach_teacher=False)
+    base = torch.randn(6, 9)
+    same = kd({"id": base, "text": base.clone(), "image": base.clone()})
+    assert set(same) == {"kd_text", "kd_image", "kd_id"}
+    for value in same.values():
+        assert value.abs().item() < 1e-6
+    direction = torch.randn(6, 9)
+    values = [kd({"id": base, "text": base + s * direction, "image": base})["kd_text"].item() for s in (0.1, 0.5, 1)]
+    assert 0 < values[0] < values[1] < values[2]
+
+
+def test_kd_is_the_temperature_scaled_kl_divergence() -> None:
+    torch.manual_seed(0)
+    student, teacher, tau = torch.randn(4, 7), torch.randn(4, 7), 0.3
+    q, p = F.softmax(teacher / tau, -1), F.softmax(student / tau, -1)
+    expected = tau**2 * (q * (q.log() - p.log())).sum(-1).mean()
+    torch.testing.assert_close(OnlineDistillation(tau, False).kd(student, teacher), expected)
+
+
+def test_detached_teacher_gets_no_kd_gradient() -> None:
+    torch.manual_seed(0)
+    teacher, student = torch.randn(5, 6, requires_grad=True), torch.randn(5, 6, requires_grad=True)
+    OnlineDistillation(0.5, detach_teacher=True).kd(student, teacher).backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+    teacher2 = teacher.detach().clone().requires_grad_()
+    OnlineDistillation(0.5, detach_teacher=False).kd(student.detach(), teacher2).backward()
+    assert teacher2.grad.abs().sum() > 0  # mutual learning
+
+
+@pytest.mark.parametrize("heads", [3, 2])
+@pytest.mark.parametrize("weight", [0.0, 0.7])
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("in_batch", [False, True])
+def test_fused_losses_equal_the_explicit_ones(heads: int, weight: float, detach: bool, in_batch: bool) -> None:
+    """The chunked, closed-form-gradient losses equal cross-entropy + OnlineDistillation over explicit logits."""
+    torch.manual_seed(heads + 10 * detach + 100 * in_batch)
+    count, cols, dim = 50, 13, 6
+    hidden = [torch.randn(count, dim, dtype=torch.float64, requires_grad=True) for _ in range(heads)]
+    tables = [torch.randn(cols, dim, dtype=torch.float64, requires_grad=True) for _ in range(heads)]
+    target_col = torch.randint(0, cols, (count,))
+    extra = {}
+    if in_batch:
+        extra = {
+            "column_bias": torch.randn(cols, dtype=torch.float64),
+            "seen": torch.rand(4, cols) > 0.6,
+            "rows": torch.randint(0, 4, (count,)),
+        }
+    options = LossOptions(0.4, weight, detach, max_logits=cols * 7)  # 8 chunks of 7 rows
+    fused, fused_parts = head_losses(hidden, tables, target_col, options, **extra)
+    explicit, explicit_parts = explicit_head_losses(hidden, tables, target_col, options, **extra)
+    torch.testing.assert_close(fused, explicit)
+    torch.testing.assert_close(fused_parts, explicit_parts)
+    fused_grads = torch.autograd.grad(fused, hidden + tables)
+    explicit_grads = torch.autograd.grad(explicit, hidden + tables)
+    for a, b in zip(fused_grads, explicit_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("softmax", ["full", "in_batch"])
+def test_distill_weight_zero_is_exactly_the_sum_of_the_cross_entropies(softmax: str) -> None:
+    model = make_model(distill_weight=0.0, softmax=softmax).eval()
+    batch = next_item_batch(batch_ids())
+    with torch.no_grad():
+        out = model(batch)
+    assert torch.equal(out["loss"], out["ce_id"] + out["ce_text"] + out["ce_image"])
+    assert out["kd_weight"].item() == 0.0 and "kd" not in out
+
+    # ... and each CE is the plain full-softmax cross-entropy of that head (here: full softmax).
+    if softmax == "full":
+        with torch.no_grad():
+            table, hidden = model.ranking_table(), hidden_states(model, batch["input_ids"])
+            has = batch["target_ids"] > 0
+            for h in model.heads:
+                logits = hidden[h][has] @ table[h][1:].T  # (P, N)
+                expected = F.cross_entropy(logits, batch["target_ids"][has] - 1)
+                torch.testing.assert_close(out[f"ce_{h}"], expected)
+
+
+def test_loss_adds_weighted_kd_with_the_ramp() -> None:
+    model = make_model(distill_weight=0.5, distill_ramp_epochs=4).eval()
+    batch = next_item_batch(batch_ids())
+    for epoch in (1, 2, 4, 9):
+        model.on_epoch_start(epoch)
+        with torch.no_grad():
+            out = model(batch)
+        weight = 0.5 * distill_ramp(epoch, 4)
+        assert out["kd_weight"].item() == pytest.approx(weight)
+        ce = out["ce_id"] + out["ce_text"] + out["ce_image"]
+        torch.testing.assert_close(out["loss"], ce + weight * out["kd"])
+        torch.testing.assert_close(out["kd"], out["kd_text"] + out["kd_image"] + out["kd_id"])
+
+
+def test_ramp_schedule() -> None:
+    assert distill_ramp(0, 20) == pytest.approx(math.exp(-5.0))
+    assert distill_ramp(10, 20) == pytest.approx(math.exp(-5.0 * 0.25))
+    assert distill_ramp(20, 20) == 1.0 and distill_ramp(35, 20) == 1.0
+    assert distill_ramp(1, 0) == 1.0  # no ramp
+
+
+def test_in_batch_softmax_masks_own_items_and_corrects_for_popularity() -> None:
+    model = make_model(softmax="in_batch")
+    ids = torch.tensor([[0, 2, 3, 4], [5, 6, 2, 7]])
+    targets = torch.tensor([[0, 3, 4, 9], [6, 2, 7, 11]])
+    queries, columns, target_col, extra = model.loss_inputs({"input_ids": ids, "target_ids": targets})
+    candidates = torch.tensor([2, 3, 4, 5, 6, 7, 9, 11])  # the batch's items: one column each
+    assert all(c.shape == (len(candidates), DIM) for c in columns) and all(q.shape == (7, DIM) for q in queries)
+    assert torch.equal(candidates[target_col], targets[targets > 0])
+    counts = model.popularity[candidates]
+    torch.testing.assert_close(extra["column_bias"], -torch.log((counts + 1) / (counts + 1).sum()))
+    user0 = torch.tensor([1, 1, 1, 0, 0, 0, 1, 0], dtype=torch.bool)  # items 2, 3, 4, 9
+    assert torch.equal(extra["seen"][0], user0)
+    assert torch.equal(extra["rows"], torch.tensor([0, 0, 0, 1, 1, 1, 1]))
+
+
+# --- ranking ---------------------------------------------------------------------------------------------------
+
+
+def test_fused_score_is_one_inner_product() -> None:
+    model = make_model(head_weight_id=2.0, head_weight_text=1.0, head_weight_image=1.0).eval()
+    ids = batch_ids()
+    with torch.no_grad():
+        fused = model.user_vectors(ids) @ model.item_vectors().T  # (B, N+1): what FAISS computes
+        queries, table = model.head_user_vectors(ids), model.ranking_table()
+        scores = {h: queries[h] @ table[h].T for h in model.heads}  # each (B, N+1)
+    expected = 0.5 * scores["id"] + 0.25 * scores["text"] + 0.25 * scores["image"]
+    torch.testing.assert_close(fused, expected)
+
+
+def test_ranking_scores_are_the_training_logits_at_the_last_position() -> None:
+    model = make_model(distill_weight=0.0).eval()
+    ids = batch_ids()
+    targets = torch.zeros_like(ids)
+    targets[:, -1] = torch.tensor([6, 2, 17])
+    with torch.no_grad():
+        out = model({"input_ids": ids, "target_ids": targets})
+        queries, table = model.head_user_vectors(ids), model.ranking_table()
+    for h in model.heads:
+        torch.testing.assert_close(out[f"ce_{h}"], F.cross_entropy(queries[h] @ table[h][1:].T, targets[:, -1] - 1))
+
+
+def test_ranking_table_cache_follows_the_weights() -> None:
+    model = make_model()
+    batch = next_item_batch(batch_ids())
+    model.eval()
+    first = model.item_vectors()
+    assert model.ranking_table() is model.ranking_table()  # cached in eval mode
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    model(batch)["loss"].backward()
+    optimizer.step()
+    model.eval()
+    second = model.item_vectors()
+    assert not torch.allclose(first, second)
+    with torch.no_grad():
+        model.train()
+        fresh = model.eval().item_table()  # built without the cache
+    torch.testing.assert_close(second, torch.cat([fresh[h] for h in model.heads], dim=1))
+
+
+def test_checkpoint_round_trip_keeps_catalog_content_out_of_the_state_dict() -> None:
+    model = make_model(seed=1).eval()
+    state = model.state_dict()
+    assert not any(k.endswith(("_tokens", "_pooled", "_present", "_token_mask", "popularity")) for k in state)
+    clone = make_model(seed=2)
+    clone.load_state_dict(state)
+    clone.eval()
+    torch.testing.assert_close(clone.item_vectors(), model.item_vectors())
+    torch.testing.assert_close(clone.user_vectors(batch_ids()), model.user_vectors(batch_ids()))
+
+
+# --- training --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"softmax": "in_batch", "backbone": "gru4rec"}, {"id_aware_transformer": False, "distill_weight": 0.0}],
+)
+def test_tiny_training_run_lowers_the_loss(overrides: dict) -> None:
+    torch.manual_seed(0)
+    seqs = [np.array([(u + 3 * k) % NUM_ITEMS + 1 for k in range(8)]) for u in range(12)]  # simple patterns
+    ids = torch.from_numpy(left_pad([s[:-1] for s in seqs], MAX_LEN))  # (12, 10)
+    targets = torch.from_numpy(left_pad([s[1:] for s in seqs], MAX_LEN))  # (12, 10)
+    batch = {"input_ids": ids, "target_ids": targets}
+    model = make_model(**overrides)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+
+    def eval_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return model(batch)["loss"].item()
+
+    before = eval_loss()
+    model.train()
+    for epoch in range(1, 31):
+        model.on_epoch_start(epoch)
+        loss = model(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert eval_loss() < 0.75 * before
+
+
+# --- config ----------------------------------------------------------------------------------------------------
+
+
+def test_registered_with_the_features_it_needs() -> None:
+    spec = registry.spec("odmt")
+    assert spec.config_cls is ODMTConfig and spec.model_cls is ODMT
+    assert set(spec.needs_features) == {"text", "image", "text_tokens", "image_tokens"}
+    assert "pipeline.models.odmt" in registry.MODEL_MODULES, "add pipeline.models.odmt to registry.MODEL_MODULES"
+
+
+def test_params_yaml_has_every_odmt_key() -> None:
+    """Each key must be in params.yaml so that `dvc exp run -S model.distill_weight=0.5` works as written."""
+    model_section = yaml.safe_load((REPO / "params.yaml").read_text())["model"]
+    missing = sorted({f.name for f in dataclasses.fields(ODMTConfig)} - set(model_section))
+    assert not missing, f"params.yaml `model:` lacks {missing}"
+    config = registry.model_config("odmt", {k: v for k, v in model_section.items() if k != "name"})
+    assert isinstance(config, ODMTConfig)
+
+
+def test_strict_config_names_the_key(tmp_path: Path) -> None:
+    raw = {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.1} | ODMT_PARAMS
+    assert from_dict(ODMTConfig, raw, tmp_path / "params.yaml", "model").distill_weight == 1.0
+    with pytest.raises(ConfigError, match="model.distill_weight"):
+        from_dict(ODMTConfig, {k: v for k, v in raw.items() if k != "distill_weight"}, tmp_path, "model")
+    with pytest.raises(ConfigError, match="model.softmax"):
+        from_dict(ODMTConfig, raw | {"softmax": "sampled"}, tmp_path, "model")
+    with pytest.raises(ValueError, match="model.distill_temperature"):
+        make_model(distill_temperature=0.0)
+    with pytest.raises(ValueError, match="head_weight"):
+        make_model(head_weight_id=0.0, head_weight_text=0.0, head_weight_image=0.0)

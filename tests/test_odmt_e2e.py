@@ -1,0 +1,64 @@
+"""End to end: `dvc repro` with model.name=odmt and per-token features on the tiny GroupLens-format data set, every
+loss component in DVCLive, and `dvc exp run -S model.distill_weight=0.5` exactly as the issue writes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.test_odmt import ODMT_PARAMS
+from tests.test_pipeline_e2e import _run, make_project
+
+pytestmark = pytest.mark.slow
+
+# The tiny project's model: small widths (make_project sets hidden_dim 16, num_layers 1, num_heads 1).
+ODMT = {"name": "odmt", **ODMT_PARAMS, "fusion_layers": 1, "fusion_heads": 2, "distill_ramp_epochs": 2}
+LOSSES = ("loss", "ce_id", "ce_text", "ce_image", "kd", "kd_text", "kd_image", "kd_id", "kd_weight")
+
+
+def _commit_params(project: Path, update: dict) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in update.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "add", "params.yaml"], project)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "odmt params"], project)
+
+
+def test_dvc_repro_with_odmt_then_exp_run_distill_weight(tmp_path: Path) -> None:
+    project = make_project(tmp_path, model=ODMT)
+    _commit_params(project, {"embed": {"store_tokens": True}})
+    out = _run(["dvc", "repro"], project)
+    for stage in ("prepare", "embed", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+
+    features = project / "data/features"
+    for modality in ("text", "image"):
+        tokens = np.load(features / f"{modality}_tokens.npy")
+        mask = np.load(features / f"{modality}_tokens_mask.npy")
+        assert tokens.dtype == np.float16 and tokens.ndim == 3 and mask.shape == tokens.shape[:2]
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert "odmt" in metrics
+    for stage in ("valid", "test"):
+        assert 0.0 <= metrics["odmt"][stage]["NDCG@10"] <= 1.0
+    summary = json.loads((project / "models/train_summary.json").read_text())
+    assert summary["model_name"] == "odmt"
+
+    # Every loss component is a per-epoch DVCLive series (what `dvc plots show` draws).
+    plots = project / "models/dvclive/plots/metrics/train"
+    for name in LOSSES:
+        rows = (plots / f"{name}.tsv").read_text().strip().splitlines()
+        assert len(rows) == 1 + summary["epochs_run"], name  # header + one row per epoch
+    ramp = [float(r.split("\t")[-1]) for r in (plots / "kd_weight.tsv").read_text().strip().splitlines()[1:]]
+    assert ramp[0] < ramp[-1] <= 1.0  # the KD weight ramps up with the epoch
+
+    # The distillation weight, set the way users do it, reruns train + evaluate only.
+    out = _run(["dvc", "exp", "run", "-S", "model.distill_weight=0.5"], project)
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    assert "Running stage 'prepare'" not in out and "Running stage 'embed'" not in out
+    assert yaml.safe_load((project / "params.yaml").read_text())["model"]["distill_weight"] == 0.5
