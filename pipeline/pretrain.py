@@ -13,10 +13,7 @@ learned comes from ``pretrain:`` and from the model keys in :data:`pipeline.mode
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from torch import nn
 
 from pipeline.config import TrainConfig
 from pipeline.data.splits import UserSplit
+from pipeline.io import atomic_path, write_json_atomic
 from pipeline.models.mp4sr import PRETRAIN_KEYS
 from pipeline.train import TrainResult, fit, registered_name
 
@@ -100,11 +98,7 @@ def write_marker(out_path: Path, reason: str) -> None:
     plus ``pretrain_summary.json`` next to it saying why."""
     log.info("no pre-training: %s", reason)
     _save(out_path, {"kind": KIND, "enabled": False, "reason": reason})
-    summary = out_path.parent / SUMMARY_NAME
-    with tempfile.NamedTemporaryFile("w", dir=out_path.parent, prefix=f".{summary.name}.", delete=False) as tmp:
-        json.dump({"enabled": False, "reason": reason}, tmp, indent=2)
-        tmp.write("\n")
-    os.replace(tmp.name, summary)
+    write_json_atomic(out_path.parent / SUMMARY_NAME, {"enabled": False, "reason": reason})
 
 
 def skip_reason(model_name: str, pretrain_cfg: PretrainConfig) -> str | None:
@@ -163,7 +157,6 @@ def init_from_pretrained(model: nn.Module, path: Path) -> bool:
 
 
 def _save(path: Path, checkpoint: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        torch.save(checkpoint, tmp)
-    os.replace(tmp.name, path)
+    # A file object, not a path: torch names the zip entries after a path's stem, and the temp name is random.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(checkpoint, f)

@@ -257,8 +257,9 @@ def save_checkpoint(
         "valid_metrics": {k: float(v) for k, v in valid_metrics.items()},
         "train_config": asdict(train_cfg),
     }
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    # A file object, not a path: torch names the zip entries after a path's stem, and the temp name is random.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
 
 
 def load_checkpoint(
