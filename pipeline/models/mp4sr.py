@@ -38,7 +38,7 @@ Differences from the authors' RecBole code (lzz0007/MP4SR), each deliberate:
 - False negatives are removed from the softmax (logit -inf); the authors' code sets their logit to 0, which still
   counts them as exp(0) = 1 in the denominator.
 - The transformer is the pre-LN stack of :mod:`pipeline.models.layers` shared with SASRec, without attention-weight
-  dropout (see ``ATTN_DROPOUT``).
+  dropout (see ``pipeline.models.layers``).
 """
 
 from __future__ import annotations
@@ -54,9 +54,6 @@ from pipeline.models.layers import CausalTransformer, causal_padding_mask, full_
 from pipeline.models.registry import register
 
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim (paper: hidden 64, inner 256)
-# No dropout on the attention weights, as in this repository's SASRec: with it PyTorch's CPU attention leaves the
-# fused kernel for the unfused one (~10x slower at B=128, L=200). Embedding, residual and feed-forward dropout remain.
-ATTN_DROPOUT = 0.0
 INIT_STD = 0.02
 MODALITIES: tuple[str, str] = ("text", "image")
 PHASES: tuple[str, ...] = ("pretrain", "train")
@@ -82,7 +79,7 @@ class MP4SRConfig:
     hidden_dim: int  # D: adaptor output, position embedding and transformer width (paper: 64)
     num_layers: int  # transformer blocks of the shared M2SE backbone (paper: 2)
     num_heads: int  # attention heads; must divide hidden_dim (paper: 2)
-    dropout: float  # embedding, residual and feed-forward dropout (paper: 0.2; see ATTN_DROPOUT)
+    dropout: float  # embedding, residual and feed-forward dropout (paper: 0.2; attention weights: none, see layers.py)
     num_experts: int  # experts per modality in the MoE adaptor (paper: 8)
     adaptor_dropout: float  # dropout inside each adaptor expert (paper: 0.2)
     temperature: float  # tau of the InfoNCE / NT-Xent losses and of the fine-tuning logits (paper: 0.07)
@@ -269,7 +266,6 @@ class M2SE(nn.Module):
             config.num_heads,
             config.dropout,
             ffn_dim=FFN_MULTIPLIER * config.hidden_dim,
-            attn_dropout=ATTN_DROPOUT,
         )
 
     def forward(self, sequences: tuple[torch.Tensor, ...], input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:

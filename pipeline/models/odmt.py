@@ -49,9 +49,6 @@ from pipeline.models.registry import register
 
 MODALITIES: tuple[str, ...] = ("text", "image")
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim, item side and user side (paper, authors' code)
-# Attention-weight dropout is off (as in SASRec and MP4SR here): with it PyTorch leaves the fused CPU attention
-# kernel for one ~10x slower; embedding, residual and feed-forward dropout (model.dropout) remain.
-ATTN_DROPOUT = 0.0
 INIT_STD = 0.02
 MASKED_LOGIT = -1e4  # finite (as in the authors' code) so that KL terms stay finite where both sides are masked
 RAMP_SHARPNESS = 5.0  # exp(-5 (1 - t)^2), Laine & Aila 2017, as in the authors' code
@@ -132,9 +129,7 @@ class IDAwareMultimodalTransformer(nn.Module):
                 {f"{m}_{r}": nn.Parameter(torch.zeros(dim)) for m in self.modalities for r in ("summary", "token")}
             )
             self.roles["id"] = nn.Parameter(torch.zeros(dim))
-            self.encoder = CausalTransformer(
-                num_layers, dim, num_heads, dropout, ffn_dim=FFN_MULTIPLIER * dim, attn_dropout=ATTN_DROPOUT
-            )
+            self.encoder = CausalTransformer(num_layers, dim, num_heads, dropout, ffn_dim=FFN_MULTIPLIER * dim)
 
     def summary(self, m: str, content: ModalityInput) -> torch.Tensor:
         """(M, D): the projected pooled feature, or the learned "missing <m>" vector where the item lacks it."""
@@ -193,9 +188,7 @@ class SASRecUserEncoder(nn.Module):
         self.pos_emb = nn.Embedding(max_seq_len, dim)  # (L_max, D)
         self.emb_norm = nn.LayerNorm(dim)
         self.emb_dropout = nn.Dropout(dropout)
-        self.encoder = CausalTransformer(
-            num_layers, dim, num_heads, dropout, ffn_dim=FFN_MULTIPLIER * dim, attn_dropout=ATTN_DROPOUT
-        )
+        self.encoder = CausalTransformer(num_layers, dim, num_heads, dropout, ffn_dim=FFN_MULTIPLIER * dim)
 
     def forward(self, item_seq: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L, D) item vectors of a left-padded history ``input_ids`` (B, L) -> (B, L) hidden states (B, L, D)."""
