@@ -3,11 +3,14 @@
     python -m bench.ablations --suite odmt          # variants listed in bench/experiments.yaml
     python -m bench.ablations --suite mp4sr --only mp4sr_no_mixup
 
-Each variant runs the stage CLIs with its own params file. `prepare` and `embed` outputs are shared between variants
-whose `data` / `embed` sections agree (keyed by a hash of those sections), so an ablation reruns only training and
-evaluation — the same caching rule as `dvc repro`. Each variant's metrics, training time per epoch and peak memory are
-written to `reports/experiments/<variant>.json`; `reports/experiments.md` holds the table, which the evaluate stage
-also copies into `reports/report.md`.
+Every variant = params.yaml + the file's `budget` overrides (the training budget shared by every row of every table)
++ its own overrides. Each variant runs the stage CLIs with its own params file. `prepare` and `embed` outputs are
+shared between variants whose `data` / `embed` sections agree (keyed by a hash of those sections), so an ablation
+reruns only training and evaluation — the same caching rule as `dvc repro`. Each variant's metrics, training time
+per epoch and peak memory are written to `reports/experiments/<suite>/<variant>.json`; `reports/experiments.md`
+holds one table per suite, which the evaluate stage also copies into `reports/report.md`. A variant whose full
+params match an existing result (in any suite) is not run again: its result is reused (`--force` reruns it), so
+an interrupted suite resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import typer
 import yaml
 
 from bench.run_stage import StageRun, run_measured
-from pipeline.experiments import experiments_table
-from pipeline.io import write_json_atomic
+from pipeline.experiments import experiments_markdown
+from pipeline.io import write_json_atomic, write_text_atomic
 
 app = typer.Typer(add_completion=False)
 RUNS = Path("runs")
@@ -43,6 +46,20 @@ def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[s
             raise KeyError(f"override `{dotted}`: no such key in params.yaml")
         node[leaf] = value
     return out
+
+
+def params_key(params: dict[str, Any]) -> str:
+    """Identity of a run: every param that reaches a stage."""
+    return _key(params)
+
+
+def find_result(results: Path, key: str) -> dict[str, Any] | None:
+    """An earlier result (any suite) that ran with exactly these params."""
+    for path in sorted(results.glob("*/*.json")):
+        result = json.loads(path.read_text())
+        if result.get("params_key") == key:
+            return result
+    return None
 
 
 def _key(*sections: Any) -> str:
@@ -86,12 +103,12 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str]) -> dict[
     pretrain_summary = out / "pretrain" / "pretrain_summary.json"
     return {
         "name": name,
+        "params_key": params_key(params),
         "model": params["model"]["name"],
         "metrics": json.loads((out / "reports" / "metrics.json").read_text()),
         "train": summary,
         "pretrain": json.loads(pretrain_summary.read_text()) if pretrain_summary.exists() else None,
         "stages": {r.name: {"seconds": round(r.seconds, 1), "peak_rss_mb": round(r.peak_rss_mb)} for r in runs},
-        "overrides": params.get("_overrides", {}),
     }
 
 
@@ -99,26 +116,36 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str]) -> dict[
 def main(
     suite: str = typer.Option(..., help="Suite name in bench/experiments.yaml."),
     only: list[str] = typer.Option([], help="Run only these variants."),  # noqa: B008
+    force: bool = typer.Option(False, help="Rerun variants even when a result with the same params exists."),
     experiments: Path = Path("bench/experiments.yaml"),
     params_file: Path = Path("params.yaml"),
     results: Path = Path("reports/experiments"),
 ) -> None:
-    suites = yaml.safe_load(experiments.read_text())
+    spec = yaml.safe_load(experiments.read_text())
+    suites, budget = spec["suites"], spec.get("budget") or {}
     if suite not in suites:
         raise typer.BadParameter(f"{experiments}: no suite {suite!r}; known: {', '.join(suites)}")
-    base = yaml.safe_load(params_file.read_text())
+    unknown = set(only) - set(suites[suite])
+    if unknown:
+        raise typer.BadParameter(f"{experiments}: suite {suite!r} has no variant {', '.join(sorted(unknown))}")
+    base = apply_overrides(yaml.safe_load(params_file.read_text()), budget)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for name, overrides in suites[suite].items():
+    for order, (name, overrides) in enumerate(suites[suite].items()):
         if only and name not in only:
             continue
-        typer.echo(f"== variant {name}: {overrides}", err=True)
         params = apply_overrides(base, overrides or {})
-        result = run_variant(name, params, env)
-        result["overrides"] = overrides or {}
-        write_json_atomic(results / f"{name}.json", result)
-    table = experiments_table(sorted(results.glob("*.json")))
-    (results.parent / "experiments.md").write_text(table)
-    typer.echo(table)
+        earlier = None if force else find_result(results, params_key(params))
+        if earlier is not None:
+            typer.echo(f"== variant {name}: same params as finished run {earlier['name']!r}, reused", err=True)
+            result = earlier
+        else:
+            typer.echo(f"== variant {name}: {overrides}", err=True)
+            result = run_variant(f"{suite}/{name}", params, env)
+        result.update(name=name, order=order, overrides=overrides or {}, budget=budget)
+        write_json_atomic(results / suite / f"{name}.json", result)
+    markdown = experiments_markdown(results)
+    write_text_atomic(results.parent / "experiments.md", markdown)
+    typer.echo(markdown)
 
 
 if __name__ == "__main__":

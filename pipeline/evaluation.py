@@ -25,7 +25,7 @@ from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import Stage, UserSplit
 from pipeline.features.store import load_catalog
 from pipeline.models import registry
-from pipeline.train import item_table, load_checkpoint, user_queries
+from pipeline.train import item_table, load_checkpoint, read_checkpoint, user_queries
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +149,15 @@ def load_trained(
 
     The catalog's ``max_seq_len`` is the checkpoint's, so positional embeddings match what was trained.
     """
-    if not model_path.exists():
-        raise FileNotFoundError(f"{model_path}: no checkpoint; run `dvc repro train` (or python -m stages.train)")
-    header = torch.load(model_path, map_location="cpu", weights_only=True)  # plain data: name, max_seq_len, ...
+    checkpoint = read_checkpoint(model_path, map_location=device)  # plain data: name, max_seq_len, state_dict
     for key in ("model_name", "max_seq_len"):
-        if key not in header:
+        if key not in checkpoint:
             raise ValueError(f"{model_path}: checkpoint has no `{key}`; it predates this pipeline, retrain it")
-    needs = registry.spec(header["model_name"]).needs_features
-    catalog = load_catalog(features_dir, prepared_dir, needs, max_seq_len=int(header["max_seq_len"]))
-    del header
-    model, checkpoint = load_checkpoint(model_path, catalog, map_location=device)
+    spec = registry.spec(checkpoint["model_name"])
+    catalog = load_catalog(
+        features_dir, prepared_dir, spec.needs_features, int(checkpoint["max_seq_len"]), spec.all_modalities_required
+    )
+    model, checkpoint = load_checkpoint(model_path, catalog, map_location=device, checkpoint=checkpoint)
     return model, checkpoint, catalog
 
 

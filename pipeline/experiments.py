@@ -33,25 +33,47 @@ def _row(result: dict[str, Any]) -> list[str]:
 
 
 def experiments_table(paths: list[Path]) -> str:
-    """Markdown table of every result file; cold-start columns show "–" for runs without a cold-start split."""
+    """Markdown table of every result file, in suite order; cold-start columns show "–" without a cold-start split."""
+    results = sorted((json.loads(path.read_text()) for path in paths), key=lambda r: (r.get("order", 0), r["name"]))
     header = ["run"]
     for stage in ("valid", "test", "cold test"):
         header += [f"{stage} {m}" for m in METRICS]
     header += ["train s/epoch", "epochs", "pretrain s/epoch", "peak RSS MB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for path in paths:
-        lines.append("| " + " | ".join(_row(json.loads(path.read_text()))) + " |")
+    for result in results:
+        lines.append("| " + " | ".join(_row(result)) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _budget_line(paths: list[Path]) -> str:
+    budgets = {json.dumps(json.loads(p.read_text()).get("budget") or {}, sort_keys=True) for p in paths}
+    if len(budgets) != 1:
+        return "Budget: differs between rows (see each result file).\n\n"
+    budget = json.loads(budgets.pop())
+    if not budget:
+        return "Budget: params.yaml as committed.\n\n"
+    return "Budget (every row): params.yaml with " + ", ".join(f"`{k}={v}`" for k, v in budget.items()) + ".\n\n"
+
+
+def experiments_markdown(results_dir: Path) -> str:
+    """One table per suite (``<results_dir>/<suite>/*.json``); empty when there are no results."""
+    parts = []
+    for suite_dir in sorted(p for p in Path(results_dir).glob("*") if p.is_dir()):
+        paths = sorted(suite_dir.glob("*.json"))
+        if paths:
+            parts.append(f"### Suite `{suite_dir.name}`\n\n" + _budget_line(paths) + experiments_table(paths))
+    return "\n".join(parts)
+
+
 def experiments_sections(results_dir: Path) -> list[str]:
-    """The "Experiments" section of report.md: the table of every ``<results_dir>/*.json``; none when empty."""
-    paths = sorted(Path(results_dir).glob("*.json"))
-    if not paths:
+    """The "Experiments" section of report.md: a table per suite of ``bench.ablations`` results; none when empty."""
+    tables = experiments_markdown(results_dir)
+    if not tables:
         return []
     intro = (
-        "Runs of `python -m bench.ablations` (each variant = params.yaml plus the overrides in "
-        "bench/experiments.yaml; same split, seed and budget). Metrics @10; cold test = users whose test target "
-        "is a held-out item (cold-start setting only).\n\n"
+        "Runs of `python -m bench.ablations --suite <suite>` (each variant = params.yaml plus the shared budget and "
+        "its overrides in bench/experiments.yaml; same split, seed and budget within a table). Metrics @10, full "
+        "ranking; cold test = users whose test target is a held-out item (cold-start setting only); s/epoch = "
+        "training part of an epoch; peak RSS = the largest of the variant's stages.\n\n"
     )
-    return ["## Experiments\n\n" + intro + experiments_table(paths)]
+    return ["## Experiments\n\n" + intro + tables]

@@ -262,13 +262,25 @@ def save_checkpoint(
         torch.save(checkpoint, f)
 
 
-def load_checkpoint(
-    path: Path, catalog: ItemCatalog, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from ``model.pt`` through the registry; returns ``(model in eval mode, checkpoint)``."""
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The plain dict in ``model.pt`` (config, state_dict, ...); no code is unpickled."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint; run `dvc repro train` (or python -m stages.train) first")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_checkpoint(
+    path: Path,
+    catalog: ItemCatalog,
+    map_location: str | torch.device = "cpu",
+    checkpoint: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from ``model.pt`` through the registry; returns ``(model in eval mode, checkpoint)``.
+
+    ``checkpoint``: the file's dict when the caller has already read it (:func:`read_checkpoint`).
+    """
+    if checkpoint is None:
+        checkpoint = read_checkpoint(path, map_location)
     if checkpoint["num_items"] != catalog.num_items:
         raise ValueError(
             f"{path} was trained on {checkpoint['num_items']} items but the catalog has {catalog.num_items}; "

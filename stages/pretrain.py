@@ -41,7 +41,7 @@ def main(
         reason = skip_reason(model_cfg.name, pretrain_cfg)
         if reason is None:
             spec = registry.spec(model_cfg.name, params)
-            catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len=max_seq_len)
+            catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
             split = load_split(prepared)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         log.error("%s", e)

@@ -41,7 +41,7 @@ def main(
         max_seq_len = load_section(DataConfig, "data", params).max_seq_len
         spec = registry.spec(model_cfg.name, params)
         device = resolve_device(train_cfg.device)
-        catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len=max_seq_len)
+        catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
         split = load_split(prepared)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         log.error("%s", e)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.ablations import apply_overrides
-from pipeline.experiments import experiments_sections, experiments_table
+from bench.ablations import apply_overrides, find_result, params_key
+from pipeline.experiments import experiments_markdown, experiments_sections, experiments_table
 
 
 def _result(name: str, model: str, ndcg: float, cold: float | None = None) -> dict:
@@ -35,8 +35,8 @@ def test_overrides_replace_existing_keys_only() -> None:
 
 
 def test_table_has_one_row_per_run_with_cold_start_and_cost(tmp_path: Path) -> None:
-    (tmp_path / "a_sasrec.json").write_text(json.dumps(_result("sasrec", "sasrec", 0.15)))
-    (tmp_path / "b_mp4sr.json").write_text(json.dumps(_result("mp4sr_cold", "mp4sr", 0.12, cold=0.04)))
+    (tmp_path / "a_sasrec.json").write_text(json.dumps({**_result("sasrec", "sasrec", 0.15), "order": 0}))
+    (tmp_path / "b_mp4sr.json").write_text(json.dumps({**_result("mp4sr_cold", "mp4sr", 0.12, cold=0.04), "order": 1}))
     table = experiments_table(sorted(tmp_path.glob("*.json")))
     lines = table.strip().splitlines()
     assert lines[0].startswith("| run | valid HR@10 | valid NDCG@10 | valid MRR@10 | test HR@10")
@@ -49,8 +49,31 @@ def test_table_has_one_row_per_run_with_cold_start_and_cost(tmp_path: Path) -> N
     assert mp4sr[12] == "80.0"
 
 
-def test_sections_empty_without_results(tmp_path: Path) -> None:
+def test_rows_follow_suite_order_not_file_names(tmp_path: Path) -> None:
+    for order, name in enumerate(["sasrec", "odmt", "a_ablation"]):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**_result(name, name, 0.1), "order": order}))
+    rows = experiments_table(sorted(tmp_path.glob("*.json"))).strip().splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| sasrec", "| odmt", "| a_ablation"]
+
+
+def test_one_table_per_suite_with_its_budget(tmp_path: Path) -> None:
     assert experiments_sections(tmp_path / "missing") == []
-    (tmp_path / "x.json").write_text(json.dumps(_result("sasrec", "sasrec", 0.15)))
+    budget = {"data.max_seq_len": 50, "train.epochs": 8}
+    for suite, name in [("odmt", "odmt"), ("mp4sr", "mp4sr_cold")]:
+        (tmp_path / suite).mkdir()
+        result = {**_result(name, name.split("_")[0], 0.1), "budget": budget}
+        (tmp_path / suite / f"{name}.json").write_text(json.dumps(result))
+    markdown = experiments_markdown(tmp_path)
+    assert markdown.index("### Suite `mp4sr`") < markdown.index("### Suite `odmt`")
+    assert markdown.count("`data.max_seq_len=50`, `train.epochs=8`") == 2
     (section,) = experiments_sections(tmp_path)
-    assert section.startswith("## Experiments") and "| sasrec |" in section
+    assert section.startswith("## Experiments") and "| odmt |" in section and "| mp4sr_cold |" in section
+
+
+def test_finished_run_with_same_params_is_found_in_any_suite(tmp_path: Path) -> None:
+    params = {"model": {"name": "sasrec"}, "train": {"epochs": 8}}
+    (tmp_path / "odmt").mkdir()
+    (tmp_path / "odmt" / "sasrec.json").write_text(json.dumps({"name": "sasrec", "params_key": params_key(params)}))
+    assert find_result(tmp_path, params_key(params))["name"] == "sasrec"
+    changed = apply_overrides(params, {"train.epochs": 9})
+    assert find_result(tmp_path, params_key(changed)) is None

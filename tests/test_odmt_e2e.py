@@ -62,3 +62,22 @@ def test_dvc_repro_with_odmt_then_exp_run_distill_weight(tmp_path: Path) -> None
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     assert "Running stage 'prepare'" not in out and "Running stage 'embed'" not in out
     assert yaml.safe_load((project / "params.yaml").read_text())["model"]["distill_weight"] == 0.5
+
+
+def test_dvc_repro_with_odmt_on_a_data_set_without_images_runs_two_heads(tmp_path: Path) -> None:
+    """embed.image.name: none -> ODMT trains and ranks with the ID and text heads only (no zero-filled images)."""
+    project = make_project(tmp_path, model=ODMT)
+    _commit_params(project, {"embed": {"store_tokens": True, "image": {**_image_params(project), "name": "none"}}})
+    _run(["dvc", "repro"], project)
+
+    features = project / "data/features"
+    assert not (features / "image_tokens.npy").exists()
+    plots = project / "models/dvclive/plots/metrics/train"
+    assert (plots / "ce_id.tsv").exists() and (plots / "ce_text.tsv").exists()
+    assert not (plots / "ce_image.tsv").exists() and not (plots / "kd_image.tsv").exists()
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert 0.0 <= metrics["odmt"]["test"]["NDCG@10"] <= 1.0
+
+
+def _image_params(project: Path) -> dict:
+    return yaml.safe_load((project / "params.yaml").read_text())["embed"]["image"]

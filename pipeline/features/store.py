@@ -76,12 +76,18 @@ def _popularity(prepared_dir: Path, n: int) -> tuple[torch.Tensor, int]:
 
 
 def load_catalog(
-    features_dir: Path, prepared_dir: Path, needs: tuple[str, ...] = (), max_seq_len: int | None = None
+    features_dir: Path,
+    prepared_dir: Path,
+    needs: tuple[str, ...] = (),
+    max_seq_len: int | None = None,
+    all_modalities_required: bool = True,
 ) -> ItemCatalog:
     """An ``ItemCatalog`` with the features listed in ``needs`` ("text", "image", "text_tokens", "image_tokens").
 
     ``max_seq_len`` is ``data.max_seq_len``; left as None it is the longest input in the data (train + valid).
-    With ``needs=()`` only ``num_items`` and ``popularity`` are filled (no feature file is read).
+    With ``needs=()`` only ``num_items`` and ``popularity`` are filled (no feature file is read). With
+    ``all_modalities_required=False`` a needed modality that was not embedded (``embed.<m>.name: none``) is left out
+    of the catalog (logged), as long as at least one needed modality was embedded.
     """
     unknown = [need for need in needs if need not in NEEDS]
     if unknown:
@@ -97,11 +103,16 @@ def load_catalog(
         return catalog
 
     manifest = _read_manifest(features_dir, n, item_ids)
-    for modality in MODALITIES:
+    wanted = [m for m in MODALITIES if m in needs or f"{m}_tokens" in needs]
+    enabled = [m for m in wanted if manifest.get("modalities", {}).get(m, {}).get("enabled", False)]
+    for modality in wanted:
         wants_pooled, wants_tokens = modality in needs, f"{modality}_tokens" in needs
-        if not (wants_pooled or wants_tokens):
-            continue
         entry = manifest.get("modalities", {}).get(modality, {})
+        if not entry.get("enabled", False) and not all_modalities_required and enabled:
+            logger.info(
+                "catalog: no %s features (embed.%s.name was 'none'); the model runs without them", *[modality] * 2
+            )
+            continue
         if not entry.get("enabled", False):
             raise ValueError(
                 f"the model needs {modality} features, but embed.{modality}.name was 'none' when "

@@ -429,7 +429,12 @@ def explicit_head_losses(
     return loss, torch.cat([ce, kd]).detach()
 
 
-@register("odmt", ODMTConfig, needs_features=("text", "image", "text_tokens", "image_tokens"))
+@register(
+    "odmt",
+    ODMTConfig,
+    needs_features=("text", "image", "text_tokens", "image_tokens"),
+    all_modalities_required=False,  # embed.image.name: none -> two-head mode (ID + text)
+)
 class ODMT(nn.Module):
     """ID-aware multimodal item vectors + one user encoder per head + online distillation; see the module docstring.
 

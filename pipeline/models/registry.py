@@ -32,14 +32,19 @@ class ModelSpec:
     model_cls: type
     # Frozen features the model reads from data/features: e.g. ("text", "image") or ("text_tokens", ...).
     needs_features: tuple[str, ...] = ()
+    # True: every modality in needs_features must have been embedded. False: a modality switched off with
+    # embed.<m>.name: none is left out of the catalog and the model works without it (ODMT's two-head mode).
+    all_modalities_required: bool = True
 
 
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register(name: str, config_cls: type, needs_features: tuple[str, ...] = ()):  # noqa: ANN201
+def register(  # noqa: ANN201
+    name: str, config_cls: type, needs_features: tuple[str, ...] = (), all_modalities_required: bool = True
+):
     def wrap(model_cls: type) -> type:
-        _MODELS[name] = ModelSpec(config_cls, model_cls, needs_features)
+        _MODELS[name] = ModelSpec(config_cls, model_cls, needs_features, all_modalities_required)
         return model_cls
 
     return wrap
