@@ -54,6 +54,9 @@ def make_project(tmp_path: Path, model: dict | None = None, data: dict | None = 
     for name in ("dvc.yaml", ".dvcignore"):
         if (REPO / name).exists():
             shutil.copy(REPO / name, project / name)
+    experiments = project / "reports/experiments"  # a dep of evaluate; this project has no results of its own
+    experiments.mkdir(parents=True)
+    shutil.copy(REPO / "reports/experiments/README.md", experiments / "README.md")
     raw = write_tiny_ml1m(tmp_path / "raw")
     (project / "params.yaml").write_text(yaml.safe_dump(_tiny_params(raw, model, data), sort_keys=False))
     (project / ".gitignore").write_text("data/cache/\n")
