@@ -22,12 +22,18 @@ def _row(result: dict[str, Any]) -> list[str]:
         cells += [_fmt(metrics.get(stage, {}).get(m)) for m in METRICS]
     train = result.get("train") or {}
     pretrain = result.get("pretrain") or {}
-    peak = max((s.get("peak_rss_mb", 0) for s in result.get("stages", {}).values()), default=0)
+    stages = result.get("stages", {})
+
+    def peak(stage: str) -> str:
+        return f"{stages[stage]['peak_rss_mb']:.0f}" if stage in stages else "–"
+
     cells += [
         _fmt(train.get("seconds_per_epoch"), 1),
         str(train.get("epochs_run", "–")),
+        peak("train"),
         _fmt(pretrain.get("seconds_per_epoch"), 1) if pretrain else "–",
-        f"{peak:.0f}",
+        str(pretrain.get("epochs_run", "–")) if pretrain else "–",
+        peak("pretrain") if pretrain else "–",
     ]
     return cells
 
@@ -38,7 +44,14 @@ def experiments_table(paths: list[Path]) -> str:
     header = ["run"]
     for stage in ("valid", "test", "cold test"):
         header += [f"{stage} {m}" for m in METRICS]
-    header += ["train s/epoch", "epochs", "pretrain s/epoch", "peak RSS MB"]
+    header += [
+        "train s/epoch",
+        "epochs",
+        "train peak RSS MB",
+        "pretrain s/epoch",
+        "pretrain epochs",
+        "pretrain peak RSS MB",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         lines.append("| " + " | ".join(_row(result)) + " |")
@@ -74,6 +87,6 @@ def experiments_sections(results_dir: Path) -> list[str]:
         "Runs of `python -m bench.ablations --suite <suite>` (each variant = params.yaml plus the shared budget and "
         "its overrides in bench/experiments.yaml; same split, seed and budget within a table). Metrics @10, full "
         "ranking; cold test = users whose test target is a held-out item (cold-start setting only); s/epoch = "
-        "training part of an epoch; peak RSS = the largest of the variant's stages.\n\n"
+        "training part of an epoch (validation excluded); peak RSS = the stage process's peak resident memory.\n\n"
     )
     return ["## Experiments\n\n" + intro + tables]

@@ -20,8 +20,12 @@ def _result(name: str, model: str, ndcg: float, cold: float | None = None) -> di
         "model": model,
         "metrics": {model: stages, "popularity": stages},
         "train": {"seconds_per_epoch": 41.26, "epochs_run": 12},
-        "pretrain": {"seconds_per_epoch": 80.0} if model == "mp4sr" else None,
-        "stages": {"train": {"seconds": 500.0, "peak_rss_mb": 1500}, "evaluate": {"seconds": 30, "peak_rss_mb": 900}},
+        "pretrain": {"seconds_per_epoch": 80.0, "epochs_run": 9} if model == "mp4sr" else None,
+        "stages": {
+            "train": {"seconds": 500.0, "peak_rss_mb": 1500},
+            "evaluate": {"seconds": 30, "peak_rss_mb": 900},
+            **({"pretrain": {"seconds": 720.0, "peak_rss_mb": 1700}} if model == "mp4sr" else {}),
+        },
     }
 
 
@@ -45,8 +49,8 @@ def test_table_has_one_row_per_run_with_cold_start_and_cost(tmp_path: Path) -> N
     assert sasrec[0] == "| sasrec" and sasrec[2] == "0.1500" and sasrec[6] == "–"  # test MRR missing -> "–"
     assert sasrec[7:10] == ["–", "–", "–"]  # no cold-start split
     assert mp4sr[7:10] == ["0.0400", "0.0200", "0.0100"]
-    assert sasrec[10:] == ["41.3", "12", "–", "1500 |"]
-    assert mp4sr[12] == "80.0"
+    assert sasrec[10:] == ["41.3", "12", "1500", "–", "–", "– |"]
+    assert mp4sr[13:] == ["80.0", "9", "1700 |"]
 
 
 def test_rows_follow_suite_order_not_file_names(tmp_path: Path) -> None:
