@@ -46,11 +46,24 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
+class ImageWordsConfig:
+    """MP4SR's "CLIP words" image feature (pipeline.features.clip_words); needs a clip image encoder."""
+
+    vocabulary: str | None  # text file, one word/phrase per line; None = off (image feature = image embedding)
+    top_k: int  # words kept per image (paper: 15)
+    prompt: str  # zero-shot prompt each word is put into ("{}" = the word) before CLIP's text tower
+
+
+@dataclass(frozen=True)
 class EmbedConfig:
     device: str  # auto | cpu | cuda | cuda:N
     text: EncoderConfig
     image: EncoderConfig
     store_tokens: bool  # also write per-token features (float16) for models that need them (ODMT)
+    # Required in params.yaml like every key; the default (off) only spares Python callers from spelling it out.
+    image_words: ImageWordsConfig = field(
+        default_factory=lambda: ImageWordsConfig(vocabulary=None, top_k=15, prompt="a photo of {}.")
+    )
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,10 @@ def main(
     manifest = embed_items(items, out, cache, config)
     for modality, entry in manifest["modalities"].items():
         if entry["enabled"]:
+            words = entry.get("image_words")
+            how = f"CLIP words (top {words['top_k']} of {words['vocabulary_size']})" if words else entry["encoder"]
             typer.echo(
-                f"{modality}: {entry['encoder']} dim {entry['dim']}, {entry['present']}/{entry['items']} present, "
+                f"{modality}: {how} dim {entry['dim']}, {entry['present']}/{entry['items']} present, "
                 f"{entry['corrupt']} corrupt, {entry['cache_hits']} from cache, {entry['encoded']} encoded"
             )
         else:

@@ -26,6 +26,16 @@ def test_repository_params_load() -> None:
     assert params.data.max_seq_len == 200
     assert params.evaluate.ks == [5, 10, 20]
     assert params.model.build(REPO / "params.yaml").hidden_dim == 64
+    assert params.embed.image_words.vocabulary is None and params.embed.image_words.top_k == 15  # CLIP words off
+
+
+def test_image_words_keys_are_checked(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r["embed"]["image_words"].update(top_k="15"))
+    with pytest.raises(ConfigError, match=r"`embed\.image_words\.top_k` must be int"):
+        load_params(path)
+    path = write_params(tmp_path, lambda r: r["embed"].pop("image_words"))
+    with pytest.raises(ConfigError, match=r"missing key `embed\.image_words`"):
+        load_params(path)
 
 
 def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:

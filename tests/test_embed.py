@@ -121,6 +121,8 @@ def test_manifest_records_encoders_counts_and_hashes(embedded: tuple[Path, Path,
     assert (text["dim"], text["tokens_shape"], text["items"]) == (384, [16, 384], 8)
     assert (text["present"], text["missing"], text["corrupt"]) == (6, 2, 0)
     assert image["encoder"] == "efficientnet_lite0" and Path(image["checkpoint"]).is_file()
+    assert image["representation"] == "embedding" and "image_words" not in image  # CLIP words are off by default
+    assert not (features / "image_words.parquet").exists()
     assert (image["dim"], image["tokens_shape"]) == (1280, [16, 1280])
     assert (image["present"], image["missing"], image["corrupt"]) == (5, 2, 1)
     assert (image["missing_path"], image["missing_file"]) == (1, 1)

@@ -22,7 +22,6 @@ from pipeline.models.mp4sr import (
     ComplementaryMixup,
     MoEAdaptor,
     MP4SRConfig,
-    clip_word_features,
     info_nce,
     nt_xent,
     random_item_drop,
@@ -304,20 +303,6 @@ def test_missing_modality_uses_a_learned_vector() -> None:
     _, image = model.content_tables()
     assert torch.equal(image[4], torch.full((16,), 0.5)) and torch.equal(image[5], image[4])
     assert not torch.equal(image[6], image[4]) and not image[0].any()
-
-
-def test_clip_words_pick_the_best_matching_words_and_encode_them_as_text() -> None:
-    image_clip = torch.tensor([[0.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.7, 0.7]])  # (N+1, 2): padding + 3 items
-    word_clip = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8]])  # (V, 2)
-    word_text = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0, 0, 3.0]])  # (V, 3)
-    feats, top = clip_word_features(image_clip, word_clip, word_text, k=2, present=torch.tensor([0, 1, 1, 0]).bool())
-    assert top[1].tolist() == [0, 3] and top[2].tolist() == [1, 3]
-    assert torch.allclose(feats[1], torch.tensor([0.5, 0.0, 1.5])) and torch.allclose(
-        feats[2], torch.tensor([0, 0.5, 1.5])
-    )
-    assert not feats[0].any() and not feats[3].any()  # padding and an item without an image
-    with pytest.raises(ValueError, match="vocabulary size"):
-        clip_word_features(image_clip, word_clip, word_text, k=5)
 
 
 # ---------------------------------------------------------------------------------------------------------------

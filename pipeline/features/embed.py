@@ -9,7 +9,9 @@ a manifest is complete):
 - with ``embed.store_tokens``: ``<modality>_tokens.npy`` float16 (N+1, T, dt) and ``<modality>_tokens_mask.npy``
   bool (N+1, T);
 - ``manifest.json``: encoders, checkpoints, dims, counts (present / missing / corrupt), cache hits, hashes of the
-  inputs and of the params, device and time.
+  inputs and of the params, device and time. The image entry's ``representation`` is ``embedding`` (the image
+  encoder's vector), or ``clip_words`` with ``embed.image_words.vocabulary`` set: MP4SR's CLIP-words feature replaces
+  the image outputs and adds ``image_words.parquet`` (see ``pipeline.features.clip_words``).
 
 A modality whose encoder is ``none`` writes no file (and stale files of an earlier run are removed).
 """
@@ -35,6 +37,7 @@ from tqdm import tqdm
 
 from pipeline.config import EmbedConfig
 from pipeline.features.cache import EmbeddingCache, content_digest, item_key
+from pipeline.features.clip_words import WORDS_FILE, ImageWords
 from pipeline.features.encoders import (
     MODALITIES,
     Encoded,
@@ -403,11 +406,14 @@ def embed_items(
     device = resolve_device(config.device)
     # Build every encoder first: config mistakes surface before any work is done.
     encoders = {m: build_encoder(getattr(config, m), m, device) for m in MODALITIES}
+    words = ImageWords(config, encoders["text"], device) if config.image_words.vocabulary is not None else None
     items = read_items(items_path, need_images=encoders["image"] is not None)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # no manifest until every file below is complete
     for leftover in out_dir.glob(".tmp-*"):  # temporaries of an interrupted run
         leftover.unlink(missing_ok=True)
+    if words is None:
+        (out_dir / WORDS_FILE).unlink(missing_ok=True)
     logger.info("embed: %d items from %s on %s", len(items), items_path, device)
 
     modalities: dict[str, Any] = {}
@@ -418,10 +424,15 @@ def embed_items(
             modalities[modality] = {"enabled": False, "encoder": "none"}
             logger.info("embed %s: disabled (embed.%s.name = none)", modality, modality)
             continue
-        modalities[modality] = embed_modality(
-            modality, encoder, items, out_dir, cache_dir, config.store_tokens, shard_size=shard_size
+        as_words = modality == "image" and words is not None  # image tokens are then the words, not CLIP patches
+        m = embed_modality(
+            modality, encoder, items, out_dir, cache_dir, config.store_tokens and not as_words, shard_size=shard_size
         )
-        m = modalities[modality]
+        if as_words:
+            m = words.write(m, items, out_dir, cache_dir, config.store_tokens, feature_files(modality))
+        elif modality == "image":
+            m["representation"] = "embedding"
+        modalities[modality] = m
         logger.info(
             "embed %s: %d present, %d missing, %d corrupt; %d from cache, %d encoded (%.1f s)",
             modality,

@@ -31,7 +31,9 @@ ranked through its content features alone. This is what "new to the system" mean
 
 Differences from the authors' RecBole code (lzz0007/MP4SR), each deliberate:
 
-- The frozen item features are pooled vectors from the ``embed`` stage (no sentence-level attention pooling).
+- The frozen item features are pooled vectors from the ``embed`` stage (no sentence-level attention pooling). The
+  image feature is the image embedding by default; ``embed.image_words`` switches on the authors' "CLIP words"
+  (the mean text feature of each image's top-k CLIP-matched words, :mod:`pipeline.features.clip_words`).
 - Every position of a training sequence is a (prefix, next item) pair (SASRec's scheme, as in the fine-tuning
   loss), instead of one augmented prefix per sample. Their in-batch next-item targets are de-duplicated, which
   removes the same-target false negatives by construction; the NT-Xent uses each user's last position.
@@ -427,30 +429,3 @@ class MP4SR(nn.Module):
     def item_vectors(self) -> torch.Tensor:
         """(N+1, 2D) ``[norm(e_text), norm(e_image)]`` (with ID embeddings when fine-tuning); row 0 = zeros."""
         return self._candidates(self._item_tables())  # (N+1, 2D)
-
-
-def clip_word_features(
-    image_clip: torch.Tensor,
-    word_clip: torch.Tensor,
-    word_text: torch.Tensor,
-    k: int,
-    present: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The authors' "CLIP words" image feature: describe each image by its top-k vocabulary words.
-
-    ``image_clip`` (N+1, d) CLIP image embeddings, ``word_clip`` (V, d) CLIP text embeddings of the vocabulary
-    words (zero-shot prompts), ``word_text`` (V, d_t) the same words encoded by the *text* encoder used for item
-    text, so both modalities live in one feature space. ``present`` (N+1,) bool marks items with an image.
-    Returns ``(features, top_words)``: (N+1, d_t) the mean text feature of each item's top-k words by cosine
-    similarity (the authors attention-pool the k words; the mean is the parameter-free stand-in), zero for padding
-    and for items without an image; and (N+1, k) int64 word indices, best first.
-    """
-    if not 1 <= k <= len(word_clip):
-        raise ValueError(f"k = {k} must be between 1 and the vocabulary size {len(word_clip)}")
-    scores = F.normalize(image_clip.float(), dim=-1) @ F.normalize(word_clip.float(), dim=-1).T  # (N+1, V)
-    top_words = scores.topk(k, dim=-1).indices  # (N+1, k)
-    features = word_text.float()[top_words].mean(dim=1)  # (N+1, d_t)
-    keep = torch.ones(len(image_clip), dtype=torch.bool, device=image_clip.device) if present is None else present
-    keep = keep.clone()
-    keep[0] = False
-    return features * keep[:, None], top_words
