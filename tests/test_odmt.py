@@ -28,6 +28,7 @@ from pipeline.models.odmt import (
     explicit_head_losses,
     head_losses,
     id_aware_mask,
+    log_inclusion_probability,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -401,14 +402,26 @@ def test_in_batch_softmax_masks_own_items_and_corrects_for_popularity() -> None:
     candidates = torch.tensor([2, 3, 4, 5, 6, 7, 9, 11])  # the batch's items: one column each
     assert all(c.shape == (len(candidates), DIM) for c in columns) and all(q.shape == (7, DIM) for q in queries)
     assert torch.equal(candidates[target_col], targets[targets > 0])
-    counts = model.popularity[candidates]
-    torch.testing.assert_close(extra["column_bias"], -torch.log((counts + 1) / (counts + 1).sum()))
+    q = (model.popularity.double() + 1) / (model.popularity.double() + 1).sum()
+    draws = 8  # item occurrences in the two windows: the first input of row 1 (5) and the 7 targets
+    expected = -torch.log(1 - (1 - q[candidates]) ** draws).float()
+    torch.testing.assert_close(extra["column_bias"], expected)
     user0 = torch.tensor([1, 1, 1, 0, 0, 0, 1, 0], dtype=torch.bool)  # items 2, 3, 4, 9
     assert torch.equal(extra["seen"][0], user0)
     assert torch.equal(extra["rows"], torch.tensor([0, 0, 0, 1, 1, 1, 1]))
 
 
 # --- ranking ---------------------------------------------------------------------------------------------------
+
+
+def test_in_batch_correction_is_log_q_for_one_draw_and_vanishes_for_items_surely_in_the_batch() -> None:
+    popularity = torch.tensor([0.0, 999.0, 99.0, 0.0])
+    q = (popularity + 1) / (popularity + 1).sum()
+    torch.testing.assert_close(log_inclusion_probability(popularity, 1), torch.log(q))
+    many = log_inclusion_probability(popularity, 10_000)
+    assert many[1] > -1e-6 and many[2] > -1e-6  # popular items: in the batch almost surely -> no correction
+    assert many[3] < many[2]  # a rare item keeps a (smaller) boost
+    torch.testing.assert_close(many[3], torch.log(-torch.expm1(10_000 * torch.log1p(-q[3]))))
 
 
 def test_fused_score_is_one_inner_product() -> None:

@@ -27,8 +27,9 @@ Choices where the paper and the code leave room (each documented where it is mad
   ``distill_detach_teacher: false`` (mutual learning, the authors' setting) it pulls the teacher towards the
   student instead of sharpening it.
 - ``softmax: full`` is cross-entropy over all N items (the SASRec baseline's objective); ``softmax: in_batch`` is the
-  authors' objective: the candidates are the batch's items, scored with the log-popularity (logQ) correction, and
-  each user's own other items are masked out as false negatives.
+  authors' objective: the candidates are the batch's items, scored with the logQ correction for unique candidates
+  (``-log P(item in batch)``, see :func:`log_inclusion_probability`), and each user's own other items are masked
+  out as false negatives.
 - The ranking score is the weighted mean of the heads' scores (the authors: the plain mean), written as one inner
   product: ``user_vectors = concat(w_h * u_h)`` and ``item_vectors = concat(v_h)`` over heads h.
 """
@@ -616,9 +617,10 @@ class ODMT(nn.Module):
     def _in_batch_inputs(
         self, candidates: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, has_target: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """In-batch softmax: ``-log q(item)`` per column (logQ correction) and each user's own items, to mask."""
-        counts = self.popularity[candidates[1:]]  # (C-1,)
-        log_q = torch.log((counts + 1.0) / (counts + 1.0).sum())  # (C-1,): +1 so unseen items stay finite
+        """In-batch softmax: ``-log P(item in the batch)`` per column (logQ correction for a candidate set of unique
+        items) and each user's own items, to mask."""
+        draws = int(torch.count_nonzero(torch.cat([input_ids[:, :1], targets], dim=1)))  # item occurrences
+        log_q = log_inclusion_probability(self.popularity, draws)[candidates[1:]]  # (C-1,)
         seen = torch.zeros(input_ids.shape[0], len(candidates), dtype=torch.bool, device=input_ids.device)  # (B, C)
         seen.scatter_(1, torch.searchsorted(candidates, input_ids), True)
         seen.scatter_(1, torch.searchsorted(candidates, targets), True)
@@ -654,6 +656,21 @@ class ODMT(nn.Module):
         """(N+1, H*D) ``concat(v_h)`` over heads (row 0 = padding, zeros)."""
         table = self.ranking_table()  # {head: (N+1, D)}
         return torch.cat([table[h] for h in self.heads], dim=1)  # (N+1, H*D)
+
+
+def log_inclusion_probability(popularity: torch.Tensor, draws: int) -> torch.Tensor:
+    """(N+1,) training counts, number of item occurrences in the batch -> (N+1,) log P(item among the batch's items).
+
+    The in-batch candidates are the *unique* items of the batch, so the sampled-softmax correction is the log of the
+    probability that an item is drawn at least once in ``draws`` draws from the unigram distribution q:
+    ``log(1 - (1 - q)^draws)`` (the expected count of unique sampling). With one draw it is the plain logQ, ``log q``;
+    with many, popular items (almost surely in the batch) get ~0 and rare ones ~``log(draws * q)``. Subtracting the
+    plain ``log q`` from unique candidates instead teaches the scores to add ``log q``: a popularity bias at ranking
+    time (on ML-1M, where a batch holds most items, ODMT's valid NDCG@10 fell to half of SASRec's).
+    """
+    counts = popularity.double() + 1.0  # +1 so items unseen in training stay finite
+    q = counts / counts.sum()  # (N+1,)
+    return torch.log(-torch.expm1(max(draws, 1) * torch.log1p(-q))).to(popularity.dtype)  # (N+1,)
 
 
 def _check_config(config: ODMTConfig) -> None:
