@@ -22,6 +22,7 @@ def _row(result: dict[str, Any]) -> list[str]:
         cells += [_fmt(metrics.get(stage, {}).get(m)) for m in METRICS]
     train = result.get("train") or {}
     pretrain = result.get("pretrain") or {}
+    pretrained = "epochs_run" in pretrain  # a "no pre-training" marker's summary has no epochs
     stages = result.get("stages", {})
 
     def peak(stage: str) -> str:
@@ -31,9 +32,9 @@ def _row(result: dict[str, Any]) -> list[str]:
         _fmt(train.get("seconds_per_epoch"), 1),
         str(train.get("epochs_run", "–")),
         peak("train"),
-        _fmt(pretrain.get("seconds_per_epoch"), 1) if pretrain else "–",
-        str(pretrain.get("epochs_run", "–")) if pretrain else "–",
-        peak("pretrain") if pretrain else "–",
+        _fmt(pretrain.get("seconds_per_epoch"), 1) if pretrained else "–",
+        str(pretrain.get("epochs_run", "–")) if pretrained else "–",
+        peak("pretrain") if pretrained else "–",
     ]
     return cells
 

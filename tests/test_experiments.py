@@ -53,6 +53,14 @@ def test_table_has_one_row_per_run_with_cold_start_and_cost(tmp_path: Path) -> N
     assert mp4sr[13:] == ["80.0", "9", "1700 |"]
 
 
+def test_pretraining_columns_are_empty_when_pretraining_was_off(tmp_path: Path) -> None:
+    result = _result("mp4sr_no_pretraining", "mp4sr", 0.1)
+    result["pretrain"] = {"enabled": False, "reason": "pretrain.enabled is false"}  # the marker's summary
+    (tmp_path / "r.json").write_text(json.dumps(result))
+    row = experiments_table([tmp_path / "r.json"]).strip().splitlines()[2].split(" | ")
+    assert row[13:] == ["–", "–", "– |"]
+
+
 def test_rows_follow_suite_order_not_file_names(tmp_path: Path) -> None:
     for order, name in enumerate(["sasrec", "odmt", "a_ablation"]):
         (tmp_path / f"{name}.json").write_text(json.dumps({**_result(name, name, 0.1), "order": order}))
