@@ -121,6 +121,19 @@ def evaluate_model(
     return evaluate_vectors(name, split, item_vectors, queries_for, ks, stages)
 
 
+def evaluate_heads(model: nn.Module, split: UserSplit, name: str, **kwargs: Any) -> list[EvaluationResult]:
+    """For a model that fuses several heads (ODMT: ``heads`` + ``single_head``), each head ranking alone, as runs
+    named ``<name>[<head>]``; ``[]`` for single-head models. ``kwargs`` go to :func:`evaluate_model`."""
+    heads = getattr(model, "heads", ())
+    if len(heads) < 2 or not hasattr(model, "single_head"):
+        return []
+    results = []
+    for head in heads:
+        with model.single_head(head):
+            results.append(evaluate_model(model, split, name=f"{name}[{head}]", **kwargs))
+    return results
+
+
 def training_counts(split: UserSplit, num_items: int) -> np.ndarray:
     """(N+1,) float32 interaction counts over the training items only (row 0 = 0)."""
     flat = np.concatenate(split.train) if len(split) else np.zeros(0, dtype=np.int64)

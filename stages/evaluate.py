@@ -10,7 +10,7 @@ import typer
 
 from pipeline.config import EvaluateConfig, load_section
 from pipeline.data.splits import load_split
-from pipeline.evaluation import evaluate_model, evaluate_popularity, load_trained, load_user_ids
+from pipeline.evaluation import evaluate_heads, evaluate_model, evaluate_popularity, load_trained, load_user_ids
 from pipeline.experiments import experiments_sections
 from pipeline.report import runs_of, text_table, write_report
 from pipeline.train import resolve_device
@@ -37,16 +37,11 @@ def main(
     net, checkpoint, catalog = load_trained(model, features, prepared, torch_device)
     split = load_split(prepared)
 
-    result = evaluate_model(
-        net,
-        split,
-        ks=cfg.ks,
-        batch_size=cfg.batch_size,
-        max_seq_len=checkpoint["max_seq_len"],
-        device=torch_device,
-        name=checkpoint["model_name"],
-    )
+    ranking = {"ks": cfg.ks, "batch_size": cfg.batch_size, "max_seq_len": checkpoint["max_seq_len"]}
+    result = evaluate_model(net, split, device=torch_device, name=checkpoint["model_name"], **ranking)
+    heads = evaluate_heads(net, split, checkpoint["model_name"], device=torch_device, **ranking)  # ODMT: per head
     baselines = [evaluate_popularity(split, catalog.num_items, cfg.ks)] if cfg.popularity_baseline else []
+    baselines += heads
     write_report(
         out,
         result,

@@ -435,6 +435,22 @@ def test_fused_score_is_one_inner_product() -> None:
     torch.testing.assert_close(fused, expected)
 
 
+def test_single_head_ranks_with_that_head_alone_and_restores_the_fusion() -> None:
+    model = make_model(head_weight_id=2.0).eval()
+    ids = batch_ids()
+    with torch.no_grad():
+        fused = model.user_vectors(ids) @ model.item_vectors().T  # (B, N+1)
+        queries, table = model.head_user_vectors(ids), model.ranking_table()
+        for head in model.heads:
+            with model.single_head(head):
+                alone = model.user_vectors(ids) @ model.item_vectors().T
+            torch.testing.assert_close(alone, queries[head] @ table[head].T)
+        torch.testing.assert_close(model.user_vectors(ids) @ model.item_vectors().T, fused)
+    with pytest.raises(ValueError, match="no head 'audio'"):
+        with model.single_head("audio"):
+            pass
+
+
 def test_ranking_scores_are_the_training_logits_at_the_last_position() -> None:
     model = make_model(distill_weight=0.0).eval()
     ids = batch_ids()

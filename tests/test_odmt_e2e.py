@@ -44,6 +44,8 @@ def test_dvc_repro_with_odmt_then_exp_run_distill_weight(tmp_path: Path) -> None
         assert tokens.dtype == np.float16 and tokens.ndim == 3 and mask.shape == tokens.shape[:2]
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert "odmt" in metrics
+    assert {"odmt[id]", "odmt[text]", "odmt[image]"} <= set(metrics)  # each head ranking alone, for diagnosis
+    assert "odmt[image]" in (project / "reports/report.md").read_text()
     for stage in ("valid", "test"):
         assert 0.0 <= metrics["odmt"][stage]["NDCG@10"] <= 1.0
     summary = json.loads((project / "models/train_summary.json").read_text())
@@ -77,6 +79,7 @@ def test_dvc_repro_with_odmt_on_a_data_set_without_images_runs_two_heads(tmp_pat
     assert not (plots / "ce_image.tsv").exists() and not (plots / "kd_image.tsv").exists()
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert 0.0 <= metrics["odmt"]["test"]["NDCG@10"] <= 1.0
+    assert {"odmt[id]", "odmt[text]"} <= set(metrics) and "odmt[image]" not in metrics
 
 
 def _image_params(project: Path) -> dict:

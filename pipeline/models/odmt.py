@@ -37,6 +37,8 @@ Choices where the paper and the code leave room (each documented where it is mad
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -651,6 +653,18 @@ class ODMT(nn.Module):
         """(B, L) histories -> (B, H*D) ``concat(w_h * u_h)``: its inner product with an item row is the fused score."""
         queries = self.head_user_vectors(input_ids)  # {head: (B, D)}
         return torch.cat([self.head_weights[h] * queries[h] for h in self.heads], dim=1)  # (B, H*D)
+
+    @contextmanager
+    def single_head(self, head: str) -> Iterator[None]:
+        """Rank with ``head``'s score alone (weights one-hot) inside the block: which head carries the fused score."""
+        if head not in self.heads:
+            raise ValueError(f"no head {head!r}; this model has {', '.join(self.heads)}")
+        saved = self.head_weights
+        self.head_weights = {h: float(h == head) for h in self.heads}
+        try:
+            yield
+        finally:
+            self.head_weights = saved
 
     def item_vectors(self) -> torch.Tensor:
         """(N+1, H*D) ``concat(v_h)`` over heads (row 0 = padding, zeros)."""
