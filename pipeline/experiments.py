@@ -69,13 +69,39 @@ def _budget_line(paths: list[Path]) -> str:
     return "Budget (every row): params.yaml with " + ", ".join(f"`{k}={v}`" for k, v in budget.items()) + ".\n\n"
 
 
+def heads_table(paths: list[Path], metric: str = "NDCG@10") -> str:
+    """Per-head test ``metric`` of the runs whose metrics hold ``<model>[<head>]`` rows (ODMT); "" when none do."""
+    results = sorted((json.loads(path.read_text()) for path in paths), key=lambda r: (r.get("order", 0), r["name"]))
+    rows, heads = [], []
+    for result in results:
+        model, metrics = result["model"], result["metrics"]
+        per_head = {k[len(model) + 1 : -1]: v for k, v in metrics.items() if k.startswith(f"{model}[") and k[-1] == "]"}
+        if not per_head:
+            continue
+        heads += [h for h in per_head if h not in heads]
+        rows.append((result["name"], metrics.get(model, {}), per_head))
+    if not rows:
+        return ""
+    header = ["run", "fused", *(f"{h} alone" for h in heads)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, fused, per_head in rows:
+        cells = [_fmt(fused.get("test", {}).get(metric))]
+        cells += [_fmt(per_head[h].get("test", {}).get(metric)) if h in per_head else "–" for h in heads]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    intro = f"Test {metric} of the fused ranking and of each head ranking alone (`evaluate`'s per-head rows):\n\n"
+    return intro + "\n".join(lines) + "\n"
+
+
 def experiments_markdown(results_dir: Path) -> str:
-    """One table per suite (``<results_dir>/<suite>/*.json``); empty when there are no results."""
+    """One table per suite (``<results_dir>/<suite>/*.json``), plus a per-head table where runs have heads; empty
+    when there are no results."""
     parts = []
     for suite_dir in sorted(p for p in Path(results_dir).glob("*") if p.is_dir()):
         paths = sorted(suite_dir.glob("*.json"))
         if paths:
-            parts.append(f"### Suite `{suite_dir.name}`\n\n" + _budget_line(paths) + experiments_table(paths))
+            heads = heads_table(paths)
+            table = experiments_table(paths) + ("\n" + heads if heads else "")
+            parts.append(f"### Suite `{suite_dir.name}`\n\n" + _budget_line(paths) + table)
     return "\n".join(parts)
 
 

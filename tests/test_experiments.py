@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.ablations import apply_overrides, find_result, params_key
-from pipeline.experiments import experiments_markdown, experiments_sections, experiments_table
+from pipeline.experiments import experiments_markdown, experiments_sections, experiments_table, heads_table
 
 
 def _result(name: str, model: str, ndcg: float, cold: float | None = None) -> dict:
@@ -89,3 +89,16 @@ def test_finished_run_with_same_params_is_found_in_any_suite(tmp_path: Path) -> 
     assert find_result(tmp_path, params_key(params))["name"] == "sasrec"
     changed = apply_overrides(params, {"train.epochs": 9})
     assert find_result(tmp_path, params_key(changed)) is None
+
+
+def test_heads_table_lists_each_head_of_multi_head_runs_only(tmp_path: Path) -> None:
+    odmt = _result("odmt", "odmt", 0.09)
+    odmt["metrics"]["odmt[id]"] = {"test": {"NDCG@10": 0.1276}}
+    odmt["metrics"]["odmt[text]"] = {"test": {"NDCG@10": 0.0781}}
+    (tmp_path / "a.json").write_text(json.dumps({**_result("sasrec", "sasrec", 0.15), "order": 0}))
+    (tmp_path / "b.json").write_text(json.dumps({**odmt, "order": 1}))
+    table = heads_table(sorted(tmp_path.glob("*.json")))
+    lines = table.strip().splitlines()
+    assert lines[2] == "| run | fused | id alone | text alone |"
+    assert lines[4] == "| odmt | 0.0900 | 0.1276 | 0.0781 |" and len(lines) == 5  # no row for single-head SASRec
+    assert heads_table([tmp_path / "a.json"]) == ""
