@@ -296,6 +296,41 @@ def test_cold_items_have_no_id_embedding_and_are_never_negatives() -> None:
     assert not torch.allclose(items[5, :16], F.normalize(text_only[5], dim=-1), atol=1e-3)
 
 
+def test_cold_items_borrow_the_ids_of_their_content_neighbours_at_ranking_time_only() -> None:
+    cold = (29, 30)
+    config = dataclasses.replace(CONFIG, cold_id_neighbours=3)
+    model = make_model(config=config, unseen=cold)
+    data = batch()
+    data["target_ids"][data["target_ids"] >= 29] = 28
+    data["input_ids"][data["input_ids"] >= 29] = 27
+    zero_model = make_model(unseen=cold)  # same seed and weights, cold_id_neighbours = 0
+    losses = []
+    for m in (model, zero_model):
+        torch.manual_seed(7)  # same dropout masks
+        losses.append(m(data)["loss"].item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)  # training is untouched
+
+    model.eval()
+    with torch.no_grad():
+        text, image = model.content_tables()
+        ids = model.neighbour_ids_for_cold_items(model.id_table(), text, image)
+        content = F.normalize(torch.cat([F.normalize(text, dim=-1), F.normalize(image, dim=-1)], dim=-1), dim=-1)
+        warm = model.seen_items
+        for item in cold:
+            top = (content[item] @ content[warm].T).topk(3)
+            weights = torch.softmax(top.values / 0.1, dim=0)
+            expected = (weights[:, None] * model.id_emb.weight[warm[top.indices]]).sum(dim=0)
+            torch.testing.assert_close(ids[item], expected)
+        torch.testing.assert_close(ids[warm], model.id_table()[warm])  # warm rows untouched
+        assert not ids[0].any()  # padding stays zero
+        items = model.item_vectors()
+        zero_items = zero_model.eval().item_vectors()
+    torch.testing.assert_close(items[warm], zero_items[warm])
+    assert not torch.allclose(items[29], zero_items[29])  # the cold row now carries borrowed ID information
+    with pytest.raises(ValueError, match="cold_id_neighbours"):
+        make_model(config=dataclasses.replace(CONFIG, cold_id_neighbours=-1))
+
+
 def test_missing_modality_uses_a_learned_vector() -> None:
     model = make_model(no_image=(4, 5))
     with torch.no_grad():

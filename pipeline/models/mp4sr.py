@@ -57,6 +57,8 @@ from pipeline.models.registry import register
 
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim (paper: hidden 64, inner 256)
 INIT_STD = 0.02
+COLD_ID_TEMPERATURE = 0.1  # softmax temperature over the cosine similarities of a cold item's content neighbours
+COLD_ID_CHUNK = 4096  # cold items scored against the warm ones at once (bounds the (chunk, S) similarity matrix)
 MODALITIES: tuple[str, str] = ("text", "image")
 PHASES: tuple[str, ...] = ("pretrain", "train")
 
@@ -89,6 +91,9 @@ class MP4SRConfig:
     mixup_max_prob: float  # per-batch swap probability p ~ U(0, this) of complementary mixup; 0 = no mixup (0.5)
     item_drop_max: float  # per-batch item-drop probability p ~ U(0, this) in pre-training; 0 = no drop (0.2)
     finetune_id_embeddings: bool  # add item-ID embeddings when fine-tuning (paper: true); false = content only
+    # Ranking only: a cold item's ID row = softmax-weighted mean of the ID rows of its k most content-similar warm
+    # items (cosine of the adapted features); 0 = zero (content alone). Default for checkpoints that predate it.
+    cold_id_neighbours: int = 0
 
 
 def _check_config(config: MP4SRConfig) -> None:
@@ -97,6 +102,8 @@ def _check_config(config: MP4SRConfig) -> None:
     for key in ("dropout", "adaptor_dropout"):
         if not 0.0 <= getattr(config, key) < 1.0:
             raise ValueError(f"model.{key} = {getattr(config, key)} must be in [0, 1)")
+    if config.cold_id_neighbours < 0:
+        raise ValueError(f"model.cold_id_neighbours = {config.cold_id_neighbours} must be >= 0 (0 = off)")
     for key in ("mixup_max_prob", "item_drop_max"):
         if not 0.0 <= getattr(config, key) <= 1.0:
             raise ValueError(f"model.{key} = {getattr(config, key)} must be in [0, 1]")
@@ -362,8 +369,29 @@ class MP4SR(nn.Module):
         text, image = self.content_tables()  # 2 x (N+1, D)
         if self._uses_ids:
             ids = self.id_table()  # (N+1, D)
+            if not self.training and self.config.cold_id_neighbours > 0:
+                ids = self.neighbour_ids_for_cold_items(ids, text, image)  # (N+1, D)
             text, image = text + ids, image + ids  # 2 x (N+1, D)
         return text, image
+
+    def neighbour_ids_for_cold_items(self, ids: torch.Tensor, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """(N+1, D) ID rows with each cold item's (zero) row replaced by the softmax-weighted (temperature
+        ``COLD_ID_TEMPERATURE``) mean ID row of its ``cold_id_neighbours`` warm items of most similar content
+        (cosine of ``[norm(text), norm(image)]``), so that it is ranked on the same scale as the warm items."""
+        cold = ~self.seen  # (N+1,)
+        cold[0] = False
+        cold_items = cold.nonzero().squeeze(1)  # (Nc,)
+        if len(cold_items) == 0 or len(self.seen_items) == 0:
+            return ids
+        content = F.normalize(torch.cat([F.normalize(text, dim=-1), F.normalize(image, dim=-1)], dim=-1), dim=-1)
+        warm_content, warm_ids = content[self.seen_items], ids[self.seen_items]  # (S, 2D), (S, D)
+        k = min(self.config.cold_id_neighbours, len(self.seen_items))
+        rows = []
+        for chunk in cold_items.split(COLD_ID_CHUNK):
+            top = (content[chunk] @ warm_content.T).topk(k, dim=1)  # values, indices: (c, k)
+            weights = torch.softmax(top.values / COLD_ID_TEMPERATURE, dim=1)  # (c, k)
+            rows.append((weights[:, :, None] * warm_ids[top.indices]).sum(dim=1))  # (c, D)
+        return ids.index_put((cold_items,), torch.cat(rows))  # (N+1, D)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.phase == "pretrain":
