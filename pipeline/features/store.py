@@ -103,17 +103,18 @@ def load_catalog(
         return catalog
 
     manifest = _read_manifest(features_dir, n, item_ids)
+    entries = manifest.get("modalities", {})
     wanted = [m for m in MODALITIES if m in needs or f"{m}_tokens" in needs]
-    enabled = [m for m in wanted if manifest.get("modalities", {}).get(m, {}).get("enabled", False)]
+    enabled = {m for m in wanted if entries.get(m, {}).get("enabled", False)}
     for modality in wanted:
         wants_pooled, wants_tokens = modality in needs, f"{modality}_tokens" in needs
-        entry = manifest.get("modalities", {}).get(modality, {})
-        if not entry.get("enabled", False) and not all_modalities_required and enabled:
+        entry = entries.get(modality, {})
+        if modality not in enabled and enabled and not all_modalities_required:
             logger.info(
-                "catalog: no %s features (embed.%s.name was 'none'); the model runs without them", *[modality] * 2
+                "catalog: no %s features (embed.%s.name was 'none'); the model runs without them", modality, modality
             )
             continue
-        if not entry.get("enabled", False):
+        if modality not in enabled:
             raise ValueError(
                 f"the model needs {modality} features, but embed.{modality}.name was 'none' when "
                 f"{_name(features_dir, MANIFEST)} was written. Set embed.{modality}.name (see params.yaml) and "

@@ -44,6 +44,18 @@ def padding_mask(input_ids: torch.Tensor) -> torch.Tensor:
     return keys | eye  # (B, 1, L, L)
 
 
+def left_padded_positions(input_ids: torch.Tensor, max_seq_len: int) -> torch.Tensor:
+    """(B, L) left-padded item ids -> (B, L) learned-position indices counting real items from the oldest one kept
+    (0, 1, 2, ...; padding gets 0), so extra left padding never changes an output. ``max_seq_len`` is the size of
+    the position table: longer inputs are an error."""
+    if input_ids.shape[1] > max_seq_len:
+        raise ValueError(
+            f"input has {input_ids.shape[1]} positions but the model was built for max_seq_len "
+            f"{max_seq_len}; left-pad/truncate inputs to data.max_seq_len"
+        )
+    return ((input_ids != 0).cumsum(dim=1) - 1).clamp(min=0)  # (B, L)
+
+
 def causal_padding_mask(input_ids: torch.Tensor) -> torch.Tensor:
     """(B, L) int64 left-padded item ids -> (B, 1, L, L) bool: query i sees real items at positions <= i.
 

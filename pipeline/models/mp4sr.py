@@ -52,7 +52,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
-from pipeline.models.layers import CausalTransformer, causal_padding_mask, full_cross_entropy, init_weights
+from pipeline.models.layers import (
+    CausalTransformer,
+    causal_padding_mask,
+    full_cross_entropy,
+    init_weights,
+    left_padded_positions,
+)
 from pipeline.models.registry import register
 
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim (paper: hidden 64, inner 256)
@@ -279,13 +285,8 @@ class M2SE(nn.Module):
 
     def forward(self, sequences: tuple[torch.Tensor, ...], input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """M sequences of (B, L, D) inputs over the same (B, L) ids -> M (B, L, D) hidden states."""
-        if input_ids.shape[1] > self.max_seq_len:
-            raise ValueError(
-                f"input has {input_ids.shape[1]} positions but the model was built for max_seq_len "
-                f"{self.max_seq_len}; left-pad/truncate inputs to data.max_seq_len"
-            )
         count = len(sequences)
-        positions = ((input_ids != 0).cumsum(dim=1) - 1).clamp(min=0)  # (B, L): 0 = oldest real item
+        positions = left_padded_positions(input_ids, self.max_seq_len)  # (B, L): 0 = oldest real item
         x = torch.cat(sequences) + self.pos_emb(positions).repeat(count, 1, 1)  # (M*B, L, D)
         x = self.emb_dropout(self.emb_norm(x))  # (M*B, L, D)
         mask = causal_padding_mask(input_ids).repeat(count, 1, 1, 1)  # (M*B, 1, L, L)

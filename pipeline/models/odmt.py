@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
-from pipeline.models.layers import CausalTransformer, causal_padding_mask, init_weights
+from pipeline.models.layers import CausalTransformer, causal_padding_mask, init_weights, left_padded_positions
 from pipeline.models.registry import register
 
 MODALITIES: tuple[str, ...] = ("text", "image")
@@ -195,12 +195,7 @@ class SASRecUserEncoder(nn.Module):
 
     def forward(self, item_seq: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L, D) item vectors of a left-padded history ``input_ids`` (B, L) -> (B, L) hidden states (B, L, D)."""
-        if input_ids.shape[1] > self.max_seq_len:
-            raise ValueError(
-                f"input has {input_ids.shape[1]} positions but the model was built for max_seq_len "
-                f"{self.max_seq_len}; left-pad/truncate inputs to data.max_seq_len"
-            )
-        positions = ((input_ids != 0).cumsum(dim=1) - 1).clamp(min=0)  # (B, L): 0 = oldest real item
+        positions = left_padded_positions(input_ids, self.max_seq_len)  # (B, L): 0 = oldest real item
         x = self.emb_dropout(self.emb_norm(item_seq + self.pos_emb(positions)))  # (B, L, D)
         return self.encoder(x, causal_padding_mask(input_ids))  # (B, L, D)
 

@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
-from pipeline.models.layers import CausalTransformer, causal_padding_mask, full_cross_entropy, init_weights
+from pipeline.models.layers import (
+    CausalTransformer,
+    causal_padding_mask,
+    full_cross_entropy,
+    init_weights,
+    left_padded_positions,
+)
 from pipeline.models.registry import register
 
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim
@@ -59,13 +65,7 @@ class SASRec(nn.Module):
 
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) left-padded item ids -> (B, L, D) hidden states; position t sees items at positions <= t."""
-        if input_ids.shape[1] > self.max_seq_len:
-            raise ValueError(
-                f"input has {input_ids.shape[1]} positions but the model was built for max_seq_len "
-                f"{self.max_seq_len}; left-pad/truncate inputs to data.max_seq_len"
-            )
-        real = input_ids != 0  # (B, L)
-        positions = (real.cumsum(dim=1) - 1).clamp(min=0)  # (B, L): 0 = oldest real item
+        positions = left_padded_positions(input_ids, self.max_seq_len)  # (B, L): 0 = oldest real item
         x = self.item_emb(input_ids) + self.pos_emb(positions)  # (B, L, D)
         x = self.emb_dropout(self.emb_norm(x))  # (B, L, D)
         return self.encoder(x, causal_padding_mask(input_ids))  # (B, L, D)
