@@ -186,9 +186,9 @@ def test_tables_are_generic_over_runs(tmp_path: Path) -> None:
 
 def write_project(tmp_path: Path) -> tuple[Path, Path, Path]:
     """prepared/ (sequences, items, stats), models/ (an untrained SASRec checkpoint + summary + dvclive)."""
-    from pipeline.config import TrainConfig
     from pipeline.models.sasrec import SASRec, SASRecConfig
     from pipeline.train import save_checkpoint, seed_everything
+    from tests.test_train import train_cfg
 
     rng = np.random.default_rng(0)
     num_items, num_users = 12, 9
@@ -214,17 +214,7 @@ def write_project(tmp_path: Path) -> tuple[Path, Path, Path]:
 
     catalog = ItemCatalog(num_items=num_items, max_seq_len=6, popularity=torch.zeros(num_items + 1))
     net = SASRec(SASRecConfig(hidden_dim=8, num_layers=1, num_heads=1, dropout=0.0), catalog)
-    cfg = TrainConfig(
-        seed=0,
-        device="cpu",
-        epochs=1,
-        batch_size=4,
-        lr=0.01,
-        weight_decay=0.0,
-        patience=1,
-        grad_clip=None,
-        num_threads=0,
-    )
+    cfg = train_cfg(epochs=1, batch_size=4, patience=1, grad_clip=None, num_threads=0)
     save_checkpoint(models / "model.pt", net, 6, cfg, 1, {"NDCG@10": 0.1})
     (models / "train_summary.json").write_text(json.dumps({"best_epoch": 1}))
     write_dvclive(models)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import yaml
 
 from pipeline.catalog import ItemCatalog
-from pipeline.config import ConfigError, TrainConfig
+from pipeline.config import ConfigError
 from pipeline.data.splits import UserSplit
 from pipeline.models import registry
 from pipeline.models.mp4sr import (
@@ -27,6 +27,7 @@ from pipeline.models.mp4sr import (
     random_item_drop,
 )
 from pipeline.pretrain import PretrainConfig, init_from_pretrained, pretrain, write_marker
+from tests.test_train import train_cfg
 
 N_ITEMS = 30
 TAU = 0.07
@@ -355,9 +356,7 @@ def tiny_split(users: int = 24, seed: int = 0) -> UserSplit:
     )
 
 
-TRAIN = TrainConfig(
-    seed=3, device="cpu", epochs=1, batch_size=8, lr=1e-3, weight_decay=0.0, patience=1, grad_clip=1.0, num_threads=1
-)
+TRAIN = train_cfg(seed=3, epochs=1, batch_size=8, lr=1e-3, patience=1)
 PRETRAIN = PretrainConfig(enabled=True, epochs=2, batch_size=8, lr=1e-2, weight_decay=0.0, patience=2, grad_clip=1.0)
 
 
