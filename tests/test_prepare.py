@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from pipeline.config import ConfigError, DataConfig
 from pipeline.data import readers
-from pipeline.data.images import attach_images, image_file_stem, title_card_png
+from pipeline.data.images import attach_images, image_file_stem, title_card_png, write_title_cards
 from pipeline.data.prepare import DROP_REASONS, dedupe, k_core, prepare, timestamp_tie_rate
 from pipeline.data.schema import INTERACTION_SCHEMA, RawData
 from stages.prepare import app
@@ -227,6 +227,23 @@ def test_title_cards_are_deterministic_pngs() -> None:
     assert first != title_card_png("Heat (1995)", "Heat", "1995 | Action")
     image = Image.open(__import__("io").BytesIO(first))
     assert image.size == (224, 224) and image.format == "PNG"
+
+
+def test_title_card_colour_comes_from_the_first_genre_not_the_item_id(tmp_path: Path) -> None:
+    """The background must carry content (first genre), never an ID surrogate: same genre -> same colour."""
+    items = pl.DataFrame(
+        {
+            "item_idx": [1, 2, 3],
+            "item_id": ["1", "2", "3"],
+            "text": ["", "", ""],
+            "title": ["Heat", "Ronin", "Amelie"],
+            "year": [1995, 1998, 2001],
+            "genres": [["Action", "Crime"], ["Action", "Thriller"], ["Comedy"]],
+        }
+    )
+    paths = write_title_cards(items, tmp_path)
+    corner = [Image.open(p).convert("RGB").getpixel((200, 40)) for p in paths]
+    assert corner[0] == corner[1] != corner[2]
 
 
 def test_images_dir_present_missing_corrupt(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Item images for ``items.parquet``: synthetic title cards, or real images found in ``data.images_dir``.
 
 - ``data.images_dir: null`` (MovieLens ships no images): every item gets a deterministic 224x224 PNG "title card"
-  (background colour from a hash of the item id, the title wrapped, a year/genre line) drawn with PIL's built-in
+  (background colour from the item's first genre, never its id, so the image channel carries content and no ID
+  surrogate; the title wrapped; a year/genre line) drawn with PIL's built-in
   font, written to ``<out_dir>/images/<item_idx>.png``. Same item -> same bytes (for a given Pillow build).
 - ``data.images_dir`` set: the image of item ``x`` is ``<images_dir>/<image_file_stem(x)>.<ext>`` with ``ext`` one of
   ``jpg, jpeg, png, webp`` (tried in that order, extension case-insensitive); if there is none and the reader gave a
@@ -66,9 +67,12 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return font
 
 
-def card_colour(item_id: str) -> tuple[int, int, int]:
-    """A dark background colour derived from the item id (white text stays readable)."""
-    digest = hashlib.sha256(item_id.encode("utf-8")).digest()
+def card_colour(colour_key: str) -> tuple[int, int, int]:
+    """A dark background colour derived from a content key (the first genre; white text stays readable).
+
+    Never the item id: a per-item colour would make the image feature an ID stand-in, not content.
+    """
+    digest = hashlib.sha256(colour_key.encode("utf-8")).digest()
     return (30 + digest[0] % 130, 30 + digest[1] % 130, 30 + digest[2] % 130)
 
 
@@ -109,9 +113,9 @@ def card_text(text: str) -> str:
     return kept.encode("ascii", "replace").decode("ascii")
 
 
-def render_title_card(item_id: str, title: str, subtitle: str) -> Image.Image:
-    """A 224x224 RGB card: ``title`` wrapped on a colour from ``item_id``, ``subtitle`` in a band at the bottom."""
-    background = card_colour(item_id)
+def render_title_card(colour_key: str, title: str, subtitle: str) -> Image.Image:
+    """A 224x224 RGB card: ``title`` wrapped on a colour from ``colour_key``, ``subtitle`` in a band at the bottom."""
+    background = card_colour(colour_key)
     image = Image.new("RGB", (CARD_SIZE, CARD_SIZE), background)
     draw = ImageDraw.Draw(image)
     inner = CARD_SIZE - 2 * _MARGIN
@@ -133,30 +137,34 @@ def render_title_card(item_id: str, title: str, subtitle: str) -> Image.Image:
     return image
 
 
-def title_card_png(item_id: str, title: str, subtitle: str) -> bytes:
+def title_card_png(colour_key: str, title: str, subtitle: str) -> bytes:
     """PNG bytes of ``render_title_card`` (no metadata, so identical inputs give identical bytes)."""
     buffer = io.BytesIO()
-    render_title_card(item_id, title, subtitle).save(buffer, format="PNG", compress_level=1)
+    render_title_card(colour_key, title, subtitle).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
-def _card_texts(items: pl.DataFrame) -> tuple[list[str], list[str]]:
-    """Title and subtitle per item from whatever the reader provided: ``title`` > ``text`` > ``item_id``."""
+def _card_texts(items: pl.DataFrame) -> tuple[list[str], list[str], list[str]]:
+    """Title, subtitle and colour key (first genre, "" without one) per item: ``title`` > ``text`` > ``item_id``."""
     ids = items["item_id"].to_list()
     titles = items["title"].to_list() if "title" in items.columns else [None] * items.height
     texts = items["text"].to_list()
     title_out = [t or (x[:160] if x else "") or i for t, x, i in zip(titles, texts, ids, strict=True)]
     years = items["year"].to_list() if "year" in items.columns else [None] * items.height
     if "genres" in items.columns and items.schema["genres"] == pl.List(pl.String):
-        genres = [", ".join(g or []) for g in items["genres"].to_list()]
+        genre_lists = [list(g or []) for g in items["genres"].to_list()]
+        genres = [", ".join(g) for g in genre_lists]
+        keys = [g[0] if g else "" for g in genre_lists]
     elif "genres" in items.columns and items.schema["genres"] == pl.String:
         genres = [g or "" for g in items["genres"].to_list()]
+        keys = [re.split(r"[|,]", g)[0].strip() for g in genres]
     else:
         genres = [""] * items.height
+        keys = [""] * items.height
     subtitles = [
         " | ".join(p for p in (str(y) if y is not None else "", g) if p) for y, g in zip(years, genres, strict=True)
     ]
-    return title_out, subtitles
+    return title_out, subtitles, keys
 
 
 def write_title_cards(items: pl.DataFrame, out_dir: Path) -> list[str]:
@@ -169,17 +177,16 @@ def write_title_cards(items: pl.DataFrame, out_dir: Path) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".images.", dir=out_dir))
     try:
-        titles, subtitles = _card_texts(items)
+        titles, subtitles, colour_keys = _card_texts(items)
         idx = items["item_idx"].to_list()
-        ids = items["item_id"].to_list()
-        for i, item_id, title, subtitle in tqdm(
-            zip(idx, ids, titles, subtitles, strict=True),
+        for i, colour_key, title, subtitle in tqdm(
+            zip(idx, colour_keys, titles, subtitles, strict=True),
             total=items.height,
             desc="title cards",
             unit="card",
             mininterval=2.0,
         ):
-            (tmp / f"{i}.png").write_bytes(title_card_png(item_id, title, subtitle))
+            (tmp / f"{i}.png").write_bytes(title_card_png(colour_key, title, subtitle))
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
