@@ -94,10 +94,31 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """``baseline:``: the SASRec baseline every model is compared with, trained by its own stage from its own
+    sections (``baseline.train`` and ``baseline.model``, SASRec's keys), so no change under ``train:`` or
+    ``model:`` retrains it. It shares ``data`` (split, ``max_seq_len``) with the model."""
+
+    train: TrainConfig
+    model: dict[str, Any]  # SASRec's config keys, validated by :meth:`build`
+
+    def build(self, path: Path = DEFAULT_PARAMS) -> Any:
+        from pipeline.models import registry
+
+        return registry.model_config(BASELINE_MODEL, self.model, path, prefix="baseline.model")
+
+
+BASELINE_MODEL = "sasrec"
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     ks: list[int]
     batch_size: int
     popularity_baseline: bool
+    # paired comparison model - baseline (pipeline.significance): bootstrap resamples over users and their seed
+    bootstrap_resamples: int = 2000
+    bootstrap_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -188,7 +209,7 @@ def load_raw(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
 
 
 # Sections read by optional stages, each validated by its own loader (``pretrain`` for MP4SR, ``download``).
-EXTRA_SECTIONS: tuple[str, ...] = ("pretrain", "download")
+EXTRA_SECTIONS: tuple[str, ...] = ("pretrain", "download", "baseline")
 CORE_SECTIONS: tuple[str, ...] = ("data", "embed", "train", "model", "evaluate")
 
 
@@ -230,4 +251,7 @@ def load_section(cls: type, name: str, path: Path = DEFAULT_PARAMS) -> Any:
     raw = load_raw(path)
     if name == "model":
         return load_model_config(section(raw, name, path), path)
-    return from_dict(cls, section(raw, name, path), path, prefix=name)
+    loaded = from_dict(cls, section(raw, name, path), path, prefix=name)
+    if isinstance(loaded, BaselineConfig):
+        loaded.build(path)  # SASRec's keys are checked when the section is loaded, not when the model is built
+    return loaded

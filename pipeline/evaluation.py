@@ -18,7 +18,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from pipeline import metrics, retrieval
+from pipeline import metrics, retrieval, significance
 from pipeline.catalog import ItemCatalog
 from pipeline.data.cold_start import cold_target_mask
 from pipeline.data.dataset import eval_inputs
@@ -132,6 +132,27 @@ def evaluate_heads(model: nn.Module, split: UserSplit, name: str, **kwargs: Any)
         with model.single_head(head):
             results.append(evaluate_model(model, split, name=f"{name}[{head}]", **kwargs))
     return results
+
+
+PAIRED_METRICS = ("NDCG", "HR", "MRR")
+
+
+def paired_comparison(
+    model: EvaluationResult, baseline: EvaluationResult, resamples: int, seed: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{stage: {"NDCG@k": {model, baseline, diff, ci_low, ci_high, p_value, relative}}}``: model - baseline per
+    metric and k, paired over the same users (:mod:`pipeline.significance`); both must rank the same split."""
+    if not np.array_equal(model.user_idx, baseline.user_idx):
+        raise ValueError(f"{model.name} and {baseline.name} were evaluated on different users; rerun both")
+    keys = [f"{name}@{k}" for k in model.ks for name in PAIRED_METRICS]
+
+    def ranks(result: EvaluationResult) -> dict[str, np.ndarray]:
+        return {stage: metrics.target_ranks(r.items, r.targets) for stage, r in result.stages.items()}
+
+    for stage, r in model.stages.items():
+        if stage in baseline.stages and not np.array_equal(r.targets, baseline.stages[stage].targets):
+            raise ValueError(f"{model.name} and {baseline.name} have different {stage} targets; rerun both")
+    return significance.compare_ranks(ranks(model), ranks(baseline), keys, resamples, seed)
 
 
 def training_counts(split: UserSplit, num_items: int) -> np.ndarray:

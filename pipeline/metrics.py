@@ -60,6 +60,25 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int], mask: np.ndarray | 
     return out
 
 
+def per_user_values(ranks: np.ndarray, metric: str) -> np.ndarray:
+    """(U,) 1-based ranks (0 = miss) and a key such as ``"NDCG@10"`` -> (U,) float64 per-user metric values.
+
+    Their mean is the metric of :func:`metrics_from_ranks`; paired comparisons (:mod:`pipeline.significance`)
+    resample them.
+    """
+    name, _, k_text = metric.partition("@")
+    if name not in METRIC_NAMES or not k_text.isdigit() or int(k_text) < 1:
+        raise ValueError(f"metric {metric!r} must be one of {', '.join(METRIC_NAMES)} followed by @k, e.g. NDCG@10")
+    ranks = np.asarray(ranks, dtype=np.int64)
+    hit = (ranks >= 1) & (ranks <= int(k_text))  # (U,)
+    safe = np.where(hit, ranks, 1).astype(np.float64)
+    if name == "HR":
+        return hit.astype(np.float64)
+    if name == "NDCG":
+        return np.where(hit, 1.0 / np.log2(safe + 1.0), 0.0)
+    return np.where(hit, 1.0 / safe, 0.0)
+
+
 def compute(
     topk: np.ndarray, targets: np.ndarray, ks: Sequence[int], mask: np.ndarray | None = None
 ) -> dict[str, float]:

@@ -128,9 +128,54 @@ def text_table(runs: Runs) -> str:
 # report.md
 
 
+PAIRED_KEY = "paired_vs_baseline"  # metrics.json entry of the model - baseline comparison
+
+
+def paired_table(paired: Mapping[str, Mapping[str, Mapping[str, float]]], model: str, baseline: str) -> str:
+    """Markdown: one row per (stage, metric) with both values, the difference, its 95% CI, p and relative gain."""
+    lines = [
+        f"| stage | metric | {model} | {baseline} | diff | 95% CI | p | relative |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for stage, per_metric in paired.items():
+        for metric, d in per_metric.items():
+            ci = f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+            rel = f"{100 * d['relative']:+.1f}%" if not math.isnan(d["relative"]) else "–"
+            lines.append(
+                f"| {stage} | {metric} | {d['model']:.4f} | {d['baseline']:.4f} | {d['diff']:+.4f} | {ci} | "
+                f"{d['p_value']:.4f} | {rel} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def paired_text(paired: Mapping[str, Mapping[str, Mapping[str, float]]], model: str, baseline: str) -> str:
+    """The @10 rows of :func:`paired_table` for a terminal."""
+    rows = [f"{model} - {baseline} (paired over users, 95% bootstrap CI, randomization p):"]
+    for stage, per_metric in paired.items():
+        for metric, d in per_metric.items():
+            if metric.endswith("@10"):
+                rows.append(
+                    f"  {stage:6s} {metric:8s} {d['diff']:+.4f}  [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]  "
+                    f"p={d['p_value']:.4f}  ({100 * d['relative']:+.1f}%)"
+                )
+    return "\n".join(rows) + "\n"
+
+
+def _paired_section(paired: Mapping[str, Any]) -> str:
+    model, baseline = paired["model"], paired["baseline"]
+    return (
+        f"## {model} vs the {baseline}\n\n"
+        f"Paired over the same users and targets: diff = {model} - {baseline}; 95% percentile bootstrap CI over "
+        f"users ({paired['resamples']} resamples, seed {paired['seed']}); p = two-sided paired randomization "
+        "(sign-flip) test. A CI that contains 0 means no demonstrated difference.\n\n"
+        + paired_table(paired["stages"], model, baseline)
+    )
+
+
 def render_report(
     runs: Runs,
     *,
+    paired: Mapping[str, Any] | None = None,
     num_items: int | None = None,
     stats: Mapping[str, Any] | None = None,
     checkpoint: Mapping[str, Any] | None = None,
@@ -146,6 +191,8 @@ def render_report(
         "## Results\n",
         markdown_table(runs),
     ]
+    if paired is not None:
+        parts.append(_paired_section(paired))
     if any(COLD_START in per_stage for per_stage in runs.values()):
         parts.append(
             f"`{COLD_START}`: test metrics over the users whose test target is in no user's history (item cold "
@@ -353,11 +400,18 @@ def write_report(
     train_summary_path: Path | None = None,
     dvclive_dir: Path | None = None,
     extra_sections: Sequence[str] = (),
+    paired: Mapping[str, Any] | None = None,
 ) -> ReportPaths:
-    """Write metrics.json, report.md, topk.parquet (the model's lists) and both plots under ``out_dir``."""
+    """Write metrics.json, report.md, topk.parquet (the model's lists) and both plots under ``out_dir``.
+
+    ``paired``: ``{"model", "baseline", "resamples", "seed", "stages": {stage: {metric: difference}}}`` from
+    :func:`pipeline.evaluation.paired_comparison`; its numbers go to ``metrics.json`` under ``paired_vs_baseline``.
+    """
     paths = ReportPaths.under(out_dir)
     runs = runs_of([model_result, *baselines])
-    write_json_atomic(paths.metrics, runs)
+    if PAIRED_KEY in runs:
+        raise ValueError(f"a run may not be named {PAIRED_KEY!r}: metrics.json keeps the paired comparison there")
+    write_json_atomic(paths.metrics, runs | ({PAIRED_KEY: paired["stages"]} if paired is not None else {}))
     with atomic_path(paths.topk) as tmp:
         topk_frame(model_result, user_ids).write_parquet(tmp)
     plot_metrics_vs_k(paths.metrics_vs_k, runs)
@@ -366,7 +420,13 @@ def write_report(
     summary = read_json(train_summary_path) if train_summary_path is not None and train_summary_path.exists() else None
     meta = {k: v for k, v in (checkpoint or {}).items() if k != "state_dict"} if checkpoint is not None else None
     text = render_report(
-        runs, num_items=num_items, stats=stats, checkpoint=meta, train_summary=summary, extra_sections=extra_sections
+        runs,
+        paired=paired,
+        num_items=num_items,
+        stats=stats,
+        checkpoint=meta,
+        train_summary=summary,
+        extra_sections=extra_sections,
     )
     write_text_atomic(paths.report, text)
     log.info("wrote %s, %s, %s and plots under %s", paths.metrics, paths.report, paths.topk, paths.metrics_vs_k.parent)

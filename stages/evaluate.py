@@ -1,4 +1,5 @@
-"""Stage `evaluate`: full-ranking metrics of models/model.pt (+ popularity) -> reports/ (metrics, report, plots)."""
+"""Stage `evaluate`: full-ranking metrics of the model, the SASRec baseline and popularity, and the paired
+comparison model - baseline with a bootstrap CI -> reports/ (metrics.json, report.md, topk.parquet, plots)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,22 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import EvaluateConfig, load_section
+from pipeline.config import ConfigError, EvaluateConfig, load_section
 from pipeline.data.splits import load_split
-from pipeline.evaluation import evaluate_heads, evaluate_model, evaluate_popularity, load_trained, load_user_ids
+from pipeline.evaluation import (
+    evaluate_heads,
+    evaluate_model,
+    evaluate_popularity,
+    load_trained,
+    load_user_ids,
+    paired_comparison,
+)
 from pipeline.experiments import experiments_sections
-from pipeline.report import runs_of, text_table, write_report
+from pipeline.report import paired_text, runs_of, text_table, write_report
 from pipeline.train import resolve_device
 
+BASELINE_RUN = "baseline"
+log = logging.getLogger("stages.evaluate")
 app = typer.Typer(add_completion=False)
 
 
@@ -24,28 +34,39 @@ def main(
     prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
     features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
     model: Annotated[Path, typer.Option(help="train stage checkpoint")] = Path("models/model.pt"),
+    baseline: Annotated[Path, typer.Option(help="baseline stage checkpoint")] = Path("models/baseline/model.pt"),
     out: Annotated[Path, typer.Option(help="metrics.json, report.md, topk.parquet, plots/")] = Path("reports"),
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N, for the user vectors")] = "auto",
     experiments: Annotated[Path, typer.Option(help="bench.ablations results copied into report.md")] = Path(
         "reports/experiments"
     ),
 ) -> None:
-    """Rank all items for every user (history masked) at valid and test; write reports/ and print the table."""
+    """Rank all items for every user (history masked) at valid and test; write reports/ and print the tables."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
-    torch_device = resolve_device(device)
-    net, checkpoint, catalog = load_trained(model, features, prepared, torch_device)
-    split = load_split(prepared)
+    try:
+        cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
+        torch_device = resolve_device(device)
+        net, checkpoint, catalog = load_trained(model, features, prepared, torch_device)
+        base_net, base_checkpoint, _ = load_trained(baseline, features, prepared, torch_device)
+        split = load_split(prepared)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        raise typer.Exit(code=1) from e
 
-    ranking = {"ks": cfg.ks, "batch_size": cfg.batch_size, "max_seq_len": checkpoint["max_seq_len"]}
-    result = evaluate_model(net, split, device=torch_device, name=checkpoint["model_name"], **ranking)
-    heads = evaluate_heads(net, split, checkpoint["model_name"], device=torch_device, **ranking)  # ODMT: per head
-    baselines = [evaluate_popularity(split, catalog.num_items, cfg.ks)] if cfg.popularity_baseline else []
-    baselines += heads
+    def ranking(ckpt: dict) -> dict:
+        return {"ks": cfg.ks, "batch_size": cfg.batch_size, "max_seq_len": ckpt["max_seq_len"], "device": torch_device}
+
+    result = evaluate_model(net, split, name=checkpoint["model_name"], **ranking(checkpoint))
+    base = evaluate_model(base_net, split, name=BASELINE_RUN, **ranking(base_checkpoint))
+    heads = evaluate_heads(net, split, checkpoint["model_name"], **ranking(checkpoint))  # ODMT: each head alone
+    others = [base] + ([evaluate_popularity(split, catalog.num_items, cfg.ks)] if cfg.popularity_baseline else [])
+    stages = paired_comparison(result, base, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    paired = {"model": result.name, "baseline": BASELINE_RUN, "resamples": cfg.bootstrap_resamples}
+    paired |= {"seed": cfg.bootstrap_seed, "stages": stages}
     write_report(
         out,
         result,
-        baselines,
+        others + heads,
         user_ids=load_user_ids(prepared, split),
         num_items=catalog.num_items,
         checkpoint=checkpoint,
@@ -53,8 +74,10 @@ def main(
         train_summary_path=model.parent / "train_summary.json",
         dvclive_dir=model.parent / "dvclive",
         extra_sections=experiments_sections(experiments),
+        paired=paired,
     )
-    typer.echo(text_table(runs_of([result, *baselines])))
+    typer.echo(text_table(runs_of([result, *others, *heads])))
+    typer.echo(paired_text(stages, result.name, BASELINE_RUN))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, DataConfig, load_params, load_section
+from pipeline.config import BaselineConfig, ConfigError, DataConfig, load_params, load_section
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def write_params(tmp_path: Path, edit) -> Path:  # noqa: ANN001
 
 def test_repository_params_load() -> None:
     params = load_params(REPO / "params.yaml")
-    assert params.model.name == "sasrec"
+    assert params.model.name == "odmt"  # the pipeline's model; the SASRec baseline has its own section
     assert params.data.max_seq_len == 200
     assert params.evaluate.ks == [5, 10, 20]
     assert params.model.build(REPO / "params.yaml").hidden_dim == 64
@@ -102,3 +102,35 @@ def test_load_section_reads_one_section(tmp_path: Path) -> None:
 def test_missing_params_file_says_where_to_run(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_a_changed_key_the_selected_model_does_not_read_is_an_error(tmp_path: Path) -> None:
+    """`-S model.distill_weight=0.5` with model.name sasrec would be silently ignored: it must stop instead."""
+    path = write_params(tmp_path, lambda r: r["model"].update(name="sasrec", distill_weight=0.5))
+    with pytest.raises(ConfigError, match=r"`model\.distill_weight` = 0\.5 is read only by odmt.*'sasrec'.*1\.0"):
+        load_params(path)
+    path = write_params(tmp_path, lambda r: r["model"].update(name="odmt", cm_weight=0.5))
+    with pytest.raises(ConfigError, match=r"`model\.cm_weight` = 0\.5 is read only by mp4sr.*model\.name: mp4sr"):
+        load_params(path)
+
+
+def test_switching_the_model_is_one_change(tmp_path: Path) -> None:
+    """Keys of other models at their registered defaults pass: `-S model.name=...` alone switches the model."""
+    for name in ("sasrec", "mp4sr", "odmt"):
+        path = write_params(tmp_path, lambda r, n=name: r["model"].update(name=n))
+        params = load_params(path)
+        assert params.model.name == name
+        assert params.model.build(path).hidden_dim == 64
+    path = write_params(tmp_path, lambda r: r["model"].update(name="mp4sr", cm_weight=0.5))
+    assert load_params(path).model.build(path).cm_weight == 0.5  # read by the selected model: fine
+
+
+def test_baseline_section_is_sasrec_only_and_strict(tmp_path: Path) -> None:
+    cfg = load_section(BaselineConfig, "baseline", REPO / "params.yaml")
+    assert cfg.build().num_heads >= 1 and cfg.train.epochs >= 1
+    path = write_params(tmp_path, lambda r: r["baseline"]["model"].update(distill_weight=1.0))
+    with pytest.raises(ConfigError, match=r"unknown key `baseline\.model\.distill_weight`"):
+        load_section(BaselineConfig, "baseline", path)
+    path = write_params(tmp_path, lambda r: r["baseline"]["train"].pop("patience"))
+    with pytest.raises(ConfigError, match=r"missing key `baseline\.train\.patience`"):
+        load_section(BaselineConfig, "baseline", path)

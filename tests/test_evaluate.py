@@ -216,10 +216,16 @@ def write_project(tmp_path: Path) -> tuple[Path, Path, Path]:
     net = SASRec(SASRecConfig(hidden_dim=8, num_layers=1, num_heads=1, dropout=0.0), catalog)
     cfg = train_cfg(epochs=1, batch_size=4, patience=1, grad_clip=None, num_threads=0)
     save_checkpoint(models / "model.pt", net, 6, cfg, 1, {"NDCG@10": 0.1})
+    seed_everything(1)
+    baseline = SASRec(SASRecConfig(hidden_dim=8, num_layers=1, num_heads=1, dropout=0.0), catalog)
+    save_checkpoint(models / "baseline" / "model.pt", baseline, 6, cfg, 1, {"NDCG@10": 0.1})
     (models / "train_summary.json").write_text(json.dumps({"best_epoch": 1}))
     write_dvclive(models)
     params = tmp_path / "params.yaml"
-    params.write_text("evaluate:\n  ks: [2, 5]\n  batch_size: 4\n  popularity_baseline: true\n")
+    params.write_text(
+        "evaluate:\n  ks: [2, 5]\n  batch_size: 4\n  popularity_baseline: true\n"
+        "  bootstrap_resamples: 300\n  bootstrap_seed: 0\n"
+    )
     return params, prepared, models
 
 
@@ -239,6 +245,8 @@ def test_evaluate_stage_cli(tmp_path: Path) -> None:
         str(tmp_path / "features"),
         "--model",
         str(models / "model.pt"),
+        "--baseline",
+        str(models / "baseline" / "model.pt"),
         "--out",
         str(out),
         "--device",
@@ -247,12 +255,20 @@ def test_evaluate_stage_cli(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "valid:" in result.output and "sasrec" in result.output and "popularity" in result.output
+    assert "sasrec - baseline (paired over users" in result.output
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"sasrec", "popularity"}
+    assert set(metrics) == {"sasrec", "baseline", "popularity", "paired_vs_baseline"}
+    paired = metrics["paired_vs_baseline"]
+    assert set(paired) == {"valid", "test"} and set(paired["test"]) == set(metrics["sasrec"]["test"])
+    for stage in ("valid", "test"):
+        d = paired[stage]["NDCG@5"]
+        assert d["diff"] == pytest.approx(metrics["sasrec"][stage]["NDCG@5"] - metrics["baseline"][stage]["NDCG@5"])
+        assert d["ci_low"] <= d["diff"] <= d["ci_high"] and 0 < d["p_value"] <= 1
     assert set(metrics["sasrec"]["test"]) == {f"{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in (2, 5)}
     report_md = (out / "report.md").read_text()
     assert "| sasrec |" in report_md and "| hidden_dim | 8 |" in report_md and "| best_epoch | 1 |" in report_md
+    assert "## sasrec vs the baseline" in report_md and "| test | NDCG@5 |" in report_md
     topk = pl.read_parquet(out / "topk.parquet")
     assert topk.height == 18 and topk["items"].list.len().unique().to_list() == [5]
     assert topk["user_id"].to_list()[:2] == ["user0", "user1"]
@@ -260,12 +276,16 @@ def test_evaluate_stage_cli(tmp_path: Path) -> None:
         assert_png(out / "plots" / name)
 
 
-def test_evaluate_stage_names_a_missing_checkpoint(tmp_path: Path) -> None:
+def test_evaluate_stage_names_a_missing_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from typer.testing import CliRunner
 
     from stages.evaluate import app
 
-    params, prepared, _ = write_project(tmp_path)
-    result = CliRunner().invoke(app, ["--params", str(params), "--prepared", str(prepared), "--model", "nope.pt"])
-    assert result.exit_code != 0
-    assert "nope.pt" in str(result.exception) and "dvc repro train" in str(result.exception)
+    params, prepared, models = write_project(tmp_path)
+    base = ["--params", str(params), "--prepared", str(prepared), "--baseline", str(models / "baseline" / "model.pt")]
+    result = CliRunner().invoke(app, [*base, "--model", "nope.pt"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a clean exit, not a traceback
+    assert "nope.pt" in caplog.text and "dvc repro train" in caplog.text
+    caplog.clear()
+    result = CliRunner().invoke(app, [*base[:4], "--model", str(models / "model.pt"), "--baseline", "none.pt"])
+    assert result.exit_code == 1 and "none.pt" in caplog.text

@@ -4,6 +4,8 @@ loss component in DVCLive, and `dvc exp run -S model.distill_weight=0.5` exactly
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +13,13 @@ import pytest
 import yaml
 
 from tests.test_odmt import ODMT_PARAMS
-from tests.test_pipeline_e2e import _run, make_project
+from tests.test_pipeline_e2e import BIN, _run, make_project
 
 pytestmark = pytest.mark.slow
 
 # The tiny project's model: small widths (make_project sets hidden_dim 16, num_layers 1, num_heads 1).
 ODMT = {"name": "odmt", **ODMT_PARAMS, "fusion_layers": 1, "fusion_heads": 2, "distill_ramp_epochs": 2}
+
 LOSSES = ("loss", "ce_id", "ce_text", "ce_image", "kd", "kd_text", "kd_image", "kd_id", "kd_weight")
 
 
@@ -59,11 +62,23 @@ def test_dvc_repro_with_odmt_then_exp_run_distill_weight(tmp_path: Path) -> None
     ramp = [float(r.split("\t")[-1]) for r in (plots / "kd_weight.tsv").read_text().strip().splitlines()[1:]]
     assert ramp[0] < ramp[-1] <= 1.0  # the KD weight ramps up with the epoch
 
-    # The distillation weight, set the way users do it, reruns train + evaluate only.
+    # The distillation weight, set the way users do it, reruns exactly train + evaluate, and changes ODMT's run.
+    status = _run(["dvc", "status"], project)
+    assert "changed" not in status
+    before = (project / "models/model.pt").read_bytes()
     out = _run(["dvc", "exp", "run", "-S", "model.distill_weight=0.5"], project)
-    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
-    assert "Running stage 'prepare'" not in out and "Running stage 'embed'" not in out
+    stages = ("prepare", "embed", "pretrain", "baseline", "train", "evaluate")
+    ran = {s for s in stages if f"Running stage '{s}'" in out}
+    assert ran == {"train", "evaluate"}
     assert yaml.safe_load((project / "params.yaml").read_text())["model"]["distill_weight"] == 0.5
+    assert (project / "models/model.pt").read_bytes() != before
+
+    # A changed key the selected model does not read stops with a clear error instead of being ignored.
+    failed = subprocess.run(
+        ["dvc", "exp", "run", "-S", "model.cm_weight=0.5"], cwd=project, capture_output=True, text=True, env=_env()
+    )
+    assert failed.returncode != 0
+    assert "`model.cm_weight` = 0.5 is read only by mp4sr" in failed.stdout + failed.stderr
 
 
 def test_dvc_repro_with_odmt_on_a_data_set_without_images_runs_two_heads(tmp_path: Path) -> None:
@@ -80,6 +95,10 @@ def test_dvc_repro_with_odmt_on_a_data_set_without_images_runs_two_heads(tmp_pat
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert 0.0 <= metrics["odmt"]["test"]["NDCG@10"] <= 1.0
     assert {"odmt[id]", "odmt[text]"} <= set(metrics) and "odmt[image]" not in metrics
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def _image_params(project: Path) -> dict:

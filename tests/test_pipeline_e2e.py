@@ -36,7 +36,9 @@ def _tiny_params(raw_dir: Path, model: dict | None = None, data: dict | None = N
     params["embed"]["text"]["batch_size"] = 16
     params["embed"]["image"]["batch_size"] = 16
     params["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
-    params["model"].update(hidden_dim=16, num_layers=1, num_heads=1, **(model or {}))
+    params["model"].update(hidden_dim=16, num_layers=1, num_heads=1, fusion_layers=1, **(model or {}))
+    params["baseline"]["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
+    params["baseline"]["model"].update(hidden_dim=16, num_layers=1, num_heads=1)
     params["evaluate"]["batch_size"] = 16
     return params
 
@@ -68,21 +70,38 @@ def make_project(tmp_path: Path, model: dict | None = None, data: dict | None = 
     return project
 
 
+def assert_metrics_match_topk(project: Path, run: str) -> None:
+    """metrics.json's numbers for ``run`` recomputed independently from topk.parquet (the model's own lists)."""
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    topk = pl.read_parquet(project / "reports/topk.parquet")
+    for stage in ("valid", "test"):
+        rows = topk.filter(pl.col("stage") == stage)
+        hits = [t in items[:10] for items, t in zip(rows["items"].to_list(), rows["target"].to_list(), strict=True)]
+        assert metrics[run][stage]["HR@10"] == pytest.approx(sum(hits) / len(hits))
+
+
 def test_dvc_repro_runs_every_stage_and_caches(tmp_path: Path) -> None:
+    """The default pipeline: ODMT trained against a cached SASRec baseline, with the paired comparison."""
     project = make_project(tmp_path)
     out = _run(["dvc", "repro"], project)
-    for stage in ("prepare", "embed", "train", "evaluate"):
+    for stage in ("prepare", "embed", "baseline", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out
 
     items = pl.read_parquet(project / "data/prepared/items.parquet")
     assert items["item_idx"].to_list() == list(range(1, len(items) + 1))
     manifest = json.loads((project / "data/features/manifest.json").read_text())
-    assert manifest  # encoders and dims are recorded
+    assert set(manifest["modalities"]) == {"text", "image"}
     metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert {"sasrec", "popularity"} <= set(metrics)
-    for stage in ("valid", "test"):
-        assert 0.0 <= metrics["sasrec"][stage]["NDCG@10"] <= 1.0
-    assert (project / "reports/report.md").read_text().count("|") > 10
+    assert {"odmt", "baseline", "popularity", "paired_vs_baseline"} <= set(metrics)
+    assert_metrics_match_topk(project, "odmt")
+    baseline_summary = json.loads((project / "models/baseline/train_summary.json").read_text())
+    assert baseline_summary["model_name"] == "sasrec"
+    assert metrics["baseline"]["valid"]["NDCG@10"] == pytest.approx(baseline_summary["best_valid"]["NDCG@10"])
+    paired = metrics["paired_vs_baseline"]["test"]["NDCG@10"]
+    assert paired["diff"] == pytest.approx(metrics["odmt"]["test"]["NDCG@10"] - metrics["baseline"]["test"]["NDCG@10"])
+    assert paired["ci_low"] <= paired["diff"] <= paired["ci_high"] and 0 < paired["p_value"] <= 1
+    report = (project / "reports/report.md").read_text()
+    assert "## odmt vs the baseline" in report and "95% CI" in report
     assert (project / "reports/topk.parquet").exists()
     assert list((project / "reports/plots").glob("*.png"))
 
@@ -97,11 +116,12 @@ def test_dvc_repro_runs_every_stage_and_caches(tmp_path: Path) -> None:
     status = _run(["dvc", "status"], project)
     assert "embed:" in status and "prepare:" not in status
 
-    # A train param, set the way users do it, reruns train + evaluate only.
+    # A train param, set the way users do it, reruns train + evaluate only: never the cached baseline.
     _run(["git", "checkout", "--", "params.yaml"], project)
     out = _run(["dvc", "exp", "run", "-S", "train.lr=0.002"], project)
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
-    assert "Running stage 'prepare'" not in out and "Running stage 'embed'" not in out
+    for stage in ("prepare", "embed", "baseline"):
+        assert f"Running stage '{stage}'" not in out
 
 
 def test_dvc_repro_on_amazon2023_fixture_with_real_images(tmp_path: Path) -> None:
@@ -124,5 +144,4 @@ def test_dvc_repro_on_amazon2023_fixture_with_real_images(tmp_path: Path) -> Non
     manifest = json.loads((project / "data/features/manifest.json").read_text())
     image = manifest["modalities"]["image"] if "modalities" in manifest else manifest["image"]
     assert image["present"] == stats["images"]["present"]
-    metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert 0.0 <= metrics["sasrec"]["test"]["NDCG@10"] <= 1.0
+    assert_metrics_match_topk(project, "odmt")

@@ -86,17 +86,17 @@ PRETRAIN_KEYS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class MP4SRConfig:
-    hidden_dim: int  # D: adaptor output, position embedding and transformer width (paper: 64)
-    num_layers: int  # transformer blocks of the shared M2SE backbone (paper: 2)
-    num_heads: int  # attention heads; must divide hidden_dim (paper: 2)
-    dropout: float  # embedding, residual and feed-forward dropout (paper: 0.2; attention weights: none, see layers.py)
-    num_experts: int  # experts per modality in the MoE adaptor (paper: 8)
-    adaptor_dropout: float  # dropout inside each adaptor expert (paper: 0.2)
-    temperature: float  # tau of the InfoNCE / NT-Xent losses and of the fine-tuning logits (paper: 0.07)
-    cm_weight: float  # lambda: weight of the cross-modality NT-Xent in pre-training (paper: 0.01)
-    mixup_max_prob: float  # per-batch swap probability p ~ U(0, this) of complementary mixup; 0 = no mixup (0.5)
-    item_drop_max: float  # per-batch item-drop probability p ~ U(0, this) in pre-training; 0 = no drop (0.2)
-    finetune_id_embeddings: bool  # add item-ID embeddings when fine-tuning (paper: true); false = content only
+    hidden_dim: int = 64  # D: adaptor output, position embedding and transformer width (paper: 64)
+    num_layers: int = 2  # transformer blocks of the shared M2SE backbone (paper: 2)
+    num_heads: int = 2  # attention heads; must divide hidden_dim (paper: 2)
+    dropout: float = 0.2  # embedding, residual and feed-forward dropout (paper: 0.2; attention weights: none)
+    num_experts: int = 8  # experts per modality in the MoE adaptor (paper: 8)
+    adaptor_dropout: float = 0.2  # dropout inside each adaptor expert (paper: 0.2)
+    temperature: float = 0.07  # tau of the InfoNCE / NT-Xent losses and of the fine-tuning logits (paper: 0.07)
+    cm_weight: float = 0.01  # lambda: weight of the cross-modality NT-Xent in pre-training (paper: 0.01)
+    mixup_max_prob: float = 0.5  # per-batch swap probability p ~ U(0, this) of complementary mixup; 0 = no mixup (0.5)
+    item_drop_max: float = 0.2  # per-batch item-drop probability p ~ U(0, this) in pre-training; 0 = no drop (0.2)
+    finetune_id_embeddings: bool = True  # add item-ID embeddings when fine-tuning (paper: true); false = content only
     # Ranking only: a cold item's ID row = softmax-weighted mean of the ID rows of its k most content-similar warm
     # items (cosine of the adapted features); 0 = zero (content alone). Default for checkpoints that predate it.
     cold_id_neighbours: int = 0

@@ -60,23 +60,23 @@ EVAL_CHUNK = 1024  # items per item-transformer call when building the ranking t
 
 @dataclass(frozen=True)
 class ODMTConfig:
-    hidden_dim: int  # D: width of tokens, item vectors and user encoders; the ranking vector is (#heads x D)
-    num_layers: int  # user-encoder depth per head: transformer blocks (sasrec) or GRU layers (gru4rec)
-    num_heads: int  # attention heads of the SASRec user encoders; must divide hidden_dim
-    dropout: float  # dropout everywhere (embeddings, attention, residual, feed-forward), item and user side
-    backbone: Literal["sasrec", "gru4rec"]  # sequential user encoder (the framework is model-agnostic)
-    id_aware_transformer: bool  # False = ablation "w/o IMT": ID embedding and pooled features through MLPs only
-    fusion_layers: int  # blocks of the ID-aware multimodal transformer (paper: 2)
-    fusion_heads: int  # its attention heads (paper: 2); must divide hidden_dim
-    id_init: Literal["features", "random"]  # features = ID embeddings start from the item's mean content vector
-    softmax: Literal["full", "in_batch"]  # full CE over all items | in-batch candidates with logQ correction
-    distill_weight: float  # weight of the online-distillation term (0 = ablation "w/o distillation")
-    distill_temperature: float  # tau
-    distill_ramp_epochs: int  # alpha: KD weight ramps as exp(-5 (1 - epoch/alpha)^2) up to epoch alpha; 0 = no ramp
-    distill_detach_teacher: bool  # True = teachers get no gradient from KD; False = mutual learning (authors)
-    head_weight_id: float  # ranking score = weighted mean of the heads' scores
-    head_weight_text: float
-    head_weight_image: float
+    hidden_dim: int = 64  # D: width of tokens, item vectors and user encoders; the ranking vector is (#heads x D)
+    num_layers: int = 2  # user-encoder depth per head: transformer blocks (sasrec) or GRU layers (gru4rec)
+    num_heads: int = 1  # attention heads of the SASRec user encoders; must divide hidden_dim
+    dropout: float = 0.1  # dropout everywhere (embeddings, attention, residual, feed-forward), item and user side
+    backbone: Literal["sasrec", "gru4rec"] = "sasrec"  # sequential user encoder (the framework is model-agnostic)
+    id_aware_transformer: bool = True  # False = ablation "w/o IMT": ID embedding and pooled features through MLPs only
+    fusion_layers: int = 2  # blocks of the ID-aware multimodal transformer (paper: 2)
+    fusion_heads: int = 2  # its attention heads (paper: 2); must divide hidden_dim
+    id_init: Literal["features", "random"] = "features"  # features = ID embeddings start from mean content
+    softmax: Literal["full", "in_batch"] = "full"  # full CE over all items | in-batch candidates with logQ correction
+    distill_weight: float = 1.0  # weight of the online-distillation term (0 = ablation "w/o distillation")
+    distill_temperature: float = 0.5  # tau
+    distill_ramp_epochs: int = 30  # alpha: KD weight x exp(-5 (1 - epoch/alpha)^2) up to epoch alpha; 0 = no ramp
+    distill_detach_teacher: bool = False  # True = teachers get no gradient from KD; False = mutual learning (authors)
+    head_weight_id: float = 1.0  # ranking score = weighted mean of the heads' scores
+    head_weight_text: float = 1.0
+    head_weight_image: float = 1.0
 
 
 def distill_ramp(epoch: int, ramp_epochs: int) -> float:

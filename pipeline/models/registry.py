@@ -63,16 +63,63 @@ def spec(name: str, path: Path = Path("params.yaml")) -> ModelSpec:
     return registered[name]
 
 
-def model_config(name: str, options: dict[str, Any], path: Path = Path("params.yaml")) -> Any:
-    """Validate ``model:`` keys: each must belong to some registered model; the selected one needs all its own."""
+def model_config(
+    name: str, options: dict[str, Any], path: Path = Path("params.yaml"), prefix: str = "model"
+) -> Any:
+    """Validate ``model:`` keys; the selected model reads its own, and no other key may silently be ignored.
+
+    ``model:`` is one flat section shared by every registered model, so that ``-S model.<key>=...`` and
+    ``-S model.name=...`` stay one command each. A key the selected model does not read must hold the registered
+    default of the model(s) that read it (the field defaults of their config dataclasses); a changed value would
+    be ignored, so it is an error that names the key, the models that read it and the two ways out.
+    """
     registered = models()
     selected = spec(name, path)
-    allowed = {f.name for s in registered.values() for f in dataclasses.fields(s.config_cls)}
-    unknown = sorted(set(options) - allowed)
+    readers: dict[str, list[str]] = {}
+    for model_name, model_spec in registered.items():
+        for f in dataclasses.fields(model_spec.config_cls):
+            readers.setdefault(f.name, []).append(model_name)
+    own = {f.name for f in dataclasses.fields(selected.config_cls)}
+    if prefix != "model":  # a section of one fixed model (baseline.model): only that model's keys
+        return from_dict(selected.config_cls, options, path, prefix=prefix)
+    unknown = sorted(set(options) - set(readers))
     if unknown:
         raise ConfigError(f"{path}: unknown key `model.{unknown[0]}`; no registered model has it")
-    own = {f.name for f in dataclasses.fields(selected.config_cls)}
+    for key in sorted(set(options) - own):
+        _check_unread_key(key, options[key], readers[key], name, path)
     return from_dict(selected.config_cls, {k: v for k, v in options.items() if k in own}, path, prefix="model")
+
+
+def registered_defaults(model_name: str) -> dict[str, Any]:
+    """``{key: default}`` of a registered model's config (fields without a default are left out)."""
+    out = {}
+    for f in dataclasses.fields(spec(model_name).config_cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _check_unread_key(key: str, value: Any, readers: list[str], selected: str, path: Path) -> None:
+    """``model.<key>``, read only by ``readers`` (not by ``selected``), must equal a reader's registered default."""
+    defaults = {reader: registered_defaults(reader).get(key, dataclasses.MISSING) for reader in readers}
+    if any(_same(value, default) for default in defaults.values()):
+        return
+    shown = ", ".join(f"{r}: {d!r}" for r, d in defaults.items() if d is not dataclasses.MISSING) or "none"
+    raise ConfigError(
+        f"{path}: `model.{key}` = {value!r} is read only by {' and '.join(readers)}, but model.name is "
+        f"{selected!r}, so it would be ignored. Select a model that reads it (model.name: {readers[0]}) or put "
+        f"it back to its registered default ({shown})"
+    )
+
+
+def _same(value: Any, default: Any) -> bool:
+    if default is dataclasses.MISSING:
+        return False
+    if isinstance(default, float) and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) == default
+    return type(value) is type(default) and value == default
 
 
 def build_model(name: str, config: Any, catalog: Any) -> Any:

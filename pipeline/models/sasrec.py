@@ -33,10 +33,10 @@ INIT_STD = 0.02
 
 @dataclass(frozen=True)
 class SASRecConfig:
-    hidden_dim: int  # D: item / position embedding and transformer width
-    num_layers: int  # self-attention blocks
-    num_heads: int  # attention heads; must divide hidden_dim
-    dropout: float  # embedding, residual and feed-forward dropout (attention weights: no dropout, see layers.py)
+    hidden_dim: int = 64  # D: item / position embedding and transformer width
+    num_layers: int = 2  # self-attention blocks
+    num_heads: int = 1  # attention heads; must divide hidden_dim
+    dropout: float = 0.1  # embedding, residual and feed-forward dropout (attention weights: none, see layers.py)
 
 
 @register("sasrec", SASRecConfig)

@@ -1,0 +1,57 @@
+"""One training job from stage inputs to ``<out>/model.pt``: the body shared by the `train` and `baseline` stages.
+
+Loads the catalog (the features the model needs) and the leave-one-out split, seeds, builds the model, applies
+pre-trained weights (MP4SR; a no-op otherwise), fits with DVCLive logging under ``<out>/dvclive`` and writes
+``<out>/train_summary.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from dvclive import Live
+
+from pipeline.config import TrainConfig
+from pipeline.data.splits import load_split
+from pipeline.features.store import load_catalog
+from pipeline.models import registry
+from pipeline.pretrain import init_from_pretrained
+from pipeline.train import TrainResult, fit, peak_rss_mb, resolve_device, seed_everything, write_summary
+
+
+def train_to_dir(
+    model_name: str,
+    model_config: Any,
+    train_cfg: TrainConfig,
+    max_seq_len: int,
+    prepared: Path,
+    features: Path,
+    out: Path,
+    pretrained: Path | None = None,
+) -> TrainResult:
+    """Train ``model_name`` with its config; raises ValueError/FileNotFoundError on bad inputs before training."""
+    spec = registry.spec(model_name)
+    device = resolve_device(train_cfg.device)
+    catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
+    split = load_split(prepared)
+    seed_everything(train_cfg.seed)  # before building: weight init is part of "same seed, same metrics"
+    model = registry.build_model(model_name, model_config, catalog)
+    if pretrained is not None:
+        init_from_pretrained(model, pretrained)  # MP4SR: the pre-trained weights; other models or a marker: no-op
+    start = time.perf_counter()
+    with Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False) as live:
+        result = fit(model, split, train_cfg, max_seq_len, out, live=live)
+    extra = getattr(model, "selection_summary", lambda: {})()  # e.g. ODMT's head weights chosen on validation
+    write_summary(
+        out / "train_summary.json",
+        result,
+        model_name=model_name,
+        device=str(device),
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        total_seconds=time.perf_counter() - start,
+        peak_rss_mb=peak_rss_mb(),
+        **extra,
+    )
+    return result

@@ -1,0 +1,45 @@
+"""DVC stage `baseline`: fit the SASRec baseline from its own `baseline:` section -> models/baseline/model.pt.
+
+python -m stages.baseline --params params.yaml --prepared data/prepared --features data/features --out models/baseline
+
+Its own section means no change under `model:` or `train:` retrains it: `dvc exp run -S model.distill_weight=0.5`
+reruns only `train` and `evaluate`, and every model is compared with the same cached baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.config import BASELINE_MODEL, DEFAULT_PARAMS, BaselineConfig, ConfigError, DataConfig, load_section
+from pipeline.training_job import train_to_dir
+
+log = logging.getLogger("stages.baseline")
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    params: Annotated[Path, typer.Option(help="params file (baseline, data.max_seq_len)")] = DEFAULT_PARAMS,
+    prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
+    features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
+    out: Annotated[Path, typer.Option(help="model.pt, train_summary.json, dvclive/")] = Path("models/baseline"),
+) -> None:
+    """Train SASRec with `baseline.train` and `baseline.model`; keep the epoch with the best valid NDCG@10."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg: BaselineConfig = load_section(BaselineConfig, "baseline", params)
+        max_seq_len = load_section(DataConfig, "data", params).max_seq_len
+        result = train_to_dir(BASELINE_MODEL, cfg.build(params), cfg.train, max_seq_len, prepared, features, out)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        log.error("%s", e)
+        raise typer.Exit(code=1) from e
+    best = (result.best_epoch, result.epochs_run, result.best_valid)
+    log.info("baseline: best epoch %d of %d, valid %s -> %s", *best, out)
+
+
+if __name__ == "__main__":
+    app()
