@@ -11,6 +11,12 @@ per epoch and peak memory are written to `reports/experiments/<suite>/<variant>.
 holds one table per suite, which the evaluate stage also copies into `reports/report.md`. A variant whose full
 params match an existing result (in any suite) is not run again: its result is reused (`--force` reruns it), so
 an interrupted suite resumes where it stopped.
+
+Seeds: a variant may list `seeds: [42, 43, 44]` (or `--seeds 42,43,44` for the whole suite): each seed is a run of
+its own (`train.seed`), and the result holds the mean and standard deviation over seeds. Every row is compared with
+its suite's *reference*: the `sasrec` row on the same `data` section (cold-start rows with the cold-start SASRec
+row), paired over users at each seed both share (each user's NDCG@10 averaged over those seeds), with a 95%
+bootstrap CI and a randomization p-value. Its evaluate stage also gets that SASRec checkpoint as `--baseline`.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 import yaml
 
 from bench.run_stage import StageRun, run_measured
-from pipeline.experiments import experiments_markdown
+from pipeline.experiments import experiments_markdown, seed_averaged_paired
 from pipeline.io import write_json_atomic, write_text_atomic
+from pipeline.report import PAIRED_KEY
 
 app = typer.Typer(add_completion=False)
 RUNS = Path("runs")
@@ -73,7 +81,9 @@ def _stage(name: str, args: list[str], env: dict[str, str]) -> StageRun:
     return run
 
 
-def run_variant(name: str, params: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+def run_variant(name: str, params: dict[str, Any], env: dict[str, str], reference: Path | None) -> dict[str, Any]:
+    """One seed of one variant under ``runs/<name>/``; ``reference``: the SASRec checkpoint to compare with (None:
+    this run is the reference and compares with itself)."""
     out = RUNS / name
     out.mkdir(parents=True, exist_ok=True)
     params_path = out / "params.yaml"
@@ -95,16 +105,15 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str]) -> dict[
         runs.append(_stage("pretrain", pre_args, env))
         train_args += ["--pretrained", str(pre / "pretrain.pt")]
     runs.append(_stage("train", train_args, env))
-    eval_args = [*common, "--prepared", str(prepared), "--features", str(features)]
-    runs.append(
-        _stage("evaluate", [*eval_args, "--model", str(model_dir / "model.pt"), "--out", str(out / "reports")], env)
-    )
+    eval_args = [*common, "--prepared", str(prepared), "--features", str(features), "--out", str(out / "reports")]
+    eval_args += ["--model", str(model_dir / "model.pt"), "--baseline", str(reference or model_dir / "model.pt")]
+    runs.append(_stage("evaluate", eval_args, env))
     summary = json.loads((model_dir / "train_summary.json").read_text())
     pretrain_summary = out / "pretrain" / "pretrain_summary.json"
     return {
-        "name": name,
+        "seed": params["train"]["seed"],
         "params_key": params_key(params),
-        "model": params["model"]["name"],
+        "run_dir": str(out),
         "metrics": json.loads((out / "reports" / "metrics.json").read_text()),
         "train": summary,
         "pretrain": json.loads(pretrain_summary.read_text()) if pretrain_summary.exists() else None,
@@ -112,40 +121,140 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str]) -> dict[
     }
 
 
+def find_run(results: Path, key: str) -> dict[str, Any] | None:
+    """A finished seed run (any suite, any variant) with exactly these params."""
+    for path in sorted(results.glob("*/*.json")):
+        result = json.loads(path.read_text())
+        for run in result.get("runs") or [result]:
+            if run.get("params_key") == key:
+                return run
+    return None
+
+
+def reference_row(suite: dict[str, Any], base: dict[str, Any], params: dict[str, Any]) -> str | None:
+    """The suite's SASRec row on the same `data` section as ``params`` (the row every other row is compared with)."""
+    for name, spec in suite.items():
+        overrides = {k: v for k, v in (spec or {}).items() if k != "seeds"}
+        candidate = apply_overrides(base, overrides)
+        if candidate["model"]["name"] == "sasrec" and candidate["data"] == params["data"]:
+            return name
+    return None
+
+
+def aggregate(name: str, model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean (``metrics``) and standard deviation (``metrics_std``) over the seed runs; cost from the first run."""
+    first = runs[0]
+    seconds = [r["train"]["seconds_per_epoch"] for r in runs]
+    mean: dict[str, Any] = {}
+    std: dict[str, Any] = {}
+    for run_name, stages in first["metrics"].items():
+        if run_name == PAIRED_KEY:
+            continue
+        mean[run_name], std[run_name] = {}, {}
+        for stage, values in stages.items():
+            table = np.array([[r["metrics"][run_name][stage][k] for k in values] for r in runs])  # (seeds, metrics)
+            mean[run_name][stage] = dict(zip(values, table.mean(axis=0).tolist(), strict=True))
+            std[run_name][stage] = dict(zip(values, table.std(axis=0).tolist(), strict=True))
+    return {
+        "name": name,
+        "model": model,
+        "seeds": [r["seed"] for r in runs],
+        "metrics": mean,
+        "metrics_std": std.get(model, {}),
+        "train": first["train"] | {"seconds_per_epoch": float(np.mean(seconds))},
+        "pretrain": first["pretrain"],
+        "stages": first["stages"],
+        "runs": runs,
+    }
+
+
+def paired_with_reference(result: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Seed-averaged paired comparison with the reference row over the seeds both ran, from their topk.parquet."""
+    if reference is None:
+        return None
+    ref_runs = {r["seed"]: r for r in reference["runs"]}
+    pairs = [(r, ref_runs[r["seed"]]) for r in result["runs"] if r["seed"] in ref_runs]
+    paths = [(_topk(a), _topk(b)) for a, b in pairs]
+    if not paths or not all(a.exists() and b.exists() for a, b in paths):
+        return result.get("paired")  # runs reused from another checkout: keep what was computed there
+    paired = seed_averaged_paired([a for a, _ in paths], [b for _, b in paths])
+    return paired | {"seeds": [a["seed"] for a, _ in pairs]}
+
+
+def _topk(run: dict[str, Any]) -> Path:
+    return Path(run.get("run_dir", "")) / "reports" / "topk.parquet"
+
+
 @app.command()
 def main(
     suite: str = typer.Option(..., help="Suite name in bench/experiments.yaml."),
     only: list[str] = typer.Option([], help="Run only these variants."),  # noqa: B008
     force: bool = typer.Option(False, help="Rerun variants even when a result with the same params exists."),
+    seeds: str = typer.Option("", help="Comma-separated seeds for every variant (overrides the file's)."),
     experiments: Path = Path("bench/experiments.yaml"),
     params_file: Path = Path("params.yaml"),
     results: Path = Path("reports/experiments"),
 ) -> None:
     spec = yaml.safe_load(experiments.read_text())
-    suites, budget = spec["suites"], spec.get("budget") or {}
+    suites = spec["suites"]
     if suite not in suites:
         raise typer.BadParameter(f"{experiments}: no suite {suite!r}; known: {', '.join(suites)}")
-    unknown = set(only) - set(suites[suite])
+    variants = suites[suite]
+    budget = {**(spec.get("budget") or {}), **(variants.pop("budget", None) or {})}  # a suite may add to it
+    unknown = set(only) - set(variants)
     if unknown:
         raise typer.BadParameter(f"{experiments}: suite {suite!r} has no variant {', '.join(sorted(unknown))}")
     base = apply_overrides(yaml.safe_load(params_file.read_text()), budget)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for order, (name, overrides) in enumerate(suites[suite].items()):
+    done: dict[str, dict[str, Any]] = {}
+    for path in sorted((results / suite).glob("*.json")):
+        earlier = json.loads(path.read_text())
+        if "runs" in earlier:
+            done[earlier["name"]] = earlier
+    # Reference (SASRec) rows first: every other row needs their checkpoints.
+    order = {name: i for i, name in enumerate(variants)}
+    def is_reference(n: str) -> bool:
+        return apply_overrides(base, _overrides(variants[n]))["model"]["name"] == "sasrec"
+
+    queue = sorted(variants, key=lambda n: (not is_reference(n), order[n]))
+    for name in queue:
         if only and name not in only:
             continue
-        params = apply_overrides(base, overrides or {})
-        earlier = None if force else find_result(results, params_key(params))
-        if earlier is not None:
-            typer.echo(f"== variant {name}: same params as finished run {earlier['name']!r}, reused", err=True)
-            result = earlier
-        else:
-            typer.echo(f"== variant {name}: {overrides}", err=True)
-            result = run_variant(f"{suite}/{name}", params, env)
-        result.update(name=name, order=order, overrides=overrides or {}, budget=budget)
+        overrides = _overrides(variants[name])
+        params = apply_overrides(base, overrides)
+        ref_name = reference_row(variants, base, params)
+        own_seeds = (variants[name] or {}).get("seeds") or [params["train"]["seed"]]
+        run_seeds = [int(x) for x in seeds.split(",") if x] or own_seeds
+        runs = []
+        for seed in run_seeds:
+            seeded = apply_overrides(params, {"train.seed": seed})
+            earlier = None if force else find_run(results, params_key(seeded))
+            if earlier is not None:
+                typer.echo(f"== {name} seed {seed}: same params as a finished run, reused", err=True)
+                runs.append(earlier)
+                continue
+            reference = None
+            if ref_name is not None and ref_name != name:
+                reference = RUNS / suite / ref_name / f"seed{seed}" / "models" / "model.pt"
+                if not reference.exists():
+                    raise typer.Exit(
+                        f"{name}: no checkpoint {reference} of reference row {ref_name}, seed {seed}; run "
+                        f"`python -m bench.ablations --suite {suite} --only {ref_name} --force` first"
+                    )
+            typer.echo(f"== {name} seed {seed}: {overrides}", err=True)
+            runs.append(run_variant(f"{suite}/{name}/seed{seed}", seeded, env, reference))
+        result = aggregate(name, params["model"]["name"], runs)
+        result.update(order=order[name], overrides=overrides, budget=budget, reference=ref_name)
+        result["paired"] = None if ref_name == name else paired_with_reference(result, done.get(ref_name))
+        done[name] = result
         write_json_atomic(results / suite / f"{name}.json", result)
     markdown = experiments_markdown(results)
     write_text_atomic(results.parent / "experiments.md", markdown)
     typer.echo(markdown)
+
+
+def _overrides(spec: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (spec or {}).items() if k != "seeds"}
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ class DataConfig:
     max_seq_len: int  # longest training input a model sees (the most recent items are kept)
     cold_start_fraction: float  # fraction of items held out of training entirely (0 = normal setting)
     seed: int
+    # keep each user's most recent N interactions (after dedupe, before k-core); None keeps all. ODMT's authors
+    # cut every history to its last 15 (xyliugo/ODMT), where ID embeddings see far fewer interactions.
+    history_limit: int | None = None
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,64 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import polars as pl
+
 from pipeline.evaluation import COLD_START
+from pipeline.metrics import per_user_values, target_ranks
+from pipeline.significance import paired_difference
 
 METRICS = ("HR@10", "NDCG@10", "MRR@10")
+PAIRED_METRIC = "NDCG@10"  # the column of the paired comparison with the suite's SASRec row
+
+
+def per_user_from_topk(path: Path, stage: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(user_idx, values)`` (U,) each: per-user ``metric`` of one run from its ``topk.parquet``, sorted by user."""
+    rows = pl.read_parquet(path).filter(pl.col("stage") == stage).sort("user_idx")
+    if rows.height == 0:
+        raise ValueError(f"{path}: no {stage} rows; rerun that variant's evaluate stage")
+    items = np.array(rows["items"].to_list(), dtype=np.int64)  # (U, K)
+    ranks = target_ranks(items, rows["target"].to_numpy())  # (U,)
+    return rows["user_idx"].to_numpy(), per_user_values(ranks, metric)
+
+
+def seed_averaged_paired(
+    model_topks: Sequence[Path],
+    reference_topks: Sequence[Path],
+    stages: Sequence[str] = ("valid", "test"),
+    metrics: Sequence[str] = (PAIRED_METRIC,),
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Paired model - reference over users, each user's metric averaged over the runs' seeds first.
+
+    ``model_topks[i]`` and ``reference_topks[i]`` are the ``topk.parquet`` of the same seed; the CI is over users
+    (:func:`pipeline.significance.paired_difference`), so it covers user sampling of the seed-averaged models.
+    """
+    if not model_topks or len(model_topks) != len(reference_topks):
+        raise ValueError(f"need one reference run per model run, got {len(model_topks)} and {len(reference_topks)}")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for stage in stages:
+        out[stage] = {}
+        for metric in metrics:
+            sides = []
+            for paths in (model_topks, reference_topks):
+                users, total = per_user_from_topk(paths[0], stage, metric)
+                for path in paths[1:]:
+                    other_users, values = per_user_from_topk(path, stage, metric)
+                    if not np.array_equal(users, other_users):
+                        raise ValueError(f"{path}: other users than {paths[0]}; the runs do not share a split")
+                    total = total + values
+                sides.append((users, total / len(paths)))
+            if not np.array_equal(sides[0][0], sides[1][0]):
+                raise ValueError(f"{model_topks[0]} and {reference_topks[0]} rank different users")
+            out[stage][metric] = asdict(paired_difference(sides[0][1], sides[1][1], resamples, seed))
+    return out
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -36,7 +88,22 @@ def _row(result: dict[str, Any]) -> list[str]:
         str(pretrain.get("epochs_run", "–")) if pretrained else "–",
         peak("pretrain") if pretrained else "–",
     ]
-    return cells
+    return cells + _seed_and_paired_cells(result)
+
+
+def _seed_and_paired_cells(result: dict[str, Any]) -> list[str]:
+    """Seeds, the std of test NDCG@10 across them, and the paired difference vs the suite's SASRec row."""
+    seeds = result.get("seeds") or []
+    std = (result.get("metrics_std") or {}).get("test", {}).get(PAIRED_METRIC)
+    paired = (result.get("paired") or {}).get("test", {}).get(PAIRED_METRIC)
+    cell = "–"
+    if paired is not None and result.get("reference") != result.get("name"):
+        rel = f" ({100 * paired['relative']:+.1f}%)" if paired.get("relative") == paired.get("relative") else ""
+        cell = (
+            f"{paired['diff']:+.4f} [{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]{rel}, "
+            f"p={paired['p_value']:.3f}"
+        )
+    return [str(len(seeds)) if seeds else "1", _fmt(std) if std is not None else "–", cell]
 
 
 def experiments_table(paths: list[Path]) -> str:
@@ -52,6 +119,9 @@ def experiments_table(paths: list[Path]) -> str:
         "pretrain s/epoch",
         "pretrain epochs",
         "pretrain peak RSS MB",
+        "seeds",
+        f"test {PAIRED_METRIC} std",
+        f"test {PAIRED_METRIC} vs SASRec row: diff [95% CI], p",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
@@ -112,8 +182,12 @@ def experiments_sections(results_dir: Path) -> list[str]:
         return []
     intro = (
         "Runs of `python -m bench.ablations --suite <suite>` (each variant = params.yaml plus the shared budget and "
-        "its overrides in bench/experiments.yaml; same split, seed and budget within a table). Metrics @10, full "
-        "ranking; cold test = users whose test target is a held-out item (cold-start setting only); s/epoch = "
-        "training part of an epoch (validation excluded); peak RSS = the stage process's peak resident memory.\n\n"
+        "its overrides in bench/experiments.yaml; same split, seeds and budget within a table). Metrics @10, full "
+        "ranking; with several seeds, metrics are the mean over seeds and `std` their standard deviation; cold "
+        "test = users whose test target is a held-out item (cold-start setting only); s/epoch = training part of "
+        "an epoch (validation excluded); peak RSS = the stage process's peak resident memory. The last column "
+        "compares each row with the suite's SASRec row on the same split: paired over users, each user's NDCG@10 "
+        "averaged over the seeds both rows share, 95% bootstrap CI and randomization p "
+        "(pipeline/significance.py).\n\n"
     )
     return ["## Experiments\n\n" + intro + tables]

@@ -5,10 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 
-from bench.ablations import apply_overrides, find_result, params_key
-from pipeline.experiments import experiments_markdown, experiments_sections, experiments_table, heads_table
+from bench.ablations import aggregate, apply_overrides, find_result, params_key, reference_row
+from pipeline.experiments import (
+    experiments_markdown,
+    experiments_sections,
+    experiments_table,
+    heads_table,
+    seed_averaged_paired,
+)
 
 
 def _result(name: str, model: str, ndcg: float, cold: float | None = None) -> dict:
@@ -49,8 +57,8 @@ def test_table_has_one_row_per_run_with_cold_start_and_cost(tmp_path: Path) -> N
     assert sasrec[0] == "| sasrec" and sasrec[2] == "0.1500" and sasrec[6] == "–"  # test MRR missing -> "–"
     assert sasrec[7:10] == ["–", "–", "–"]  # no cold-start split
     assert mp4sr[7:10] == ["0.0400", "0.0200", "0.0100"]
-    assert sasrec[10:] == ["41.3", "12", "1500", "–", "–", "– |"]
-    assert mp4sr[13:] == ["80.0", "9", "1700 |"]
+    assert sasrec[10:] == ["41.3", "12", "1500", "–", "–", "–", "1", "–", "– |"]  # one seed, no paired row
+    assert mp4sr[13:16] == ["80.0", "9", "1700"]
 
 
 def test_pretraining_columns_are_empty_when_pretraining_was_off(tmp_path: Path) -> None:
@@ -58,7 +66,7 @@ def test_pretraining_columns_are_empty_when_pretraining_was_off(tmp_path: Path) 
     result["pretrain"] = {"enabled": False, "reason": "pretrain.enabled is false"}  # the marker's summary
     (tmp_path / "r.json").write_text(json.dumps(result))
     row = experiments_table([tmp_path / "r.json"]).strip().splitlines()[2].split(" | ")
-    assert row[13:] == ["–", "–", "– |"]
+    assert row[13:16] == ["–", "–", "–"]
 
 
 def test_rows_follow_suite_order_not_file_names(tmp_path: Path) -> None:
@@ -102,3 +110,77 @@ def test_heads_table_lists_each_head_of_multi_head_runs_only(tmp_path: Path) -> 
     assert lines[2] == "| run | fused | id alone | text alone |"
     assert lines[4] == "| odmt | 0.0900 | 0.1276 | 0.0781 |" and len(lines) == 5  # no row for single-head SASRec
     assert heads_table([tmp_path / "a.json"]) == ""
+
+
+def _topk(path: Path, items: list[list[int]], targets: list[int]) -> Path:
+    frames = [
+        pl.DataFrame(
+            {
+                "user_idx": list(range(len(targets))),
+                "stage": [stage] * len(targets),
+                "items": pl.Series(items, dtype=pl.List(pl.Int32)),
+                "target": targets,
+            }
+        )
+        for stage in ("valid", "test")
+    ]
+    pl.concat(frames).write_parquet(path)
+    return path
+
+
+def test_seed_averaged_paired_comparison_from_topk_lists(tmp_path: Path) -> None:
+    """Users' NDCG@10 averaged over seeds, then paired: hand-computed on three users."""
+    targets = [1, 2, 3]
+    model = [_topk(tmp_path / "m0.parquet", [[1, 9], [2, 9], [9, 9]], targets)]  # ranks 1, 1, miss
+    model.append(_topk(tmp_path / "m1.parquet", [[1, 9], [9, 2], [9, 9]], targets))  # ranks 1, 2, miss
+    ref = [_topk(tmp_path / f"r{i}.parquet", [[9, 1], [9, 9], [9, 9]], targets) for i in range(2)]  # 2, miss, miss
+    out = seed_averaged_paired(model, ref, resamples=200)
+    user_means = np.array([1.0, (1.0 + 1 / np.log2(3)) / 2, 0.0]) - np.array([1 / np.log2(3), 0.0, 0.0])
+    assert out["test"]["NDCG@10"]["diff"] == pytest.approx(user_means.mean())
+    assert out["valid"]["NDCG@10"]["ci_low"] <= out["valid"]["NDCG@10"]["diff"]
+    with pytest.raises(ValueError, match="one reference run per model run"):
+        seed_averaged_paired(model, ref[:1])
+
+
+def test_aggregate_takes_mean_and_std_over_seeds() -> None:
+    def run(seed: int, ndcg: float) -> dict:
+        return {
+            "seed": seed,
+            "metrics": {"odmt": {"test": {"NDCG@10": ndcg}}, "paired_vs_baseline": {"test": {}}},
+            "train": {"seconds_per_epoch": 10.0 * seed, "epochs_run": 3},
+            "pretrain": None,
+            "stages": {},
+        }
+
+    result = aggregate("odmt", "odmt", [run(1, 0.1), run(2, 0.2), run(3, 0.3)])
+    assert result["seeds"] == [1, 2, 3]
+    assert result["metrics"]["odmt"]["test"]["NDCG@10"] == pytest.approx(0.2)
+    assert result["metrics_std"]["test"]["NDCG@10"] == pytest.approx(np.std([0.1, 0.2, 0.3]))
+    assert result["train"]["seconds_per_epoch"] == pytest.approx(20.0)
+    assert "paired_vs_baseline" not in result["metrics"]
+
+
+def test_reference_row_is_the_sasrec_row_on_the_same_data() -> None:
+    base = {"model": {"name": "odmt"}, "data": {"cold_start_fraction": 0.0}, "train": {"seed": 1}}
+    suite = {
+        "sasrec": {"model.name": "sasrec", "seeds": [1, 2]},
+        "sasrec_cold": {"model.name": "sasrec", "data.cold_start_fraction": 0.1},
+        "odmt": {},
+        "odmt_cold": {"data.cold_start_fraction": 0.1},
+    }
+    assert reference_row(suite, base, apply_overrides(base, {})) == "sasrec"
+    assert reference_row(suite, base, apply_overrides(base, suite["odmt_cold"])) == "sasrec_cold"
+    assert reference_row(suite, base, apply_overrides(base, {"data.cold_start_fraction": 0.5})) is None
+
+
+def test_table_shows_seeds_std_and_the_paired_difference(tmp_path: Path) -> None:
+    result = _result("odmt", "odmt", 0.19) | {"seeds": [1, 2, 3], "reference": "sasrec"}
+    result["metrics_std"] = {"test": {"NDCG@10": 0.0012}}
+    result["paired"] = {
+        "test": {
+            "NDCG@10": {"diff": 0.004, "ci_low": 0.001, "ci_high": 0.007, "p_value": 0.01, "relative": 0.021}
+        }
+    }
+    (tmp_path / "r.json").write_text(json.dumps(result))
+    row = experiments_table([tmp_path / "r.json"]).strip().splitlines()[2].split(" | ")
+    assert row[16:] == ["3", "0.0012", "+0.0040 [+0.0010, +0.0070] (+2.1%), p=0.010 |"]

@@ -317,3 +317,19 @@ def test_stage_help() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "--params" in result.output and "--out" in result.output
+
+
+def test_history_limit_keeps_each_users_most_recent_interactions(tmp_path: Path) -> None:
+    """The ODMT authors' protocol: every history cut to its last N interactions, the cut counted in stats."""
+    from pipeline.data.prepare import limit_history
+
+    df = pl.DataFrame(
+        {"user_id": ["u"] * 5 + ["v"] * 2, "item_id": list("abcdeab"), "timestamp": [5, 1, 3, 2, 4, 1, 2]}
+    ).with_row_index("row")
+    kept, dropped = limit_history(df, 3)
+    assert dropped == 2
+    assert kept.filter(pl.col("user_id") == "u").sort("timestamp")["item_id"].to_list() == ["c", "e", "a"]
+    assert kept.filter(pl.col("user_id") == "v").height == 2
+    assert limit_history(df, None) == (df, 0)
+    with pytest.raises(ConfigError, match="history_limit"):
+        limit_history(df, 2)
