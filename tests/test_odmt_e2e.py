@@ -34,8 +34,7 @@ def _commit_params(project: Path, update: dict) -> None:
 
 
 def test_dvc_repro_with_odmt_then_exp_run_distill_weight(tmp_path: Path) -> None:
-    project = make_project(tmp_path, model=ODMT)
-    _commit_params(project, {"embed": {"store_tokens": True}})
+    project = make_project(tmp_path, model=ODMT)  # params.yaml stores per-token features by default (ODMT)
     out = _run(["dvc", "repro"], project)
     for stage in ("prepare", "embed", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out

@@ -36,7 +36,7 @@ def _tiny_params(raw_dir: Path, model: dict | None = None, data: dict | None = N
     params["embed"]["text"]["batch_size"] = 16
     params["embed"]["image"]["batch_size"] = 16
     params["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
-    params["model"].update(hidden_dim=16, num_layers=1, num_heads=1, fusion_layers=1, **(model or {}))
+    params["model"].update({"hidden_dim": 16, "num_layers": 1, "num_heads": 1, "fusion_layers": 1, **(model or {})})
     params["baseline"]["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
     params["baseline"]["model"].update(hidden_dim=16, num_layers=1, num_heads=1)
     params["evaluate"]["batch_size"] = 16
