@@ -23,6 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.config import DataConfig
+from pipeline.data.paths import safe_file_stem_expr
 from pipeline.data.readers.rawio import meta_note, timestamp_notes, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series
@@ -139,7 +140,7 @@ def read_microlens(cfg: DataConfig) -> RawData:
     titles = read_titles(titles_path, notes)
     covers = _covers_dir(root, cfg.images_dir)
     image_ref = (
-        pl.concat_str([pl.lit(f"{covers}/"), pl.col("item_id"), pl.lit(".jpg")])
+        pl.concat_str([pl.lit(f"{covers}/"), safe_file_stem_expr(pl.col("item_id")), pl.lit(".jpg")])
         if covers is not None
         else pl.lit(None, dtype=pl.String)
     )
