@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +14,14 @@ from PIL import Image
 from pipeline.config import DataConfig
 from pipeline.data.images import attach_images
 from pipeline.data.paths import inside_root, safe_file_stem, safe_file_stem_expr
+from pipeline.data.readers import get_reader
 from pipeline.data.readers.hm import read_articles
+from pipeline.data.readers.movielens import read_movielens
+from pipeline.data.readers.movielens_family import read_movielens_csv
+from pipeline.data.readers.rawio import check_delimited, read_json_lines
+from pipeline.data.schema import DataFormatError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "real_formats"
 
 CFG = DataConfig(
     source="movielens", path=None, images_dir=None, min_rating=None, user_core=3, item_core=1,
@@ -85,3 +94,111 @@ def test_safe_file_stem_and_its_polars_twin_agree(item_id: str) -> None:
     stem = safe_file_stem(item_id)
     assert "/" not in stem and "\\" not in stem and not stem.startswith(".") and stem
     assert pl.select(safe_file_stem_expr(pl.lit(item_id))).item() == stem
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Silently damaged text
+
+
+def _copy(name: str, tmp_path: Path) -> Path:
+    out = tmp_path / name
+    shutil.copytree(FIXTURES / name, out)
+    return out
+
+
+def test_ragged_movies_csv_row_is_an_error_naming_file_and_line(tmp_path: Path) -> None:
+    root = _copy("ml-25m", tmp_path)
+    with (root / "movies.csv").open("a", encoding="utf-8") as f:
+        f.write("999,American President, The (1995),Comedy\n")  # unquoted comma in the title
+    line = len((root / "movies.csv").read_text(encoding="utf-8").splitlines())
+    with pytest.raises(DataFormatError, match=rf"movies.csv:{line}: expected 3 fields separated by ',' .* found 4"):
+        read_movielens_csv(dataclasses.replace(CFG, source="movielens_csv", path=str(root)))
+
+
+def test_short_ratings_csv_row_is_an_error_not_a_null(tmp_path: Path) -> None:
+    root = _copy("ml-25m", tmp_path)
+    lines = (root / "ratings.csv").read_text(encoding="utf-8").splitlines()
+    lines[2] = "1,11,1.5"
+    (root / "ratings.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"ratings.csv:3: expected 4 fields .* found 3"):
+        read_movielens_csv(dataclasses.replace(CFG, source="movielens_csv", path=str(root)))
+
+
+def test_quoted_separator_in_hm_articles_is_one_field() -> None:
+    report = check_delimited(FIXTURES / "hm" / "articles.csv", ",", header=True, fix="-")
+    assert report.data_lines > 0 and report.replaced == 0
+
+
+def test_invalid_utf8_in_csv_is_counted_and_noted_with_its_first_line(tmp_path: Path) -> None:
+    root = _copy("ml-25m", tmp_path)
+    data = (root / "ratings.csv").read_bytes().split(b"\n")
+    data[3] = b"1\xff" + data[3][1:]  # a user id "1\ufffd" would otherwise be a new user, unnoticed
+    (root / "ratings.csv").write_bytes(b"\n".join(data))
+    raw = read_movielens_csv(dataclasses.replace(CFG, source="movielens_csv", path=str(root)))
+    assert any("ratings.csv: 1 invalid UTF-8 byte sequence(s) on 1 line(s) (first: line 4)" in n for n in raw.notes)
+
+
+def test_one_invalid_byte_in_utf8_movies_dat_decodes_per_line_not_per_file(tiny_ml1m_dir: Path) -> None:
+    movies = tiny_ml1m_dir / "movies.dat"
+    lines = movies.read_bytes().decode("latin-1").split("\n")
+    lines[5] = lines[5].replace("::", "::\xff", 1)  # one stray latin-1 byte on line 6; the rest re-saved as UTF-8
+    movies.write_bytes("\n".join(lines).encode("utf-8").replace("::ÿ".encode(), b"::\xff"))
+    raw = read_movielens(dataclasses.replace(CFG, path=str(tiny_ml1m_dir)))
+    assert "Amélie (2001). Genres: " in raw.items["text"][0]  # not "AmÃ©lie"
+    assert any(
+        "movies.dat: 1 line(s) are not valid UTF-8 and were read as latin-1 (first: line 6)" in n for n in raw.notes
+    )
+
+
+def test_bom_at_start_of_grouplens_dat_is_ignored(tiny_ml1m_dir: Path) -> None:
+    ratings = tiny_ml1m_dir / "ratings.dat"
+    ratings.write_bytes(b"\xef\xbb\xbf" + ratings.read_bytes())
+    raw = read_movielens(dataclasses.replace(CFG, path=str(tiny_ml1m_dir)))
+    assert raw.interactions.collect().height == len(ratings.read_bytes().splitlines())
+
+
+def test_bom_at_start_of_jsonl_keeps_line_1(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"user_id": "u1"}\n{"user_id": "u2"}\n')
+    frame, report = read_json_lines(path, {"user_id": pl.String()})
+    assert frame["user_id"].to_list() == ["u1", "u2"] and report.malformed == 0
+
+
+@pytest.mark.parametrize(
+    ("source", "folder", "file", "content", "pattern"),
+    [
+        ("movielens_csv", "ml-25m", "movies.csv", "", r"movies.csv: the file is empty"),
+        ("movielens_csv", "ml-25m", "ratings.csv", "userId,movieId,rating,timestamp\n", r"ratings.csv: no data rows"),
+        ("hm", "hm", "transactions_train.csv", "", r"transactions_train.csv: the file is empty"),
+        ("hm", "hm", "articles.csv", "article_id,prod_name\n", r"articles.csv: no data rows"),
+        ("microlens", "microlens", "MicroLens-100k_pairs.csv", "user,item,timestamp\n", r"pairs.csv: no data rows"),
+        ("movielens100k", "ml-100k", "u.data", "\n", r"u.data: the file is empty"),
+        ("amazon2023", "amazon2023", "All_Beauty.jsonl", "", r"All_Beauty.jsonl: no records"),
+    ],
+)
+def test_empty_or_header_only_file_is_an_error_naming_it(
+    tmp_path: Path, source: str, folder: str, file: str, content: str, pattern: str
+) -> None:
+    root = _copy(folder, tmp_path)
+    (root / file).write_text(content, encoding="utf-8")
+    with pytest.raises(DataFormatError, match=pattern):
+        get_reader(source)(dataclasses.replace(CFG, source=source, path=str(root)))
+
+
+@pytest.mark.parametrize("name", ["ratings.dat", "movies.dat"])
+def test_empty_grouplens_dat_is_an_error_naming_it_not_lower_user_core(tiny_ml1m_dir: Path, name: str) -> None:
+    (tiny_ml1m_dir / name).write_bytes(b"")
+    with pytest.raises(DataFormatError, match=rf"{name}: the file is empty"):
+        read_movielens(dataclasses.replace(CFG, path=str(tiny_ml1m_dir)))
+
+
+def test_movielens_negative_zero_and_absurd_timestamps_are_bad_timestamp(tiny_ml1m_dir: Path) -> None:
+    ratings = tiny_ml1m_dir / "ratings.dat"
+    lines = ratings.read_text(encoding="latin-1").splitlines()
+    for k, ts in enumerate(("-5", "0", "9000000000000000000")):
+        user, item, rating, _ = lines[k].split("::")
+        lines[k] = f"{user}::{item}::{rating}::{ts}"
+    ratings.write_text("\n".join(lines) + "\n", encoding="latin-1")
+    raw = read_movielens(dataclasses.replace(CFG, path=str(tiny_ml1m_dir)))
+    assert raw.drops["bad_timestamp"] == 3
+    assert raw.interactions.collect().height == len(lines) - 3

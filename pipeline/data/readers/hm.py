@@ -28,7 +28,7 @@ import polars as pl
 
 from pipeline.config import DataConfig
 from pipeline.data.paths import safe_file_stem_expr
-from pipeline.data.readers.rawio import meta_note, timestamp_notes, validate_interactions
+from pipeline.data.readers.rawio import check_delimited, meta_note, timestamp_notes, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series, compose_text, labelled
 
@@ -68,7 +68,8 @@ def read_articles(path: Path, images_root: Path, relative: bool, notes: list[str
     """Items frame from ``articles.csv`` (all columns read as text)."""
     if not path.is_file():
         raise DataFormatError(f"{path}: file not found. Fix: {FIX}")
-    raw = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
+    notes.extend(check_delimited(path, ",", header=True, fix=FIX).notes())
+    raw = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy")
     _require(path, raw.columns, ("article_id", "prod_name"))
     raw = raw.with_columns(
         [pl.lit(None, dtype=pl.String).alias(c) for c in TEXT_COLUMNS if c not in raw.columns]
@@ -116,7 +117,8 @@ def read_hm(cfg: DataConfig) -> RawData:
 
     if not tx_path.is_file():
         raise DataFormatError(f"{tx_path}: file not found. Fix: {FIX}")
-    scan = pl.scan_csv(tx_path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
+    notes.extend(check_delimited(tx_path, ",", header=True, fix=FIX).notes())
+    scan = pl.scan_csv(tx_path, infer_schema=False, encoding="utf8-lossy")
     _require(tx_path, scan.collect_schema().names(), TX_COLUMNS)
     frame = scan.with_row_index("row").select(
         pl.col("customer_id").alias("user_id"),
