@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import polars as pl
 import pytest
 from PIL import Image
 
-from pipeline.config import DataConfig
+from pipeline.config import ConfigError, DataConfig
 from pipeline.data.images import attach_images
 from pipeline.data.paths import inside_root, safe_file_stem, safe_file_stem_expr
+from pipeline.data.prepare import prepare
 from pipeline.data.readers import get_reader
 from pipeline.data.readers.hm import read_articles
 from pipeline.data.readers.movielens import read_movielens
 from pipeline.data.readers.movielens_family import read_movielens_csv
 from pipeline.data.readers.rawio import check_delimited, read_json_lines
 from pipeline.data.schema import DataFormatError
+from pipeline.io import staged_outputs, write_json_atomic
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real_formats"
 
@@ -202,3 +206,57 @@ def test_movielens_negative_zero_and_absurd_timestamps_are_bad_timestamp(tiny_ml
     raw = read_movielens(dataclasses.replace(CFG, path=str(tiny_ml1m_dir)))
     assert raw.drops["bad_timestamp"] == 3
     assert raw.interactions.collect().height == len(lines) - 3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A failing stage never leaves a mixed output set
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_cold_start_fraction_099_is_a_config_error_and_leaves_outputs_whole(
+    tmp_path: Path, tiny_ml1m_dir: Path
+) -> None:
+    cfg = dataclasses.replace(CFG, path=str(tiny_ml1m_dir))
+    out = tmp_path / "prepared"
+    prepare(cfg, out)
+    before = _snapshot(out)
+    with pytest.raises(ConfigError, match=r"`data.cold_start_fraction` = 0.99 .* lower data.cold_start_fraction"):
+        prepare(dataclasses.replace(cfg, cold_start_fraction=0.99), out)
+    assert _snapshot(out) == before  # sequences.parquet, items.parquet, images/ and stats.json: all the old ones
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ml-1m", "prepared"]  # no staging folder left behind
+
+
+def test_staged_outputs_replace_all_or_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with staged_outputs(out, ["a.txt", "d"]) as stage:
+        (stage / "a.txt").write_text("old a")
+        (stage / "d").mkdir()
+        (stage / "d" / "x").write_text("old x")
+    with pytest.raises(RuntimeError, match="boom"), staged_outputs(out, ["a.txt", "d"]) as stage:
+        (stage / "a.txt").write_text("new a")
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="outputs not written, nothing replaced: d"):
+        with staged_outputs(out, ["a.txt", "d"]) as stage:
+            (stage / "a.txt").write_text("new a")
+    assert (out / "a.txt").read_text() == "old a" and (out / "d" / "x").read_text() == "old x"
+    with staged_outputs(out, ["a.txt", "d"]) as stage:
+        (stage / "a.txt").write_text("new a")
+        (stage / "d").mkdir()
+    assert (out / "a.txt").read_text() == "new a" and not (out / "d" / "x").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_outputs_get_the_umask_mode_not_0600(tmp_path: Path, tiny_ml1m_dir: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "x.json", {"a": 1})
+        prepare(dataclasses.replace(CFG, path=str(tiny_ml1m_dir)), tmp_path / "prepared")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
+    for name in ("stats.json", "items.parquet", "sequences.parquet", "images/1.png"):
+        assert stat.S_IMODE((tmp_path / "prepared" / name).stat().st_mode) == 0o644, name
+    assert stat.S_IMODE((tmp_path / "prepared" / "images").stat().st_mode) == 0o755

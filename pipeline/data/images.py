@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from pipeline.config import ConfigError
 from pipeline.data.paths import inside_root, safe_file_stem
+from pipeline.io import current_umask
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,9 @@ def _card_texts(items: pl.DataFrame) -> tuple[list[str], list[str], list[str]]:
     return title_out, subtitles, keys
 
 
-def write_title_cards(items: pl.DataFrame, out_dir: Path) -> list[str]:
-    """Write ``<out_dir>/images/<item_idx>.png`` for every row of ``items``; returns the paths as strings.
+def write_title_cards(items: pl.DataFrame, out_dir: Path, published_dir: Path | None = None) -> list[str]:
+    """Write ``<out_dir>/images/<item_idx>.png`` for every row of ``items``; returns the paths as strings, under
+    ``published_dir`` (where ``out_dir``'s contents will be moved, see ``pipeline.io.staged_outputs``) if given.
 
     The cards are drawn into a temporary sibling directory that then replaces ``images/`` as a whole, so an
     interrupted run never leaves a half-written image set.
@@ -169,6 +171,7 @@ def write_title_cards(items: pl.DataFrame, out_dir: Path) -> list[str]:
     final = out_dir / "images"
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".images.", dir=out_dir))
+    tmp.chmod(0o777 & ~current_umask())
     try:
         titles, subtitles, colour_keys = _card_texts(items)
         idx = items["item_idx"].to_list()
@@ -184,7 +187,7 @@ def write_title_cards(items: pl.DataFrame, out_dir: Path) -> list[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [str(final / f"{i}.png") for i in idx]
+    return [str((published_dir or out_dir) / "images" / f"{i}.png") for i in idx]
 
 
 def _replace_dir(new: Path, final: Path) -> None:
@@ -287,14 +290,18 @@ def find_images(items: pl.DataFrame, images_dir: Path) -> tuple[list[str | None]
     return paths, counts
 
 
-def attach_images(items: pl.DataFrame, images_dir: str | None, out_dir: Path) -> tuple[pl.DataFrame, dict]:
+def attach_images(
+    items: pl.DataFrame, images_dir: str | None, out_dir: Path, published_dir: Path | None = None
+) -> tuple[pl.DataFrame, dict]:
     """Add ``image_path`` (String, nullable) to ``items`` (needs item_idx, item_id, text); returns it and the stats.
+
+    ``images/`` is written to ``out_dir``; card paths name ``published_dir`` (the final folder) when given.
 
     Stats: ``{"source": "synthetic_title_cards" | "images_dir", "present", "missing", "corrupt",
     "rejected_outside_root"}``.
     """
     if images_dir is None:
-        paths: list[str | None] = list(write_title_cards(items, out_dir))
+        paths: list[str | None] = list(write_title_cards(items, out_dir, published_dir))
         stats = {"source": "synthetic_title_cards", "present": len(paths), "missing": 0, "corrupt": 0}
         stats |= {"rejected_outside_root": 0}
     else:
