@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 from PIL import Image
 
-from pipeline.config import ConfigError, DataConfig
+from pipeline.config import ConfigError, DataConfig, load_params, load_section
 from pipeline.data.images import attach_images
 from pipeline.data.paths import inside_root, safe_file_stem, safe_file_stem_expr
 from pipeline.data.prepare import prepare
@@ -24,8 +26,10 @@ from pipeline.data.readers.movielens_family import read_movielens_csv
 from pipeline.data.readers.rawio import check_delimited, read_json_lines
 from pipeline.data.schema import DataFormatError
 from pipeline.io import staged_outputs, write_json_atomic
+from pipeline.pretrain import PretrainConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real_formats"
+REPO = Path(__file__).resolve().parents[1]
 
 CFG = DataConfig(
     source="movielens", path=None, images_dir=None, min_rating=None, user_core=3, item_core=1,
@@ -260,3 +264,72 @@ def test_outputs_get_the_umask_mode_not_0600(tmp_path: Path, tiny_ml1m_dir: Path
     for name in ("stats.json", "items.parquet", "sequences.parquet", "images/1.png"):
         assert stat.S_IMODE((tmp_path / "prepared" / name).stat().st_mode) == 0o644, name
     assert stat.S_IMODE((tmp_path / "prepared" / "images").stat().st_mode) == 0o755
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Params: ranges, duplicate keys, YAML syntax
+
+
+def _params(tmp_path: Path, section: str, key: str, value: object, name: str = "other.yaml") -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    node = raw[section]
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "epochs", -1, r"`train.epochs` = -1 must be >= 1"),
+        ("train", "batch_size", 0, r"`train.batch_size` = 0 must be >= 1"),
+        ("train", "lr", -0.1, r"`train.lr` = -0.1 must be > 0"),
+        ("train", "lr", float("nan"), r"`train.lr` = nan must be > 0"),
+        ("train", "patience", -1, r"`train.patience` = -1 must be >= 0"),
+        ("train", "seed", -1, r"`train.seed` = -1 must be >= 0"),
+        ("train", "num_threads", -3, r"`train.num_threads` = -3 must be >= 0"),
+        ("data", "max_seq_len", 0, r"`data.max_seq_len` = 0 must be >= 1"),
+        ("data", "cold_start_fraction", 1.0, r"`data.cold_start_fraction` = 1.0 must be in \[0, 1\)"),
+        ("evaluate", "ks", [], r"`evaluate.ks` = \[\] must list at least one"),
+        ("evaluate", "ks", [0], r"`evaluate.ks\[0\]` = 0 must be >= 1"),
+        ("evaluate", "batch_size", 0, r"`evaluate.batch_size` = 0 must be >= 1"),
+        ("embed", "text.batch_size", 0, r"`embed.text.batch_size` = 0 must be >= 1"),
+        ("model", "num_heads", 0, r"`model.num_heads` = 0 must be >= 1"),
+        ("model", "num_heads", 3, r"`model.num_heads` = 3 must divide `model.hidden_dim` = 64"),
+        ("model", "dropout", 1.5, r"`model.dropout` = 1.5 must be in \[0, 1\)"),
+    ],
+)
+def test_out_of_range_param_names_the_given_file_and_dotted_key(
+    tmp_path: Path, section: str, key: str, value: object, message: str
+) -> None:
+    path = _params(tmp_path, section, key, value)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {message}"):
+        load_params(path)
+
+
+def test_pretrain_ranges_are_checked(tmp_path: Path) -> None:
+    path = _params(tmp_path, "pretrain", "lr", 0)
+    with pytest.raises(ConfigError, match=r"other.yaml: `pretrain.lr` = 0.0 must be > 0"):
+        load_section(PretrainConfig, "pretrain", path)
+
+
+def test_duplicate_yaml_key_is_an_error_naming_file_key_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
+    path.write_text(text.replace("  epochs: 20\n", "  epochs: 20\n  epochs: 5\n", 1), encoding="utf-8")
+    line = text.splitlines().index("  epochs: 20") + 2
+    with pytest.raises(ConfigError, match=rf"dup.yaml:{line}: duplicate key `epochs` \(first on line {line - 1}\)"):
+        load_params(path)
+
+
+def test_tab_in_params_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "tab.yaml"
+    path.write_text("data:\n\tsource: movielens\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}:2:1: not valid YAML") and "tabs" in str(info.value)
+    assert "\n" not in str(info.value) and "<unicode string>" not in str(info.value)
