@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli import cli_errors
 from pipeline.config import EvaluateConfig, load_section
 from pipeline.data.splits import load_split
 from pipeline.evaluation import evaluate_heads, evaluate_model, evaluate_popularity, load_trained, load_user_ids
@@ -19,6 +20,7 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
+@cli_errors
 def main(
     params: Annotated[Path, typer.Option(help="params file; reads only `evaluate`")] = Path("params.yaml"),
     prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),

@@ -14,7 +14,9 @@ import polars as pl
 import pytest
 import yaml
 from PIL import Image
+from typer.testing import CliRunner
 
+from pipeline.cli import error_line
 from pipeline.config import ConfigError, DataConfig, load_params, load_section
 from pipeline.data.images import attach_images
 from pipeline.data.paths import inside_root, safe_file_stem, safe_file_stem_expr
@@ -333,3 +335,33 @@ def test_tab_in_params_is_a_one_line_error_naming_the_file(tmp_path: Path) -> No
         load_params(path)
     assert str(info.value).startswith(f"{path}:2:1: not valid YAML") and "tabs" in str(info.value)
     assert "\n" not in str(info.value) and "<unicode string>" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage CLIs: one error line, the traceback only on request
+
+
+def test_stage_error_is_one_line_without_traceback(tmp_path: Path, tiny_params: Path) -> None:
+    from stages.embed import app
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(tiny_params.read_text(encoding="utf-8").replace("batch_size: 128", "batch_size: 0", 1))
+    result = CliRunner().invoke(app, ["--params", str(bad), "--items", str(tmp_path / "none.parquet")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"error: {bad}: `embed.text.batch_size` = 0 must be >= 1"]
+
+
+def test_mmrec_debug_shows_the_traceback(tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages.embed import app
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("embed:\n\tdevice: cpu\n", encoding="utf-8")
+    monkeypatch.setenv("MMREC_DEBUG", "1")
+    result = CliRunner().invoke(app, ["--params", str(bad)])
+    assert isinstance(result.exception, ConfigError) and "bad.yaml:2:1: not valid YAML" in str(result.exception)
+
+
+def test_unexpected_exception_is_one_line_with_its_type() -> None:
+    assert error_line(ZeroDivisionError("division by zero")).startswith("error: ZeroDivisionError: division by zero")
+    assert error_line(ConfigError("a.yaml: `x` = 0 must be >= 1\n  more")) == "error: a.yaml: `x` = 0 must be >= 1 more"

@@ -313,7 +313,8 @@ def test_stage_reports_config_errors(tmp_path: Path, tiny_params: Path) -> None:
     raw["data"]["user_core"] = 1
     tiny_params.write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, ["--params", str(tiny_params), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a clean exit, not a crash
+    assert "error: `data.user_core` = 1: leave-one-out needs at least 3" in result.output
     assert not (tmp_path / "o").exists()
 
 

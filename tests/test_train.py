@@ -202,7 +202,7 @@ def test_summary_is_plain_json(tmp_path: Path) -> None:
     assert set(summary["best_valid"]) == {"HR@10", "NDCG@10", "MRR@10"}
 
 
-def test_train_stage_writes_checkpoint_summary_and_dvclive(tmp_path: Path) -> None:
+def test_train_stage_writes_checkpoint_summary_and_dvclive(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     split = cycle_split(num_users=40)
     prepared = tmp_path / "prepared"
     prepared.mkdir()
@@ -244,4 +244,5 @@ def test_train_stage_writes_checkpoint_summary_and_dvclive(tmp_path: Path) -> No
     params["train"]["device"] = "tpu"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     bad = CliRunner().invoke(app, [*args, "--out", str(out)])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 1 and isinstance(bad.exception, SystemExit)  # a clean exit, not an uncaught exception
+    assert "train.device" in caplog.text and "tpu" in caplog.text  # the stage logs the error naming the param
