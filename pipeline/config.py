@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -195,17 +196,133 @@ def from_dict(cls: type, raw: Any, file: Path, prefix: str = "") -> Any:
     if missing:
         raise ConfigError(f"{file}: missing key `{_join(prefix, missing[0])}` (add it to the `{where}` section)")
     values = {n: _coerce(raw[n], hints[n], _join(prefix, n), file) for n in names}
+    for name, value in values.items():
+        check_range(_join(prefix, name), value, file)
+    if prefix == "model":
+        _check_heads_divide(values, file)
     return cls(**values)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ranges of numeric keys, by dotted key. A ``model.*`` key applies to whichever model has it.
+
+
+@dataclass(frozen=True)
+class Range:
+    """``low <= value`` (``<`` with ``low_open``) and ``value <= high`` (``<`` with ``high_open``); finite."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def text(self) -> str:
+        if self.low is None and self.high is None:
+            return "a finite number"
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{_num(self.low)}, {_num(self.high)}{right}"
+
+
+def _num(value: float | None) -> str:
+    return str(int(value)) if value is not None and float(value).is_integer() else str(value)
+
+
+AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
+FRACTION, PROBABILITY = Range(0, 1, high_open=True), Range(0, 1)
+RANGES: dict[str, Range] = {
+    **dict.fromkeys(("data.user_core", "data.item_core", "data.max_seq_len"), AT_LEAST_1),
+    "data.seed": AT_LEAST_0,
+    "data.min_rating": Range(),  # finite
+    "data.cold_start_fraction": FRACTION,
+    **{f"embed.{m}.{k}": AT_LEAST_1 for m in ("text", "image") for k in ("batch_size", "max_tokens")},
+    "embed.image_words.top_k": AT_LEAST_1,
+    **{f"{s}.{k}": AT_LEAST_1 for s in ("train", "pretrain") for k in ("epochs", "batch_size")},
+    **{f"{s}.{k}": AT_LEAST_0 for s in ("train", "pretrain") for k in ("weight_decay", "patience")},
+    **{f"{s}.{k}": POSITIVE for s in ("train", "pretrain") for k in ("lr", "grad_clip")},
+    **dict.fromkeys(("train.seed", "train.num_threads"), AT_LEAST_0),
+    "evaluate.batch_size": AT_LEAST_1,
+    **{f"model.{k}": AT_LEAST_1 for k in ("hidden_dim", "num_layers", "num_heads", "fusion_layers", "fusion_heads")},
+    "model.num_experts": AT_LEAST_1,
+    **dict.fromkeys(("model.dropout", "model.adaptor_dropout"), FRACTION),
+    **dict.fromkeys(("model.mixup_max_prob", "model.item_drop_max"), PROBABILITY),
+    **dict.fromkeys(("model.temperature", "model.distill_temperature"), POSITIVE),
+    **{f"model.{k}": AT_LEAST_0 for k in ("distill_weight", "distill_ramp_epochs", "cm_weight", "cold_id_neighbours")},
+    **{f"model.head_weight_{m}": AT_LEAST_0 for m in ("id", "text", "image")},
+}
+
+
+def check_range(key: str, value: Any, file: Path) -> None:
+    """``value`` of dotted ``key`` lies in its :data:`RANGES` entry (None = a key's "off" value is always fine)."""
+    if key == "evaluate.ks":
+        if not value:
+            raise ConfigError(f"{file}: `evaluate.ks` = [] must list at least one cut-off K, e.g. [5, 10, 20]")
+        for i, k in enumerate(value):
+            check_range(f"evaluate.ks[{i}]", k, file)
+        return
+    rule = AT_LEAST_1 if key.startswith("evaluate.ks[") else RANGES.get(key)
+    if rule is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if not rule.holds(value):
+        raise ConfigError(f"{file}: `{key}` = {value!r} must be {rule.text()}")
+
+
+def _check_heads_divide(values: dict[str, Any], file: Path) -> None:
+    for heads in ("num_heads", "fusion_heads"):
+        dim, n = values.get("hidden_dim"), values.get(heads)
+        if isinstance(dim, int) and isinstance(n, int) and n >= 1 and dim % n:
+            raise ConfigError(f"{file}: `model.{heads}` = {n} must divide `model.hidden_dim` = {dim}")
 
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"{self.name}:{line}: duplicate key `{key}` (first on line {seen[key]}); keep one of them"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, path: Path) -> Any:
+    """``text`` parsed strictly; a syntax error or a repeated key is a one-line ``ConfigError`` naming ``path``."""
+    loader = _StrictLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        hint = " (YAML indents with spaces, never tabs)" if "\\t" in str(e.problem) else ""
+        raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}{hint}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
 def load_raw(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = parse_yaml(path.read_text(encoding="utf-8"), path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a YAML mapping of sections")
     return raw

@@ -1,14 +1,17 @@
-"""Atomic file writes: write to a temporary file in the target directory, then rename over the target.
+"""Atomic writes: one file (temp file + rename) or a stage's whole output set (temp folder + swap).
 
-An interrupted stage therefore never leaves a half-written file that DVC would cache.
+An interrupted or failing stage therefore never leaves a half-written file, nor a mix of new and old outputs, that
+DVC would cache. Files and folders get the mode the umask gives (``mkstemp``/``mkdtemp`` alone would make them
+private: 0600 / 0700).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,11 +25,64 @@ def atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    tmp_path.chmod(0o666 & ~current_umask())
     try:
         yield tmp_path
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def staged_outputs(out_dir: Path, names: Sequence[str]) -> Iterator[Path]:
+    """Yield an empty staging folder next to ``out_dir``; the caller writes each of ``names`` (files or folders) there.
+
+    Only when the block succeeds and every name exists in the staging folder are they moved into ``out_dir``
+    together (the old ones are moved aside first, then removed); on any error the staging folder is deleted and
+    ``out_dir`` keeps its previous outputs untouched. Other entries of ``out_dir`` are left alone.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staged.", dir=out_dir.parent))
+    stage.chmod(0o777 & ~current_umask())
+    try:
+        yield stage
+        absent = [n for n in names if not (stage / n).exists()]
+        if absent:
+            raise RuntimeError(f"{out_dir}: outputs not written, nothing replaced: {', '.join(absent)}")
+        _swap_in(stage, out_dir, names)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _swap_in(stage: Path, out_dir: Path, names: Sequence[str]) -> None:
+    """Move ``stage/<name>`` to ``out_dir/<name>`` for every name; the replaced ones go to a trash folder first."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+    try:
+        for name in names:
+            if (out_dir / name).exists() or (out_dir / name).is_symlink():
+                os.replace(out_dir / name, trash / name)
+        for name in names:
+            os.replace(stage / name, out_dir / name)
+    except BaseException:  # put the old outputs back: better the old set than a mix
+        for name in names:
+            if (trash / name).exists():
+                if (out_dir / name).is_dir() and not (out_dir / name).is_symlink():
+                    shutil.rmtree(out_dir / name)
+                else:
+                    (out_dir / name).unlink(missing_ok=True)
+                os.replace(trash / name, out_dir / name)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_text_atomic(target: Path, text: str) -> None:

@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import BASELINE_MODEL, DEFAULT_PARAMS, BaselineConfig, ConfigError, DataConfig, load_section
+from pipeline.cli import cli_errors
+from pipeline.config import BASELINE_MODEL, DEFAULT_PARAMS, BaselineConfig, DataConfig, load_section
 from pipeline.training_job import train_to_dir
 
 log = logging.getLogger("stages.baseline")
@@ -22,6 +23,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 
 @app.command()
+@cli_errors
 def main(
     params: Annotated[Path, typer.Option(help="params file (baseline, data.max_seq_len)")] = DEFAULT_PARAMS,
     prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
@@ -30,13 +32,9 @@ def main(
 ) -> None:
     """Train SASRec with `baseline.train` and `baseline.model`; keep the epoch with the best valid NDCG@10."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg: BaselineConfig = load_section(BaselineConfig, "baseline", params)
-        max_seq_len = load_section(DataConfig, "data", params).max_seq_len
-        result = train_to_dir(BASELINE_MODEL, cfg.build(params), cfg.train, max_seq_len, prepared, features, out)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        log.error("%s", e)
-        raise typer.Exit(code=1) from e
+    cfg: BaselineConfig = load_section(BaselineConfig, "baseline", params)
+    max_seq_len = load_section(DataConfig, "data", params).max_seq_len
+    result = train_to_dir(BASELINE_MODEL, cfg.build(params), cfg.train, max_seq_len, prepared, features, out)
     best = (result.best_epoch, result.epochs_run, result.best_valid)
     log.info("baseline: best epoch %d of %d, valid %s -> %s", *best, out)
 

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli import cli_errors
 from pipeline.config import DEFAULT_PARAMS, load_section
 from pipeline.download import DownloadConfig, DownloadError, download_dataset
 from pipeline.download.catalog import BASE_URL_ENV, CATALOG
@@ -24,6 +25,7 @@ log = logging.getLogger("stages.download")
 
 
 @app.command()
+@cli_errors
 def main(
     dataset: Annotated[str | None, typer.Argument(help=f"one of: {', '.join(CATALOG)}; omitted: params.yaml")] = None,
     category: Annotated[str | None, typer.Option(help="Amazon category, e.g. All_Beauty")] = None,

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli import cli_errors
 from pipeline.config import EmbedConfig, load_section
 from pipeline.features.embed import embed_items
 
@@ -19,6 +20,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 
 @app.command()
+@cli_errors
 def main(
     params: Annotated[Path, typer.Option(help="params file; only its `embed` section is read")] = Path("params.yaml"),
     items: Annotated[Path, typer.Option(help="items written by `prepare`")] = Path("data/prepared/items.parquet"),

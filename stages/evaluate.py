@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import ConfigError, EvaluateConfig, load_section
+from pipeline.cli import cli_errors
+from pipeline.config import EvaluateConfig, load_section
 from pipeline.data.splits import load_split
 from pipeline.evaluation import (
     evaluate_heads,
@@ -24,11 +25,11 @@ from pipeline.report import paired_text, runs_of, text_table, write_report
 from pipeline.train import resolve_device
 
 BASELINE_RUN = "baseline"
-log = logging.getLogger("stages.evaluate")
 app = typer.Typer(add_completion=False)
 
 
 @app.command()
+@cli_errors
 def main(
     params: Annotated[Path, typer.Option(help="params file; reads only `evaluate`")] = Path("params.yaml"),
     prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
@@ -43,15 +44,11 @@ def main(
 ) -> None:
     """Rank all items for every user (history masked) at valid and test; write reports/ and print the tables."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
-        torch_device = resolve_device(device)
-        net, checkpoint, catalog = load_trained(model, features, prepared, torch_device)
-        base_net, base_checkpoint, _ = load_trained(baseline, features, prepared, torch_device)
-        split = load_split(prepared)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        log.error("%s", e)
-        raise typer.Exit(code=1) from e
+    cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
+    torch_device = resolve_device(device)
+    net, checkpoint, catalog = load_trained(model, features, prepared, torch_device)
+    base_net, base_checkpoint, _ = load_trained(baseline, features, prepared, torch_device)
+    split = load_split(prepared)
 
     def ranking(ckpt: dict) -> dict:
         return {"ks": cfg.ks, "batch_size": cfg.batch_size, "max_seq_len": ckpt["max_seq_len"], "device": torch_device}

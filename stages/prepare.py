@@ -11,27 +11,23 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import DEFAULT_PARAMS, ConfigError, DataConfig, load_section
+from pipeline.cli import cli_errors
+from pipeline.config import DEFAULT_PARAMS, DataConfig, load_section
 from pipeline.data.prepare import prepare
-from pipeline.data.schema import DataFormatError
 
 log = logging.getLogger("stages.prepare")
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
 @app.command()
+@cli_errors
 def main(
     params: Annotated[Path, typer.Option(help="params.yaml; only its `data` section is read")] = DEFAULT_PARAMS,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("data/prepared"),
 ) -> None:
     """Read `data.source`, clean it (dedupe, k-core, tie-breaking), map ids and write the prepared data set."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_section(DataConfig, "data", params)
-        stats = prepare(cfg, out)
-    except (ConfigError, DataFormatError) as e:
-        log.error("%s", e)
-        raise typer.Exit(code=1) from e
+    stats = prepare(load_section(DataConfig, "data", params), out)  # an error: one line (pipeline.cli)
     dropped = ", ".join(f"{k}={v:,}" for k, v in stats["dropped"].items())
     log.info(
         "%s: %s users, %s items, %s interactions (density %.4f), tie rate %.4f; dropped: %s; images: %s -> %s",

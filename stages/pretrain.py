@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from dvclive import Live
 
+from pipeline.cli import cli_errors
 from pipeline.config import DEFAULT_PARAMS, ConfigError, DataConfig, ModelConfig, TrainConfig, load_section
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
@@ -25,6 +26,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 
 @app.command()
+@cli_errors
 def main(
     params: Annotated[Path, typer.Option(help="params file (pretrain, model, train, data)")] = DEFAULT_PARAMS,
     prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),

@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import DEFAULT_PARAMS, ConfigError, DataConfig, ModelConfig, TrainConfig, load_section
+from pipeline.cli import cli_errors
+from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
 from pipeline.training_job import train_to_dir
 
 log = logging.getLogger("stages.train")
@@ -20,6 +21,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 
 
 @app.command()
+@cli_errors
 def main(
     params: Annotated[Path, typer.Option(help="params file (train, model, data.max_seq_len)")] = DEFAULT_PARAMS,
     prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
@@ -29,15 +31,11 @@ def main(
 ) -> None:
     """Train the configured model; keep the epoch with the best valid NDCG@10."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        train_cfg: TrainConfig = load_section(TrainConfig, "train", params)
-        model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
-        max_seq_len = load_section(DataConfig, "data", params).max_seq_len
-        config = model_cfg.build(params)
-        result = train_to_dir(model_cfg.name, config, train_cfg, max_seq_len, prepared, features, out, pretrained)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        log.error("%s", e)
-        raise typer.Exit(code=1) from e
+    train_cfg: TrainConfig = load_section(TrainConfig, "train", params)
+    model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
+    max_seq_len = load_section(DataConfig, "data", params).max_seq_len
+    config = model_cfg.build(params)
+    result = train_to_dir(model_cfg.name, config, train_cfg, max_seq_len, prepared, features, out, pretrained)
     log.info("best epoch %d of %d: valid %s -> %s", result.best_epoch, result.epochs_run, result.best_valid, out)
 
 

@@ -225,5 +225,6 @@ def test_stage_runs_through_typer(tmp_path: Path) -> None:
     params["embed"]["text"]["nmae"] = "typo"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, args)
-    assert result.exit_code != 0 and "unknown key `embed.text.nmae`" in str(result.exception)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a clean exit, not a crash
+    assert "error: " in result.output and "unknown key `embed.text.nmae`" in result.output
     assert "--cache" in CliRunner().invoke(app, ["--help"]).output

@@ -30,7 +30,7 @@ def _commit_params(project: Path, update: dict) -> None:
         params[section].update(values)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "add", "params.yaml"], project)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "odmt params"], project)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--allow-empty", "-qm", "odmt params"], project)
 
 
 def test_dvc_repro_with_odmt_then_exp_run_distill_weight(tmp_path: Path) -> None:

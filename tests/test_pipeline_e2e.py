@@ -137,7 +137,8 @@ def test_dvc_repro_on_amazon2023_fixture_with_real_images(tmp_path: Path) -> Non
     stats = json.loads((project / "data/prepared/stats.json").read_text())
     assert stats["images"]["source"] == "images_dir"
     assert stats["images"]["present"] > 0
-    assert stats["images"]["present"] + stats["images"]["missing"] + stats["images"]["corrupt"] == stats["items"]
+    images = stats["images"]
+    assert images["present"] + images["missing"] + images["corrupt"] + images["rejected_outside_root"] == stats["items"]
     assert sum(stats["dropped"].values()) > 0  # the fixture holds malformed and duplicate rows, all counted
     items = pl.read_parquet(project / "data/prepared/items.parquet")
     assert items["item_id"].str.starts_with("B").all()  # parent_asin is the item id

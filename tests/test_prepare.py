@@ -165,7 +165,9 @@ def test_prepare_outputs_and_stats(tmp_path: Path, handmade) -> None:
         "min": 3.0, "p25": 3.25, "p50": 3.5, "p75": 3.75, "p90": 3.9, "max": 4.0, "mean": 3.5
     }  # fmt: skip
     assert stats["metadata_items_not_in_catalog"] == {"never_interacted": 1, "filtered_out": 0}
-    assert stats["images"] == {"source": "synthetic_title_cards", "present": 4, "missing": 0, "corrupt": 0}
+    assert stats["images"] == {
+        "source": "synthetic_title_cards", "present": 4, "missing": 0, "corrupt": 0, "rejected_outside_root": 0
+    }  # fmt: skip
     assert any("synthetic title card" in note for note in stats["notes"])
 
 
@@ -267,7 +269,9 @@ def test_images_dir_present_missing_corrupt(tmp_path: Path) -> None:
     (out / "images").mkdir(parents=True)
     (out / "images" / "1.png").write_bytes(b"stale card")  # cards of an earlier run are removed
     result, stats = attach_images(items, str(images_dir), out)
-    assert stats == {"source": "images_dir", "present": 3, "missing": 2, "corrupt": 1}
+    assert stats == {
+        "source": "images_dir", "present": 3, "missing": 2, "corrupt": 1, "rejected_outside_root": 0
+    }  # fmt: skip
     assert result["image_path"].to_list() == [
         str(images_dir / "a.png"), str(images_dir / "b_c.JPG"), None, None, str(images_dir / "sub" / "f.webp"), None
     ]  # fmt: skip
@@ -309,7 +313,8 @@ def test_stage_reports_config_errors(tmp_path: Path, tiny_params: Path) -> None:
     raw["data"]["user_core"] = 1
     tiny_params.write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, ["--params", str(tiny_params), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a clean exit, not a crash
+    assert "error: `data.user_core` = 1: leave-one-out needs at least 3" in result.output
     assert not (tmp_path / "o").exists()
 
 

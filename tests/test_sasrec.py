@@ -171,8 +171,8 @@ def test_registered_and_buildable_from_params_yaml() -> None:
     model_cfg = load_section(ModelConfig, "model", params)
     spec = registry.spec("sasrec")
     assert spec.config_cls is SASRecConfig and spec.model_cls is SASRec and spec.needs_features == ()
-    if model_cfg.name == "sasrec":
-        config = model_cfg.build(params)
-        catalog = ItemCatalog(num_items=NUM_ITEMS, max_seq_len=MAX_LEN, popularity=torch.zeros(NUM_ITEMS + 1))
-        model = registry.build_model("sasrec", config, catalog)
-        assert model.item_vectors().shape == (NUM_ITEMS + 1, config.hidden_dim)
+    # Whatever params.yaml selects, its `model:` keys must build SASRec (not a no-op once another model is chosen).
+    config = ModelConfig(name="sasrec", options=model_cfg.options).build(params)
+    catalog = ItemCatalog(num_items=NUM_ITEMS, max_seq_len=MAX_LEN, popularity=torch.zeros(NUM_ITEMS + 1))
+    model = registry.build_model("sasrec", config, catalog)
+    assert model.item_vectors().shape == (NUM_ITEMS + 1, config.hidden_dim)

@@ -244,4 +244,5 @@ def test_train_stage_writes_checkpoint_summary_and_dvclive(tmp_path: Path) -> No
     params["train"]["device"] = "tpu"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     bad = CliRunner().invoke(app, [*args, "--out", str(out)])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 1 and isinstance(bad.exception, SystemExit)  # a clean exit, not an uncaught exception
+    assert "train.device" in bad.output and "tpu" in bad.output  # one error line naming the param

@@ -7,8 +7,9 @@
 - ``data.images_dir`` set: the image of item ``x`` is ``<images_dir>/<image_file_stem(x)>.<ext>`` with ``ext`` one of
   ``jpg, jpeg, png, webp`` (tried in that order, extension case-insensitive); if there is none and the reader gave a
   local ``image_ref`` (a path, absolute or relative to ``images_dir``; URLs are ignored), that file is used. Each
-  file must pass ``PIL.Image.verify()``; an unreadable file is counted as ``corrupt`` and an absent one as
-  ``missing``, both with a null ``image_path``. Never fatal: the embed stage masks items without an image.
+  file must resolve (symlinks followed) inside ``images_dir``, else it is counted as ``rejected_outside_root``
+  and never opened; it must pass ``PIL.Image.verify()``; an unreadable file is counted as ``corrupt`` and an
+  absent one as ``missing``, all with a null ``image_path``. Never fatal: the embed stage masks items without an image.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from pipeline.config import ConfigError
+from pipeline.data.paths import inside_root, safe_file_stem
+from pipeline.io import current_umask
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +41,11 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # lookup order in images_dir
 _MARGIN = 14
 _TITLE_SIZE, _TITLE_LINES = 20, 6
 _SUB_SIZE, _SUB_LINES = 13, 3
-_UNSAFE = re.compile(r'[/\\:*?"<>|\x00-\x1f\x7f]')
 
 
 def image_file_stem(item_id: str) -> str:
-    """The file name (without extension) for ``item_id`` in an images directory.
-
-    Rule: each character of ``/ \\ : * ? " < > |`` and each control character becomes ``_``; a leading ``.``
-    becomes ``_`` (no hidden files, no ``..``); an empty id becomes ``_``. Ids made of letters, digits, spaces,
-    ``-_.,()'&!`` and non-ASCII letters are kept as they are ("Toy Story (1995)" -> "Toy Story (1995)").
-    """
-    stem = _UNSAFE.sub("_", item_id)
-    if stem.startswith("."):
-        stem = "_" + stem[1:]
-    return stem or "_"
+    """The file name (without extension) for ``item_id`` in an images directory (see ``safe_file_stem``)."""
+    return safe_file_stem(item_id)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -167,8 +161,9 @@ def _card_texts(items: pl.DataFrame) -> tuple[list[str], list[str], list[str]]:
     return title_out, subtitles, keys
 
 
-def write_title_cards(items: pl.DataFrame, out_dir: Path) -> list[str]:
-    """Write ``<out_dir>/images/<item_idx>.png`` for every row of ``items``; returns the paths as strings.
+def write_title_cards(items: pl.DataFrame, out_dir: Path, published_dir: Path | None = None) -> list[str]:
+    """Write ``<out_dir>/images/<item_idx>.png`` for every row of ``items``; returns the paths as strings, under
+    ``published_dir`` (where ``out_dir``'s contents will be moved, see ``pipeline.io.staged_outputs``) if given.
 
     The cards are drawn into a temporary sibling directory that then replaces ``images/`` as a whole, so an
     interrupted run never leaves a half-written image set.
@@ -176,6 +171,7 @@ def write_title_cards(items: pl.DataFrame, out_dir: Path) -> list[str]:
     final = out_dir / "images"
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".images.", dir=out_dir))
+    tmp.chmod(0o777 & ~current_umask())
     try:
         titles, subtitles, colour_keys = _card_texts(items)
         idx = items["item_idx"].to_list()
@@ -191,7 +187,7 @@ def write_title_cards(items: pl.DataFrame, out_dir: Path) -> list[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [str(final / f"{i}.png") for i in idx]
+    return [str((published_dir or out_dir) / "images" / f"{i}.png") for i in idx]
 
 
 def _replace_dir(new: Path, final: Path) -> None:
@@ -239,52 +235,75 @@ def image_is_readable(path: Path) -> bool:
     return True
 
 
+def _candidate(stem: str, ref: str | None, index: dict[str, Path], images_dir: Path) -> Path | None:
+    """The file named after the item in ``images_dir``, else the reader's local ``image_ref`` (URLs are ignored)."""
+    path = index.get(stem)
+    if path is None and ref and "://" not in ref:
+        candidate = Path(ref) if Path(ref).is_absolute() else images_dir / ref
+        path = candidate if candidate.is_file() else None
+    return path
+
+
 def find_images(items: pl.DataFrame, images_dir: Path) -> tuple[list[str | None], dict[str, int]]:
-    """Look up and verify each item's image in ``images_dir``; returns paths (None if absent or corrupt) and counts."""
+    """Look up and verify each item's image in ``images_dir``; returns paths (None if not usable) and counts.
+
+    A candidate that resolves (symlinks followed) outside ``images_dir`` is counted as ``rejected_outside_root``
+    and never opened: data files must not decide which other local files are read.
+    """
     if not images_dir.is_dir():
         raise ConfigError(
             f"data.images_dir = {str(images_dir)!r} is not a directory. Fix: point it at a folder of images named "
             "<item_id>.<jpg|jpeg|png|webp>, or set data.images_dir: null for synthetic title cards"
         )
+    root = images_dir.resolve()
     index = _index_dir(images_dir)
     refs = items["image_ref"].to_list() if "image_ref" in items.columns else [None] * items.height
     paths: list[str | None] = []
-    counts = {"present": 0, "missing": 0, "corrupt": 0}
-    missing_examples: list[str] = []
-    corrupt_examples: list[str] = []
+    counts = {"present": 0, "missing": 0, "corrupt": 0, "rejected_outside_root": 0}
+    examples: dict[str, list[str]] = {k: [] for k in counts}
     for item_id, ref in tqdm(
         zip(items["item_id"].to_list(), refs, strict=True), total=items.height, desc="images", mininterval=2.0
     ):
-        path = index.get(image_file_stem(item_id))
-        if path is None and ref and "://" not in ref:
-            candidate = Path(ref) if Path(ref).is_absolute() else images_dir / ref
-            path = candidate if candidate.is_file() else None
+        path = _candidate(image_file_stem(item_id), ref, index, images_dir)
         if path is None:
-            counts["missing"] += 1
-            missing_examples.append(item_id)
-            paths.append(None)
+            outcome = "missing"
+        elif not inside_root(path, root):
+            outcome = "rejected_outside_root"
         elif not image_is_readable(path):
-            counts["corrupt"] += 1
-            corrupt_examples.append(str(path))
-            paths.append(None)
+            outcome = "corrupt"
         else:
-            counts["present"] += 1
-            paths.append(str(path))
+            outcome = "present"
+        counts[outcome] += 1
+        examples[outcome].append(item_id if path is None else str(path))
+        paths.append(str(path) if outcome == "present" else None)
     if counts["missing"]:
-        log.warning("%d items have no image in %s (e.g. %s)", counts["missing"], images_dir, missing_examples[:3])
+        log.warning("%d items have no image in %s (e.g. %s)", counts["missing"], images_dir, examples["missing"][:3])
     if counts["corrupt"]:
-        log.warning("%d images could not be read (e.g. %s); masked as missing", counts["corrupt"], corrupt_examples[:3])
+        log.warning(
+            "%d images could not be read (e.g. %s); masked as missing", counts["corrupt"], examples["corrupt"][:3]
+        )
+    if counts["rejected_outside_root"]:
+        log.warning(
+            "%d image paths resolve outside data.images_dir %s (e.g. %s); not read, masked as missing",
+            counts["rejected_outside_root"], root, examples["rejected_outside_root"][:3],
+        )  # fmt: skip
     return paths, counts
 
 
-def attach_images(items: pl.DataFrame, images_dir: str | None, out_dir: Path) -> tuple[pl.DataFrame, dict]:
+def attach_images(
+    items: pl.DataFrame, images_dir: str | None, out_dir: Path, published_dir: Path | None = None
+) -> tuple[pl.DataFrame, dict]:
     """Add ``image_path`` (String, nullable) to ``items`` (needs item_idx, item_id, text); returns it and the stats.
 
-    Stats: ``{"source": "synthetic_title_cards" | "images_dir", "present", "missing", "corrupt"}``.
+    ``images/`` is written to ``out_dir``; card paths name ``published_dir`` (the final folder) when given.
+
+    Stats: ``{"source": "synthetic_title_cards" | "images_dir", "present", "missing", "corrupt",
+    "rejected_outside_root"}``.
     """
     if images_dir is None:
-        paths: list[str | None] = list(write_title_cards(items, out_dir))
+        paths: list[str | None] = list(write_title_cards(items, out_dir, published_dir))
         stats = {"source": "synthetic_title_cards", "present": len(paths), "missing": 0, "corrupt": 0}
+        stats |= {"rejected_outside_root": 0}
     else:
         paths, counts = find_images(items, Path(images_dir))
         stats = {"source": "images_dir", **counts}

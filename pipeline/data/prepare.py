@@ -38,13 +38,14 @@ from pipeline.data.cold_start import COLD_START_DROP_REASONS, apply_cold_start, 
 from pipeline.data.images import attach_images
 from pipeline.data.readers import get_reader
 from pipeline.data.schema import INTERACTION_SCHEMA, ITEM_REQUIRED_COLUMNS, RawData
-from pipeline.io import atomic_path, write_json_atomic
+from pipeline.io import staged_outputs, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 PADDING_IDX = 0
 MIN_USER_CORE = 3  # leave-one-out needs a training item, a valid target and a test target
 DROP_REASONS = ("unknown_item", "min_rating", "duplicate", "kcore")
+OUTPUTS = ("items.parquet", "sequences.parquet", "images", "stats.json")  # replaced together, or not at all
 CHRONO = ["timestamp", "row"]
 ID_MAPPING = (
     "items 1..N and users 0..U-1 numbered by first appearance in the cleaned log ordered by (timestamp, row); "
@@ -270,6 +271,7 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     sequences, cold_drops, cold_summary = apply_cold_start(sequences, cold_items)
     if len(cold_items):  # the cold_start_* reasons appear in stats.json only in the cold-start setting
         drops.update(cold_drops)
+    _check_users_left(cfg, sequences, cold_summary)
     tie_rate = timestamp_tie_rate(sequences)
     catalog = item_map.rename({"item_id": "item_code"}).join(_item_codes(meta), on="item_code").sort("item_idx")
 
@@ -277,22 +279,33 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     if meta["image_ref"].null_count() < meta.height:
         extra.append("image_ref")
     items = catalog.select("item_idx", "item_id", pl.col("text").fill_null(""), *extra)
-    items, image_stats = attach_images(items, cfg.images_dir, out_dir)
-    items = items.select("item_idx", "item_id", "text", "image_path", *extra)
-
-    for name, table in (("items.parquet", items), ("sequences.parquet", sequences)):
-        with atomic_path(out_dir / name) as tmp:
-            table.write_parquet(tmp)
-
-    not_in_catalog = {
-        "never_interacted": meta.height - interacted_items,
-        "filtered_out": interacted_items - items.height,
-    }
-    stats = _stats(cfg, raw, input_rows, drops, passes, not_in_catalog, sequences, items.height, tie_rate, image_stats)
-    stats["cold_start"] = {"fraction": cfg.cold_start_fraction, **cold_summary}
-    write_json_atomic(out_dir / "stats.json", stats)  # written last: its presence means the outputs are complete
+    # Every output is written into a staging folder and swapped in together: a failure leaves the old set whole.
+    with staged_outputs(out_dir, OUTPUTS) as stage:
+        items, image_stats = attach_images(items, cfg.images_dir, stage, published_dir=out_dir)
+        items = items.select("item_idx", "item_id", "text", "image_path", *extra)
+        not_in_catalog = {
+            "never_interacted": meta.height - interacted_items,
+            "filtered_out": interacted_items - items.height,
+        }
+        stats = _stats(
+            cfg, raw, input_rows, drops, passes, not_in_catalog, sequences, items.height, tie_rate, image_stats
+        )
+        stats["cold_start"] = {"fraction": cfg.cold_start_fraction, **cold_summary}
+        items.write_parquet(stage / "items.parquet")
+        sequences.write_parquet(stage / "sequences.parquet")
+        write_json_atomic(stage / "stats.json", stats)
     log.info("prepared %s in %.1f s", out_dir, time.perf_counter() - started)
     return stats
+
+
+def _check_users_left(cfg: DataConfig, sequences: pl.DataFrame, cold_summary: dict[str, Any]) -> None:
+    """No user left after the cold-start split is a setting error, reported before any output is touched."""
+    if sequences.height == 0:
+        raise ConfigError(
+            f"`data.cold_start_fraction` = {cfg.cold_start_fraction} holds out {cold_summary['held_out_items']} "
+            f"items and leaves no user with enough interactions outside them ({cold_summary['users_dropped']} users "
+            "dropped); lower data.cold_start_fraction (e.g. 0.1)"
+        )
 
 
 def _stats(

@@ -22,6 +22,7 @@ import polars as pl
 from PIL import Image
 
 from pipeline.data.images import IMAGE_EXTENSIONS, image_file_stem
+from pipeline.data.paths import inside_root
 from pipeline.download.http import FetchOptions, FetchResult, RemoteFile, fetch_all, write_manifest
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,16 @@ def _url_extension(url: str) -> str:
 
 
 def _present(images_dir: Path) -> dict[str, str]:
-    """``stem -> file name`` of the images already in ``images_dir``."""
+    """``stem -> file name`` of the images already in ``images_dir``; a link resolving outside it does not count."""
     found: dict[str, str] = {}
     with os.scandir(images_dir) as entries:
         for entry in entries:
             stem, dot, ext = entry.name.rpartition(".")
             if dot and ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
-                found[stem] = entry.name
+                if inside_root(images_dir / entry.name, images_dir):
+                    found[stem] = entry.name
+                else:
+                    log.warning("%s resolves outside %s: ignored (fetched again)", entry.path, images_dir)
     return found
 
 

@@ -70,18 +70,45 @@ def format_error(path: Path, line: int | None, problem: str, content: str | None
     return DataFormatError(f"{where}: {problem}{shown}. Fix: {fix}")
 
 
-def read_text(path: Path, encoding: str, fix: str) -> str:
-    """Decode a whole file. ``encoding="latin-1"`` first tries UTF-8 (a re-saved file), then latin-1 (never fails)."""
+def decode_lines(data: bytes, path: Path, notes: list[str] | None = None) -> str:
+    """UTF-8 where a line is valid UTF-8, latin-1 (which never fails) for each line that is not; BOM removed.
+
+    The fallback is per line, never per file: one stray byte must not turn every accented title into mojibake.
+    Each line read as latin-1 is counted in a note (with the first line number) appended to ``notes``.
+    """
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    lines, fallback, first = [], 0, 0
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(raw.decode("latin-1"))
+            fallback += 1
+            first = first or number
+    if notes is not None:
+        notes.append(
+            f"{path.name}: {fallback:,} line(s) are not valid UTF-8 and were read as latin-1 (first: line {first}); "
+            "every other line as UTF-8"
+        )
+    return "\n".join(lines)
+
+
+def read_text(path: Path, encoding: str, fix: str, notes: list[str] | None = None) -> str:
+    """Decode a whole file (a leading BOM removed). ``encoding="latin-1"``: UTF-8, else latin-1, per line (see
+    :func:`decode_lines`). An empty file, or one of blank lines only, is a ``DataFormatError`` naming it."""
     if not path.is_file():
         raise format_error(path, None, "file not found", None, fix)
     data = path.read_bytes()
+    if not data.strip().removeprefix(b"\xef\xbb\xbf").strip():
+        raise format_error(path, None, "the file is empty (no data lines)", None, fix)
     if encoding == "latin-1":
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            return data.decode("latin-1")
+        return decode_lines(data, path, notes)
     try:
-        return data.decode(encoding)
+        return data.decode(encoding).removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         bad = data[e.start : e.start + 16]
@@ -116,6 +143,9 @@ def split_lines(
     if text.endswith("\n") and n_blank and lines.height and bool(blank[-1]):
         n_blank -= 1
     lines = lines.filter(~blank)
+    if lines.height == 0:
+        problem = "no data lines (only a header)" if skip_header else "no data lines (only blank lines)"
+        raise format_error(path, None, problem, None, fix)
     fields = lines["text"].str.split(sep)
     bad = fields.list.len() != len(columns)
     if bad.any():

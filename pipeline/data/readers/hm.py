@@ -7,7 +7,8 @@
   rating (``rating`` is null); ``price`` and ``sales_channel_id`` are not used.
 - ``articles.csv``: item text = prod_name. product_type_name. colour_group_name graphical_appearance_name.
   Section: section_name. Garment: garment_group_name. detail_desc.
-- Images: ``images/<first 3 digits>/<article_id>.jpg``. ``image_ref`` is that path relative to
+- Images: ``images/<first 3 digits>/<article_id>.jpg`` (the id made safe as a file name by
+  ``pipeline.data.paths.safe_file_stem``, so ``../x`` cannot leave the folder). ``image_ref`` is that path relative to
   ``data.images_dir`` when it is set (point it at the ``images`` folder), else the absolute path under
   ``<data.path>/images``; whether the file exists is checked later, when images are attached.
 
@@ -26,7 +27,8 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.config import DataConfig
-from pipeline.data.readers.rawio import meta_note, timestamp_notes, validate_interactions
+from pipeline.data.paths import safe_file_stem_expr
+from pipeline.data.readers.rawio import check_delimited, meta_note, timestamp_notes, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series, compose_text, labelled
 
@@ -66,7 +68,8 @@ def read_articles(path: Path, images_root: Path, relative: bool, notes: list[str
     """Items frame from ``articles.csv`` (all columns read as text)."""
     if not path.is_file():
         raise DataFormatError(f"{path}: file not found. Fix: {FIX}")
-    raw = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
+    notes.extend(check_delimited(path, ",", header=True, fix=FIX).notes())
+    raw = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy")
     _require(path, raw.columns, ("article_id", "prod_name"))
     raw = raw.with_columns(
         [pl.lit(None, dtype=pl.String).alias(c) for c in TEXT_COLUMNS if c not in raw.columns]
@@ -80,7 +83,8 @@ def read_articles(path: Path, images_root: Path, relative: bool, notes: list[str
     cleaned = unique.with_columns(
         [pl.col(c).map_batches(clean_text_series, return_dtype=pl.String) for c in TEXT_COLUMNS]
     )
-    folder = pl.col("article_id").str.slice(0, 3)
+    stem = safe_file_stem_expr(pl.col("article_id"))  # an id like "../x" must not leave the images folder
+    folder = stem.str.slice(0, 3)
     prefix = "" if relative else f"{images_root}/"
     return cleaned.select(
         pl.col("article_id").alias("item_id"),
@@ -94,7 +98,7 @@ def read_articles(path: Path, images_root: Path, relative: bool, notes: list[str
                 pl.col("detail_desc"),
             ]
         ).alias("text"),
-        pl.concat_str([pl.lit(prefix), folder, pl.lit("/"), pl.col("article_id"), pl.lit(".jpg")]).alias("image_ref"),
+        pl.concat_str([pl.lit(prefix), folder, pl.lit("/"), stem, pl.lit(".jpg")]).alias("image_ref"),
         pl.col("prod_name").fill_null("").alias("title"),
         pl.col("product_type_name"),
         pl.col("colour_group_name"),
@@ -113,7 +117,8 @@ def read_hm(cfg: DataConfig) -> RawData:
 
     if not tx_path.is_file():
         raise DataFormatError(f"{tx_path}: file not found. Fix: {FIX}")
-    scan = pl.scan_csv(tx_path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
+    notes.extend(check_delimited(tx_path, ",", header=True, fix=FIX).notes())
+    scan = pl.scan_csv(tx_path, infer_schema=False, encoding="utf8-lossy")
     _require(tx_path, scan.collect_schema().names(), TX_COLUMNS)
     frame = scan.with_row_index("row").select(
         pl.col("customer_id").alias("user_id"),

@@ -23,7 +23,8 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.config import DataConfig
-from pipeline.data.readers.rawio import meta_note, timestamp_notes, validate_interactions
+from pipeline.data.paths import safe_file_stem_expr
+from pipeline.data.readers.rawio import check_delimited, meta_note, timestamp_notes, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series
 
@@ -62,14 +63,13 @@ def _column(names: list[str], wanted: tuple[str, ...], path: Path) -> str:
     raise DataFormatError(f"{path}: no column named one of {', '.join(wanted)} (header: {header}). Fix: {FIX}")
 
 
-def scan_pairs(path: Path) -> pl.LazyFrame:
+def scan_pairs(path: Path, notes: list[str]) -> pl.LazyFrame:
     """``user_id, item_id, ts_raw, rating (null), row`` from a pairs CSV with or without header."""
     with open(path, "rb") as f:
         first = f.readline().decode("utf-8", errors="replace").strip().lstrip("\ufeff")
     has_header = not first.split(",")[0].strip().isdigit()
-    scan = pl.scan_csv(
-        path, has_header=has_header, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True
-    )
+    notes.extend(check_delimited(path, ",", header=has_header, fix=FIX).notes())
+    scan = pl.scan_csv(path, has_header=has_header, infer_schema=False, encoding="utf8-lossy")
     names = scan.collect_schema().names()
     if has_header:
         user, item, ts = (_column(names, w, path) for w in (USER_NAMES, ITEM_NAMES, TIME_NAMES))
@@ -88,6 +88,7 @@ def scan_pairs(path: Path) -> pl.LazyFrame:
 
 def read_titles(path: Path, notes: list[str]) -> pl.DataFrame:
     """``item_id, title`` from an unquoted ``item,title`` file (the title may contain commas)."""
+    notes.extend(check_delimited(path, ",", header=False, fix=FIX, fields=False).notes())
     lines = pl.read_csv(
         path,
         has_header=False,
@@ -139,12 +140,12 @@ def read_microlens(cfg: DataConfig) -> RawData:
     titles = read_titles(titles_path, notes)
     covers = _covers_dir(root, cfg.images_dir)
     image_ref = (
-        pl.concat_str([pl.lit(f"{covers}/"), pl.col("item_id"), pl.lit(".jpg")])
+        pl.concat_str([pl.lit(f"{covers}/"), safe_file_stem_expr(pl.col("item_id")), pl.lit(".jpg")])
         if covers is not None
         else pl.lit(None, dtype=pl.String)
     )
     items = titles.select("item_id", pl.col("title").alias("text"), image_ref.alias("image_ref"), "title")
-    check = validate_interactions(scan_pairs(pairs_path))
+    check = validate_interactions(scan_pairs(pairs_path, notes))
     drops = check.drops
     notes.extend(timestamp_notes(check, SOURCE))
     if covers is None:

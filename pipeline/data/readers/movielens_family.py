@@ -26,7 +26,8 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.config import DataConfig
-from pipeline.data.readers.rawio import meta_note, timestamp_notes, validate_interactions
+from pipeline.data.readers import decode_lines
+from pipeline.data.readers.rawio import check_delimited, meta_note, timestamp_notes, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,11 @@ FIX_CSV = (
 )
 
 
-def _decode(path: Path, fix: str) -> str:
+def _decode(path: Path, fix: str, notes: list[str] | None = None) -> str:
+    """The file as text: UTF-8, else latin-1 (the GroupLens 100K files), decided per line."""
     if not path.is_file():
         raise DataFormatError(f"{path}: file not found. Fix: {fix}")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")  # the GroupLens 100K files are latin-1
+    return decode_lines(path.read_bytes(), path, notes)
 
 
 def movie_items(movie_id: pl.Series, full_title: pl.Series, genres: pl.Series) -> pl.DataFrame:
@@ -85,11 +83,14 @@ def movie_items(movie_id: pl.Series, full_title: pl.Series, genres: pl.Series) -
     )
 
 
-def _result(frame: pl.LazyFrame, items: pl.DataFrame, files: list[Path], source: str, meta_rows: int) -> RawData:
+def _result(
+    frame: pl.LazyFrame, items: pl.DataFrame, files: list[Path], source: str, meta_rows: int, file_notes: list[str]
+) -> RawData:
     check = validate_interactions(frame)
     drops = check.drops
     notes = [
         "MovieLens timestamps have one-second resolution; equal timestamps are ordered by file row.",
+        *file_notes,
         *timestamp_notes(check, source),
         *meta_note(files[1], Counter(duplicate_item=meta_rows - items.height)),
     ]
@@ -110,11 +111,12 @@ def read_movielens100k(cfg: DataConfig) -> RawData:
         pairs = [line.rsplit("|", 1) for line in _decode(root / "u.genre", FIX_100K).splitlines() if "|" in line]
         by_index = {int(i): n for n, i in pairs if i.strip().isdigit()}
         names = [by_index.get(i, n) for i, n in enumerate(GENRES_100K)]
-    text = _decode(item_path, FIX_100K)
+    file_notes = check_delimited(data_path, "\t", header=False, fix=FIX_100K).notes()
+    check_delimited(item_path, "|", header=False, fix=FIX_100K, quoting=False)  # latin-1: decoded per line below
+    text = _decode(item_path, FIX_100K, file_notes)
     meta = pl.read_csv(
-        io.BytesIO(text.encode("utf-8")), separator="|", has_header=False, quote_char=None, infer_schema=False,
-        truncate_ragged_lines=True,
-    )  # fmt: skip
+        io.BytesIO(text.encode("utf-8")), separator="|", has_header=False, quote_char=None, infer_schema=False
+    )
     if meta.width < 5 + len(names):
         raise DataFormatError(f"{item_path}: expected {5 + len(names)} '|'-separated fields, found {meta.width}. "
                               f"Fix: {FIX_100K}")  # fmt: skip
@@ -127,12 +129,12 @@ def read_movielens100k(cfg: DataConfig) -> RawData:
     items = movie_items(meta[meta.columns[0]], meta[meta.columns[1]], genres)
     scan = pl.scan_csv(
         data_path, separator="\t", has_header=False, new_columns=["user_id", "item_id", "rating", "ts_raw"],
-        infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True,
+        infer_schema=False, encoding="utf8-lossy",
     )  # fmt: skip
     frame = scan.with_row_index("row").select(
         "user_id", "item_id", "ts_raw", pl.col("rating").cast(pl.Float64, strict=False), pl.col("row").cast(pl.Int64)
     )
-    return _result(frame, items, [data_path, item_path], "movielens100k", meta.height)
+    return _result(frame, items, [data_path, item_path], "movielens100k", meta.height, file_notes)
 
 
 def read_movielens_csv(cfg: DataConfig) -> RawData:
@@ -141,11 +143,12 @@ def read_movielens_csv(cfg: DataConfig) -> RawData:
         raise DataFormatError(f"data.source=movielens_csv needs data.path. Fix: {FIX_CSV}")
     root = Path(cfg.path)
     ratings_path, movies_path = root / "ratings.csv", root / "movies.csv"
-    for path in (ratings_path, movies_path):
-        if not path.is_file():
-            raise DataFormatError(f"{path}: file not found. Fix: {FIX_CSV}")
-    movies = pl.read_csv(movies_path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
-    scan = pl.scan_csv(ratings_path, infer_schema=False, encoding="utf8-lossy", truncate_ragged_lines=True)
+    file_notes = [
+        *check_delimited(ratings_path, ",", header=True, fix=FIX_CSV).notes(),
+        *check_delimited(movies_path, ",", header=True, fix=FIX_CSV).notes(),
+    ]
+    movies = pl.read_csv(movies_path, infer_schema=False, encoding="utf8-lossy")
+    scan = pl.scan_csv(ratings_path, infer_schema=False, encoding="utf8-lossy")
     for path, columns, wanted in (
         (movies_path, movies.columns, ("movieId", "title", "genres")),
         (ratings_path, scan.collect_schema().names(), ("userId", "movieId", "rating", "timestamp")),
@@ -167,7 +170,7 @@ def read_movielens_csv(cfg: DataConfig) -> RawData:
         pl.col("rating").cast(pl.Float64, strict=False),
         pl.col("row").cast(pl.Int64),
     )
-    return _result(frame, items, [ratings_path, movies_path], "movielens_csv", movies.height)
+    return _result(frame, items, [ratings_path, movies_path], "movielens_csv", movies.height, file_notes)
 
 
 def read_movielens_family(cfg: DataConfig) -> RawData:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import ast
+import csv
 import gzip
 import io
 import json
@@ -40,6 +41,8 @@ _EXAMPLES = 5  # line numbers quoted per problem in logs and notes
 # Timestamps: values below 1e11 are seconds (1e11 s is the year 5138); 1e11..1e14 milliseconds (Amazon 2023,
 # MicroLens); 1e14..1e17 microseconds; above that nanoseconds. All are floored to whole seconds.
 _MS, _US, _NS = 10**11, 10**14, 10**17
+# A timestamp (in seconds) after 2100-01-01 is no real event: ``bad_timestamp``, like one <= 0.
+MAX_EPOCH_SECONDS = 4_102_444_800
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -88,8 +91,11 @@ def _blocks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
     """Blocks of whole lines (each but the last ends with a newline, so no UTF-8 sequence is ever cut)."""
     try:
         with open_binary(path) as f:
+            first = True
             while True:
                 block = f.read(chunk_bytes)
+                if first:  # a UTF-8 byte order mark is not part of line 1's JSON
+                    block, first = block.removeprefix(b"\xef\xbb\xbf"), False
                 if not block:
                     return
                 if not block.endswith(b"\n"):
@@ -262,6 +268,11 @@ def read_json_lines(
         frames.append(frame if transform is None else transform(frame))
         first += n_lines
     report.lines = first
+    if not report.records:
+        raise DataFormatError(
+            f"{path}: no records ({report.lines:,} line(s): {report.malformed:,} malformed, {report.blank:,} blank). "
+            "Fix: the file is empty or not JSON lines; fetch it again (python -m stages.download verifies files)"
+        )
     if not frames:
         empty_frame = pl.DataFrame(schema={**schema, **nested}).with_columns(row=pl.Series([], dtype=pl.Int64))
         out = empty_frame if transform is None else transform(empty_frame)
@@ -273,6 +284,131 @@ def read_json_lines(
     if report.non_utf8:
         log.warning("%s: %d line(s) with invalid UTF-8 decoded with U+FFFD", path, report.non_utf8)
     return out, report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Delimited text (CSV, TSV, ``|``).
+
+
+@dataclass
+class DelimitedCheck:
+    """What :func:`check_delimited` saw in one file."""
+
+    path: Path
+    data_lines: int  # non-blank lines after the header
+    replaced: int = 0  # U+FFFD characters once decoded (each invalid UTF-8 sequence becomes one)
+    replaced_lines: int = 0
+    first_replaced_line: int | None = None
+
+    def notes(self) -> list[str]:
+        if not self.replaced:
+            return []
+        return [
+            f"{self.path.name}: {self.replaced:,} invalid UTF-8 byte sequence(s) on {self.replaced_lines:,} line(s) "
+            f"(first: line {self.first_replaced_line}) were replaced with U+FFFD; those rows are kept"
+        ]
+
+
+def _first_line(path: Path) -> tuple[int, str] | None:
+    """The first non-blank line (1-based number, text without BOM), or None for an empty file."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        for number, line in enumerate(f, start=1):
+            text = line.removeprefix("\ufeff").rstrip("\r\n")
+            if text.strip():
+                return number, text
+    return None
+
+
+def _csv_fields(line: str, sep: str, quoting: bool) -> int:
+    if not quoting:
+        return line.count(sep) + 1
+    return len(next(csv.reader([line], delimiter=sep)))
+
+
+def _first_bad_record(path: Path, sep: str, expected: int, skip: int) -> tuple[int, int, str] | None:
+    """``(line, fields, text)`` of the first record (quotes honoured, after ``skip`` lines) with another count."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.reader(f, delimiter=sep)
+        for row in reader:
+            if reader.line_num <= skip or not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != expected:
+                return reader.line_num, len(row), sep.join(row)
+    return None
+
+
+def check_delimited(
+    path: Path, sep: str, *, header: bool, fix: str, quoting: bool = True, fields: bool = True
+) -> DelimitedCheck:
+    """Check a delimited file before polars reads it: every record has as many fields as the first line (quotes
+    honoured when ``quoting``), there is at least one data line, and invalid UTF-8 is counted.
+
+    A ragged row is a ``DataFormatError`` naming the file and line, never cut to fit or padded with nulls; an empty
+    or header-only file is one too. One streaming pass counts separators per line; only when a line holds a quote
+    character is the file parsed record by record with :mod:`csv` to find the exact record in error.
+    """
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found. Fix: {fix}")
+    first = _first_line(path)
+    if first is None:
+        raise DataFormatError(f"{path}: the file is empty. Fix: {fix}")
+    first_number, first_text = first
+    expected = _csv_fields(first_text, sep, quoting)
+    line = pl.col("line")
+    blank = line.is_null() | (line.str.strip_chars().str.len_bytes() == 0)
+    n_fields = line.str.count_matches(sep, literal=True) + 1
+    counts = (
+        pl.scan_csv(
+            path,
+            separator="\x1f",
+            quote_char=None,
+            has_header=False,
+            new_columns=["line"],
+            infer_schema=False,
+            encoding="utf8-lossy",
+            truncate_ragged_lines=True,
+        )  # fmt: skip
+        .with_row_index("number", offset=1)
+        .filter(pl.col("number") > (first_number if header else first_number - 1))
+        .select(
+            (~blank).sum().alias("data"),
+            line.str.contains('"', literal=True).fill_null(False).sum().alias("quoted"),
+            pl.col("number").filter(~blank & (n_fields != expected)).first().alias("bad"),
+            line.str.count_matches("\ufffd", literal=True).sum().alias("replaced"),
+            line.str.contains("\ufffd", literal=True).fill_null(False).sum().alias("replaced_lines"),
+            pl.col("number").filter(line.str.contains("\ufffd", literal=True)).first().alias("first_replaced"),
+        )
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
+    if not counts["data"]:
+        raise DataFormatError(f"{path}: no data rows (only a header line). Fix: {fix}")
+    if fields:
+        _raise_ragged(path, sep, expected, first_number, header, quoting and counts["quoted"] > 0, counts["bad"], fix)
+    return DelimitedCheck(
+        path=path,
+        data_lines=int(counts["data"]),
+        replaced=int(counts["replaced"] or 0),
+        replaced_lines=int(counts["replaced_lines"] or 0),
+        first_replaced_line=counts["first_replaced"],
+    )
+
+
+def _raise_ragged(
+    path: Path, sep: str, expected: int, first: int, header: bool, quoted: bool, bad: int | None, fix: str
+) -> None:
+    found = _first_bad_record(path, sep, expected, first if header else first - 1) if quoted else None
+    if found is None and bad is not None and not quoted:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            text = next(t for n, t in enumerate(f, start=1) if n == bad).rstrip("\r\n")
+        found = (bad, text.count(sep) + 1, text)
+    if found is not None:
+        line, n, text = found
+        what = "the header" if header else "line 1"
+        raise DataFormatError(
+            f"{path}:{line}: expected {expected} fields separated by {sep!r} (as in {what}), found {n}: "
+            f'{text[:200]!r}. Fix: quote a field that contains {sep!r} ("a, b"), or repair the line; {fix}'
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -301,6 +437,19 @@ def epoch_seconds(raw: pl.Expr) -> pl.Expr:
         .then(as_int // 1_000_000)
         .otherwise(as_int // 1_000_000_000)
     )
+
+
+def _bad_seconds(seconds: pl.Expr) -> pl.Expr:
+    return seconds.is_null() | (seconds <= 0) | (seconds > MAX_EPOCH_SECONDS)
+
+
+def drop_bad_timestamps(interactions: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Drop rows whose ``timestamp`` (epoch seconds) is null, <= 0 or after 2100; returns them and the count.
+
+    For readers that parse seconds themselves (GroupLens ``.dat``, RecBole): ``bad_timestamp`` for every source.
+    """
+    kept = interactions.filter(~_bad_seconds(pl.col("timestamp")))
+    return kept, interactions.height - kept.height
 
 
 def _blank(expr: pl.Expr) -> pl.Expr:
@@ -333,7 +482,7 @@ def _staged(frame: pl.LazyFrame, timestamp: pl.Expr | None) -> pl.LazyFrame:
         .then(pl.lit("missing_item"))
         .when(_blank(ts_raw))
         .then(pl.lit("missing_timestamp"))
-        .when(pl.col("timestamp").is_null() | (pl.col("timestamp") <= 0))
+        .when(_bad_seconds(pl.col("timestamp")))
         .then(pl.lit("bad_timestamp"))
     )
     raw_num = ts_raw.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False).abs()

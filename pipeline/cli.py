@@ -1,0 +1,51 @@
+"""One error line instead of a traceback for every stage CLI (``@cli_errors`` on the typer command).
+
+A stage that fails prints ``error: <what, where, fix>`` on stderr and exits with status 1; ``MMREC_DEBUG=1`` in the
+environment re-raises instead, so the full traceback is shown. Errors of the tool's own kinds (``ConfigError``,
+``DataFormatError``, and ``ValueError``/``OSError`` which the library raises with a full message) print their
+message alone; any other exception is printed with its type, as it is most likely a bug to report.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import typer
+
+DEBUG_ENV = "MMREC_DEBUG"
+F = TypeVar("F", bound=Callable[..., Any])
+_EXPECTED = (ValueError, OSError, KeyError, LookupError)  # ConfigError and DataFormatError are ValueErrors
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def error_line(error: BaseException) -> str:
+    """``error`` as one line: its message (whitespace runs, newlines included, folded to one space)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, _EXPECTED):
+        return f"error: {message}"
+    return f"error: {type(error).__name__}: {message} (unexpected; rerun with {DEBUG_ENV}=1 for the traceback)"
+
+
+def cli_errors(command: F) -> F:
+    """Decorate a typer command so that an exception ends the process with one line on stderr and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:
+            if debug_enabled():
+                raise
+            typer.echo(error_line(e), err=True)
+            raise typer.Exit(code=1) from e
+
+    return wrapper  # type: ignore[return-value]
