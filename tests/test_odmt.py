@@ -51,10 +51,15 @@ ODMT_PARAMS: dict = {
     "distill_weight": 1.0,
     "distill_temperature": 0.5,
     "distill_ramp_epochs": 10,
-    "distill_detach_teacher": False,
+    "distill_mode": "mutual",
     "head_weight_id": 1.0,
     "head_weight_text": 1.0,
     "head_weight_image": 1.0,
+    "residual_id": False,
+    "item_dropout": None,
+    "head_weights": "fixed",
+    "max_text_tokens": 0,
+    "max_image_tokens": 0,
 }
 
 
@@ -295,7 +300,7 @@ def test_id_embeddings_start_from_content() -> None:
 
 def test_kd_is_zero_when_equal_and_grows_with_the_difference() -> None:
     torch.manual_seed(0)
-    kd = OnlineDistillation(temperature=0.5, detach_teacher=False)
+    kd = OnlineDistillation(temperature=0.5, mode="mutual")
     base = torch.randn(6, 9)
     same = kd({"id": base, "text": base.clone(), "image": base.clone()})
     assert set(same) == {"kd_text", "kd_image", "kd_id"}
@@ -311,26 +316,26 @@ def test_kd_is_the_temperature_scaled_kl_divergence() -> None:
     student, teacher, tau = torch.randn(4, 7), torch.randn(4, 7), 0.3
     q, p = F.softmax(teacher / tau, -1), F.softmax(student / tau, -1)
     expected = tau**2 * (q * (q.log() - p.log())).sum(-1).mean()
-    torch.testing.assert_close(OnlineDistillation(tau, False).kd(student, teacher), expected)
+    torch.testing.assert_close(OnlineDistillation(tau, "mutual").kd(student, teacher), expected)
 
 
 def test_detached_teacher_gets_no_kd_gradient() -> None:
     torch.manual_seed(0)
     teacher, student = torch.randn(5, 6, requires_grad=True), torch.randn(5, 6, requires_grad=True)
-    OnlineDistillation(0.5, detach_teacher=True).kd(student, teacher).backward()
+    OnlineDistillation(0.5, mode="detached").kd(student, teacher).backward()
     assert teacher.grad is None and student.grad.abs().sum() > 0
     teacher2 = teacher.detach().clone().requires_grad_()
-    OnlineDistillation(0.5, detach_teacher=False).kd(student.detach(), teacher2).backward()
+    OnlineDistillation(0.5, mode="mutual").kd(student.detach(), teacher2).backward()
     assert teacher2.grad.abs().sum() > 0  # mutual learning
 
 
 @pytest.mark.parametrize("heads", [3, 2])
 @pytest.mark.parametrize("weight", [0.0, 0.7])
-@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("mode", ["mutual", "detached", "one_way"])
 @pytest.mark.parametrize("in_batch", [False, True])
-def test_fused_losses_equal_the_explicit_ones(heads: int, weight: float, detach: bool, in_batch: bool) -> None:
+def test_fused_losses_equal_the_explicit_ones(heads: int, weight: float, mode: str, in_batch: bool) -> None:
     """The chunked, closed-form-gradient losses equal cross-entropy + OnlineDistillation over explicit logits."""
-    torch.manual_seed(heads + 10 * detach + 100 * in_batch)
+    torch.manual_seed(heads + 10 * len(mode) + 100 * in_batch)
     count, cols, dim = 50, 13, 6
     hidden = [torch.randn(count, dim, dtype=torch.float64, requires_grad=True) for _ in range(heads)]
     tables = [torch.randn(cols, dim, dtype=torch.float64, requires_grad=True) for _ in range(heads)]
@@ -342,7 +347,7 @@ def test_fused_losses_equal_the_explicit_ones(heads: int, weight: float, detach:
             "seen": torch.rand(4, cols) > 0.6,
             "rows": torch.randint(0, 4, (count,)),
         }
-    options = LossOptions(0.4, weight, detach, max_logits=cols * 7)  # 8 chunks of 7 rows
+    options = LossOptions(0.4, weight, mode, max_logits=cols * 7)  # 8 chunks of 7 rows
     fused, fused_parts = head_losses(hidden, tables, target_col, options, **extra)
     explicit, explicit_parts = explicit_head_losses(hidden, tables, target_col, options, **extra)
     torch.testing.assert_close(fused, explicit)
