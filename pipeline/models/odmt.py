@@ -472,8 +472,8 @@ class _HeadLosses(torch.autograd.Function):
         tensors = [t.to(mm) for t in tensors]  # no copy when already mm
         hidden, tables = tensors[:heads], tensors[heads:]
         count, tau, weight = hidden[0].shape[0], options.temperature, options.kd_weight
-        ce = hidden[0].new_zeros(heads)  # (H,) summed over rows
-        kd = hidden[0].new_zeros(heads)  # (H,): modalities' KD, then the id head's
+        ce = hidden[0].new_zeros(heads, dtype=acc)  # (H,) summed over rows
+        kd = hidden[0].new_zeros(heads, dtype=acc)  # (H,): modalities' KD, then the id head's
         chunk = max(1, options.max_logits // max(1, tables[0].shape[0]))
         for start in range(0, count, chunk):
             part = slice(start, start + chunk)
@@ -838,6 +838,11 @@ class ODMT(nn.Module):
             yield
         finally:
             self.head_weight.copy_(saved)
+
+    @property
+    def selects_on_validation(self) -> bool:
+        """True with ``head_weights: validation``: :func:`pipeline.train.fit` then calls ``select_on_validation``."""
+        return self.config.head_weights == "validation"
 
     @torch.no_grad()
     def select_on_validation(
