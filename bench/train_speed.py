@@ -51,6 +51,7 @@ ODMT_DEFAULTS: dict[str, Any] = {
     "head_weights": "validation",
     "max_text_tokens": 16,
     "max_image_tokens": 4,
+    "compile_loss": True,
 }
 TRAIN_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}

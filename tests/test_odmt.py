@@ -17,7 +17,7 @@ from pipeline.catalog import ItemCatalog
 from pipeline.config import ConfigError, TrainConfig, from_dict
 from pipeline.data.dataset import left_pad
 from pipeline.data.splits import UserSplit
-from pipeline.models import registry
+from pipeline.models import odmt, registry
 from pipeline.models.odmt import (
     ODMT,
     IDAwareMultimodalTransformer,
@@ -26,6 +26,7 @@ from pipeline.models.odmt import (
     ODMTConfig,
     OnlineDistillation,
     cap_tokens,
+    chunk_logit_grads,
     distill_ramp,
     explicit_head_losses,
     head_losses,
@@ -66,6 +67,7 @@ ODMT_PARAMS: dict = {
     "head_weights": "fixed",
     "max_text_tokens": 0,
     "max_image_tokens": 0,
+    "compile_loss": False,
 }
 
 
@@ -339,8 +341,13 @@ def test_detached_teacher_gets_no_kd_gradient() -> None:
 @pytest.mark.parametrize("weight", [0.0, 0.7])
 @pytest.mark.parametrize("mode", ["mutual", "detached", "one_way"])
 @pytest.mark.parametrize("in_batch", [False, True])
-def test_fused_losses_equal_the_explicit_ones(heads: int, weight: float, mode: str, in_batch: bool) -> None:
-    """The chunked, closed-form-gradient losses equal cross-entropy + OnlineDistillation over explicit logits."""
+@pytest.mark.parametrize("functional", [False, True])
+def test_fused_losses_equal_the_explicit_ones(
+    heads: int, weight: float, mode: str, in_batch: bool, functional: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunked, closed-form-gradient losses equal cross-entropy + OnlineDistillation over explicit logits;
+    ``functional``: through :func:`chunk_logit_grads`, the code ``compile_loss`` compiles (run eagerly here)."""
+    monkeypatch.setitem(odmt._COMPILED, "chunk", chunk_logit_grads)
     torch.manual_seed(heads + 10 * len(mode) + 100 * in_batch)
     count, cols, dim = 50, 13, 6
     hidden = [torch.randn(count, dim, dtype=torch.float64, requires_grad=True) for _ in range(heads)]
@@ -353,7 +360,7 @@ def test_fused_losses_equal_the_explicit_ones(heads: int, weight: float, mode: s
             "seen": torch.rand(4, cols) > 0.6,
             "rows": torch.randint(0, 4, (count,)),
         }
-    options = LossOptions(0.4, weight, mode, max_logits=cols * 7)  # 8 chunks of 7 rows
+    options = LossOptions(0.4, weight, mode, max_logits=cols * 7, compiled=functional)  # 8 chunks of 7 rows
     fused, fused_parts = head_losses(hidden, tables, target_col, options, **extra)
     explicit, explicit_parts = explicit_head_losses(hidden, tables, target_col, options, **extra)
     torch.testing.assert_close(fused, explicit)
@@ -726,3 +733,19 @@ def test_fixed_head_weights_select_nothing() -> None:
     assert not model.selects_on_validation and model.head_weights == pytest.approx(
         {"id": 0.5, "text": 0.25, "image": 0.25}
     )
+
+
+@pytest.mark.slow
+def test_compiled_loss_matches_eager() -> None:
+    """compile_loss: torch.compile of the chunk arithmetic gives the eager numbers (compiles once: slow)."""
+    eager = _loss_grads("mutual", 0.7)
+    torch.manual_seed(3)
+    hidden = [torch.randn(40, 6, requires_grad=True) for _ in range(3)]
+    tables = [torch.randn(11, 6, requires_grad=True) for _ in range(3)]
+    target_col = torch.randint(0, 11, (40,))
+    options = LossOptions(0.5, 0.7, "mutual", compiled=True)
+    loss, parts = head_losses(hidden, tables, target_col, options)
+    torch.testing.assert_close(loss, eager[0])
+    torch.testing.assert_close(parts, eager[1])
+    for a, b in zip(torch.autograd.grad(loss, hidden + tables), eager[2], strict=True):
+        torch.testing.assert_close(a, b)

@@ -94,6 +94,7 @@ class ODMTConfig:
     head_weights: Literal["fixed", "validation"]  # validation: simplex grid search of the fusion weights after fit
     max_text_tokens: int  # text tokens kept per item (the first ones); 0 = every stored token
     max_image_tokens: int  # image tokens per item: the stored grid average-pooled to at most this; 0 = all
+    compile_loss: bool  # fuse the loss's per-chunk softmax/KD arithmetic with torch.compile (needs a C++ compiler)
 
 
 def distill_ramp(epoch: int, ramp_epochs: int) -> float:
@@ -419,6 +420,7 @@ class LossOptions:
     # bfloat16: the three logit matmuls per head (forward, two gradients) in bf16; softmax, log-sum-exp, KD and
     # gradient accumulation stay float32. None = float32 throughout.
     matmul_dtype: torch.dtype | None = None
+    compiled: bool = False  # model.compile_loss: the chunk's softmax/KD arithmetic fused by torch.compile
 
 
 def head_losses(
@@ -485,15 +487,22 @@ class _HeadLosses(torch.autograd.Function):
                 own[at, t] = False  # ... except the target
                 bias = column_bias.expand(len(t), -1).masked_fill(own, MASKED_LOGIT)  # (R, C)
                 z = [x + bias for x in z]
-            log_p = [F.log_softmax(x, dim=-1) for x in z]  # H x (R, C)
-            ce -= torch.stack([lp[at, t].sum() for lp in log_p])
-            g = [lp.exp_() for lp in log_p] if need_grad else []  # H x (R, C): softmax, in place
-            for x in g:
-                x[at, t] -= 1.0
-            if weight > 0:
-                _distill_chunk(z, tau, weight, options.mode, kd, g)
+            if options.compiled and need_grad:  # one fused pass per output instead of ~20 eager passes
+                ce_sum, kd_sum, g = compiled_chunk_grads()(
+                    z, t, z[0].new_tensor(tau), z[0].new_tensor(weight), count, options.mode, weight > 0, mm
+                )
+                ce += ce_sum
+                kd += kd_sum
+            else:
+                log_p = [F.log_softmax(x, dim=-1) for x in z]  # H x (R, C)
+                ce -= torch.stack([lp[at, t].sum() for lp in log_p])
+                g = [lp.exp_() for lp in log_p] if need_grad else []  # H x (R, C): softmax, in place
+                for x in g:
+                    x[at, t] -= 1.0
+                if weight > 0:
+                    _distill_chunk(z, tau, weight, options.mode, kd, g)
+                g = [x.div_(count).to(mm) for x in g]  # H x (R, C)
             for i, x in enumerate(g):
-                x = x.div_(count).to(mm)  # (R, C)
                 grads[i][part] = x @ tables[i]  # (R, D)
                 if mm == acc:
                     grads[heads + i].addmm_(x.T, hidden[i][part])  # (C, D)
@@ -552,8 +561,70 @@ def _distill_chunk(
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(R, C), (R, C) -> (R, 1) row-wise dot products, in one pass."""
-    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0]  # (R, 1)
+    """(R, C), (R, C) -> (R, 1) row-wise dot products (a product and a sum: ~7x faster on CPU than a batched
+    (1, C) @ (C, 1) matmul)."""
+    return (a * b).sum(dim=1, keepdim=True)  # (R, 1)
+
+
+def chunk_logit_grads(
+    z: list[torch.Tensor],
+    t: torch.Tensor,
+    tau: torch.Tensor,
+    weight: torch.Tensor,
+    count: int,
+    mode: str,
+    distill: bool,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """One chunk of :class:`_HeadLosses` written functionally, for ``torch.compile`` to fuse (``compile_loss``).
+
+    ``z`` H x (R, C) logits (head 0 = id), ``t`` (R,) target columns, ``tau`` and ``weight`` 0-dim tensors (so a
+    new KD-ramp weight needs no recompilation). Returns the chunk's summed CE (H,), summed KD (H,) and the logit
+    gradients H x (R, C) in ``out_dtype``, divided by ``count``: the same numbers as the in-place eager path.
+    """
+    heads = len(z)
+    hit = (torch.arange(z[0].shape[1], device=t.device)[None, :] == t[:, None]).to(z[0].dtype)  # (R, C) one-hot
+    log_p = [F.log_softmax(x, dim=-1) for x in z]  # H x (R, C)
+    ce = torch.stack([-(lp * hit).sum() for lp in log_p])  # (H,)
+    g = [lp.exp() - hit for lp in log_p]  # H x (R, C)
+    kd = z[0].new_zeros(heads)  # (H,)
+    if distill:
+        scale = weight * tau
+        log_q = [F.log_softmax(x / tau, dim=-1) for x in z]  # H x (R, C)
+        p_id = log_q[0].exp()  # (R, C)
+        terms = []
+        for i in range(1, heads):  # modality i learns from the id head
+            gap = log_q[0] - log_q[i]  # (R, C)
+            kl = (p_id * gap).sum(dim=1, keepdim=True)  # (R, 1)
+            terms.append(kl.sum())
+            g[i] = g[i] + scale * (log_q[i].exp() - p_id)
+            if mode == "mutual":
+                g[0] = g[0] + scale * p_id * (gap - kl)
+        if mode == "one_way":
+            terms.append(kd[0])
+        else:  # the id head learns from the ensemble
+            log_e = F.log_softmax(torch.stack(z).mean(dim=0) / tau, dim=-1)  # (R, C)
+            p_e = log_e.exp()  # (R, C)
+            gap = log_e - log_q[0]  # (R, C)
+            kl = (p_e * gap).sum(dim=1, keepdim=True)  # (R, 1)
+            terms.append(kl.sum())
+            g[0] = g[0] + scale * (p_id - p_e)
+            if mode == "mutual":
+                teacher = p_e * (gap - kl)  # (R, C), to every head through the mean
+                g = [x + scale / heads * teacher for x in g]
+        kd = torch.stack(terms)  # (H,)
+    return ce, kd, [(x / count).to(out_dtype) for x in g]
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_chunk_grads():  # noqa: ANN201
+    """:func:`chunk_logit_grads` through ``torch.compile(dynamic=True)``, built once per process (inductor
+    caches the generated code on disk, so later processes compile in seconds)."""
+    if "chunk" not in _COMPILED:
+        _COMPILED["chunk"] = torch.compile(chunk_logit_grads, dynamic=True)
+    return _COMPILED["chunk"]
 
 
 def explicit_head_losses(
@@ -753,8 +824,13 @@ class ODMT(nn.Module):
         weight = self.config.distill_weight * self.kd_ramp
         device = queries[0].device.type
         matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        mode = self.config.distill_mode
-        options = LossOptions(self.config.distill_temperature, weight, mode, matmul_dtype=matmul_dtype)
+        options = LossOptions(
+            self.config.distill_temperature,
+            weight,
+            self.config.distill_mode,
+            matmul_dtype=matmul_dtype,
+            compiled=self.config.compile_loss,
+        )
         loss, parts = head_losses(queries, columns, target_col, options, **in_batch)
         out = {"loss": loss} | {f"ce_{h}": parts[i] for i, h in enumerate(self.heads)}
         if self.config.distill_weight > 0:  # with distill_weight 0 the KD terms are not computed at all
