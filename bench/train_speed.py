@@ -103,6 +103,8 @@ def _worker(name: str, args: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(train_cfg.num_threads)
     seed_everything(train_cfg.seed)
     model = registry.build_model(name, model_cfg, catalog)
+    if args["padded_items"] and hasattr(model, "item_encoder"):  # the reference layout, to measure packing
+        model.item_encoder.packed = False
     if args["compile"]:
         model.forward = torch.compile(model.forward, dynamic=True)
     report: dict[str, Any] = {
@@ -134,14 +136,20 @@ def _worker(name: str, args: dict[str, Any]) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         if hasattr(model, "on_epoch_start"):
             model.on_epoch_start(1)
-        if warmup:
-            _train_epoch(model, batches[:warmup], optimizer, train_cfg, device, "warm-up")
         start = time.perf_counter()
+        if warmup:  # includes torch.compile's one-off compilation (compile_loss)
+            _train_epoch(model, batches[:warmup], optimizer, train_cfg, device, "warm-up")
+        warmup_seconds = time.perf_counter() - start
+        start, cpu_start = time.perf_counter(), time.process_time()
         losses = _train_epoch(model, batches[warmup:], optimizer, train_cfg, device, "timed")
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         report |= {
             "seconds_per_epoch": round(seconds / steps * steps_per_epoch, 2),
+            # CPU time is robust to other processes on a shared machine (wall time is not); with 1 thread the
+            # two agree on an idle machine
+            "cpu_seconds_per_epoch": round(cpu_seconds / steps * steps_per_epoch, 2),
             "seconds_per_step": round(seconds / steps, 4),
+            "warmup_seconds": round(warmup_seconds, 1),
             "timed_steps": steps,
             "steps_per_epoch": steps_per_epoch,
             "train_loss": round(losses["loss"], 4),
@@ -176,6 +184,7 @@ def main(
     num_threads: Annotated[int, typer.Option(help="torch threads; 0 = train.num_threads")] = 0,
     malloc_mmap_threshold: Annotated[int, typer.Option(help="MALLOC_MMAP_THRESHOLD_ for the workers; 0 = unset")] = 0,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile(dynamic=True) the forward")] = False,
+    padded_items: Annotated[bool, typer.Option(help="ODMT: item transformer over padded token slots")] = False,
     worker: Annotated[str, typer.Option(hidden=True)] = "",
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -187,6 +196,7 @@ def main(
         "warmup_steps": warmup_steps,
         "num_threads": num_threads,
         "compile": compile_,
+        "padded_items": padded_items,
     }
     per_model = {"odmt": odmt_set or [], "sasrec": sasrec_set or []}
     if worker:
@@ -199,7 +209,7 @@ def main(
         cmd = [sys.executable, "-m", "bench.train_speed", "--worker", name, "--params", str(params)]
         cmd += ["--prepared", str(prepared), "--features", str(features), "--epochs", str(epochs)]
         cmd += ["--max-steps", str(max_steps), "--warmup-steps", str(warmup_steps), "--num-threads", str(num_threads)]
-        cmd += ["--compile"] * compile_
+        cmd += ["--compile"] * compile_ + ["--padded-items"] * padded_items
         for flag, values in (("--set", set_ or []), ("--odmt-set", odmt_set or []), ("--sasrec-set", sasrec_set or [])):
             for value in values:
                 cmd += [flag, value]
@@ -212,6 +222,9 @@ def main(
         )
     if "sasrec" in report and "odmt" in report:
         report["ratio"] = round(report["odmt"]["seconds_per_epoch"] / report["sasrec"]["seconds_per_epoch"], 2)
+        if "cpu_seconds_per_epoch" in report["sasrec"]:
+            cpu = report["odmt"]["cpu_seconds_per_epoch"] / report["sasrec"]["cpu_seconds_per_epoch"]
+            report["cpu_ratio"] = round(cpu, 2)
     text = json.dumps(report, indent=2)
     print(text)
     if json_path is not None:

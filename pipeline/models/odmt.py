@@ -31,7 +31,40 @@ Choices where the paper and the code leave room (each documented where it is mad
   (``-log P(item in batch)``, see :func:`log_inclusion_probability`), and each user's own other items are masked
   out as false negatives.
 - The ranking score is the weighted mean of the heads' scores (the authors: the plain mean), written as one inner
-  product: ``user_vectors = concat(w_h * u_h)`` and ``item_vectors = concat(v_h)`` over heads h.
+  product: ``user_vectors = concat(w_h * u_h)`` and ``item_vectors = concat(v_h)`` over heads h. The weights are
+  the buffer ``head_weight`` (H,), so a checkpoint carries them.
+
+Extensions (not in the paper; each one ``model.`` key, off = the authors' behaviour):
+
+- ``residual_id: true``: ``v_id = id_emb + MLP(ID token)`` with the MLP's last layer zero-initialised, so at
+  initialisation the ID head is SASRec (its item vectors are the tied ID embedding) and the ID-aware transformer
+  learns a correction. Off: ``v_id = MLP(ID token)``.
+- ``item_dropout``: dropout of the item side (the IMT's input dropout and its blocks) apart from ``dropout`` (the
+  user encoders'). ``0.0`` builds the candidate item vectors (the output table) without dropout, as SASRec's
+  output table; ``null`` = ``dropout`` everywhere (authors).
+- ``distill_mode``: ``mutual`` (authors: every KD term trains student and teacher), ``detached`` (teachers get no
+  KD gradient), ``one_way`` (only KD(m <- id) with the ID head detached, and no KD(id <- ensemble) term: the ID
+  head gets no KD gradient at all, so it loses nothing to weaker content heads). Replaces the former
+  ``distill_detach_teacher`` (true = ``detached``, false = ``mutual``).
+- ``head_weights: validation``: after training (best epoch restored) :func:`pipeline.train.fit` calls
+  :meth:`ODMT.select_on_validation`, which grid-searches the fusion weights over the simplex (step
+  :data:`WEIGHT_GRID_STEP`) for the best valid NDCG@10 (full ranking, history masked, VALID targets only) from
+  per-head queries and item vectors computed once, and stores them in ``head_weight``. ``fixed``: the
+  ``head_weight_*`` keys, normalised (authors: all equal).
+
+Speed and memory (same model, less compute):
+
+- The item-side transformer runs over real tokens only (:meth:`IDAwareMultimodalTransformer._packed`): items are
+  laid out ``[ID, summaries, real tokens]`` (attention has no positions, so the order is free), grouped by length
+  and padded only within a group; its last block computes queries and feed-forward only at the output positions.
+  Exact (tested against the padded layout).
+- ``max_text_tokens`` / ``max_image_tokens``: model-side token caps (first text tokens; the image grid
+  average-pooled), 0 = every stored token. Model-side rather than ``embed.*.max_tokens`` so a cap changes
+  neither the pooled features (mean over all tokens) nor reruns ``embed``, and one feature set serves every cap.
+- ``compile_loss``: the loss's per-chunk softmax/KD arithmetic fused by ``torch.compile`` (one compilation per
+  process, cached on disk by inductor; needs a C++ compiler).
+- ``train.precision: bf16`` (:mod:`pipeline.train`, for every model): the forward under bf16 autocast; the logit
+  matmuls in bf16 while softmax, log-sum-exp, KD and the gradient sums stay fp32.
 """
 
 from __future__ import annotations
