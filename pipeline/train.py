@@ -50,7 +50,7 @@ class TrainResult:
     seconds_per_epoch: float  # mean wall time of the training part of an epoch (no validation)
     sequences_per_second: float  # training sequences per second, over all epochs
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: losses, valid metrics, timings
-    # what the model chose on validation after training (ODMT's fusion weights), and the valid metrics before it
+    # what the model chose on validation at best_epoch (ODMT's fusion weights), and the valid metrics before it
     selected_on_validation: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,6 +109,7 @@ def fit(
     prefix = "" if phase == "train" else f"{phase}/"
 
     best_score, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
+    selected: dict[str, Any] = {}
     history: list[dict[str, float]] = []
     train_seconds, bad_epochs, stopped_early = 0.0, 0, False
     for epoch in range(1, train_cfg.epochs + 1):
@@ -118,8 +119,13 @@ def fit(
         losses = _train_epoch(model, loader, optimizer, train_cfg, device, f"{phase} epoch {epoch}")
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         train_seconds += seconds
-        valid = validate(model, valid_inputs, split, train_cfg.batch_size, device)
+        choice: dict[str, Any] = {}
+        if getattr(model, "selects_on_validation", False):  # e.g. ODMT's head_weights: validation (no test targets)
+            choice, valid = _select_on_validation(model, valid_inputs, split, train_cfg.batch_size, device)
+        else:
+            valid = validate(model, valid_inputs, split, train_cfg.batch_size, device)
         row = {**{f"train/{k}": v for k, v in losses.items()}, **{f"valid/{k}": v for k, v in valid.items()}}
+        row |= {f"selected/{k}": float(v) for k, v in choice.get("choice", {}).items()}
         row |= {"epoch_seconds": seconds, "epoch_cpu_seconds": cpu_seconds}
         row["sequences_per_second"] = len(dataset) / seconds
         history.append(row)
@@ -135,6 +141,7 @@ def fit(
         )
         if valid[STOP_METRIC] > best_score:
             best_score, best_epoch, best_valid, bad_epochs = valid[STOP_METRIC], epoch, valid, 0
+            selected = choice  # the choice is part of the state (a buffer), restored with it
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
@@ -145,9 +152,6 @@ def fit(
 
     if best_state is not None:
         model.load_state_dict(best_state)
-    selected: dict[str, Any] = {}
-    if getattr(model, "selects_on_validation", False):  # e.g. ODMT's head_weights: validation (no test targets)
-        selected, best_valid = _select_on_validation(model, valid_inputs, split, train_cfg.batch_size, device)
     epochs_run = len(history)
     result = TrainResult(
         best_epoch=best_epoch,
@@ -168,7 +172,7 @@ def _select_on_validation(
     model: nn.Module, valid_inputs: np.ndarray, split: UserSplit, batch_size: int, device: torch.device
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """The hook ``model.select_on_validation(inputs, valid targets, excluded items, batch_size)`` for models whose
-    ``selects_on_validation`` is true: post-training
+    ``selects_on_validation`` is true, run after every epoch (so the best epoch is picked with the choice made):
     choices made on the VALID split only (full ranking, history masked). Returns ``(record, valid metrics after)``;
     the record holds the model's choice and the valid metrics before it."""
     before = validate(model, valid_inputs, split, batch_size, device)

@@ -46,11 +46,11 @@ Extensions (not in the paper; each one ``model.`` key, off = the authors' behavi
   KD gradient), ``one_way`` (only KD(m <- id) with the ID head detached, and no KD(id <- ensemble) term: the ID
   head gets no KD gradient at all, so it loses nothing to weaker content heads). Replaces the former
   ``distill_detach_teacher`` (true = ``detached``, false = ``mutual``).
-- ``head_weights: validation``: after training (best epoch restored) :func:`pipeline.train.fit` calls
-  :meth:`ODMT.select_on_validation`, which grid-searches the fusion weights over the simplex (step
-  :data:`WEIGHT_GRID_STEP`) for the best valid NDCG@10 (full ranking, history masked, VALID targets only) from
-  per-head queries and item vectors computed once, and stores them in ``head_weight``. ``fixed``: the
-  ``head_weight_*`` keys, normalised (authors: all equal).
+- ``head_weights: validation``: after each epoch :func:`pipeline.train.fit` calls
+  :meth:`ODMT.select_on_validation` (the best epoch is then picked, and restored, with its weights): a grid
+  search of the fusion weights over the simplex (step :data:`WEIGHT_GRID_STEP`) for the best valid NDCG@10 (full
+  ranking, history masked, VALID targets only) from per-head queries and item vectors computed once, stored in
+  ``head_weight``. ``fixed``: the ``head_weight_*`` keys, normalised (authors: all equal).
 
 Speed and memory (same model, less compute):
 
@@ -934,7 +934,7 @@ class ODMT(nn.Module):
     @property
     def head_weights(self) -> dict[str, float]:
         """The fusion weights in use, by head (sum 1)."""
-        return dict(zip(self.heads, self.head_weight.tolist(), strict=True))
+        return {h: round(w, 6) for h, w in zip(self.heads, self.head_weight.tolist(), strict=True)}
 
     @contextmanager
     def single_head(self, head: str) -> Iterator[None]:
@@ -962,7 +962,8 @@ class ODMT(nn.Module):
 
         ``input_ids`` (U, L) the valid inputs, ``targets`` (U,) the VALID targets, ``exclude`` (U, N+1) bool the
         items each user may not be recommended (history; column 0 = padding). Called by :func:`pipeline.train.fit`
-        after the best epoch is restored; with ``head_weights: fixed`` it changes nothing. Returns the weights.
+        before each epoch's validation (so the best epoch is chosen with its best weights); with ``head_weights:
+        fixed`` it changes nothing. Returns the weights.
         """
         if self.config.head_weights == "fixed":
             return self.head_weights
