@@ -81,6 +81,10 @@ class TrainConfig:
     patience: int  # epochs without a better valid NDCG@10 before stopping
     grad_clip: float | None
     num_threads: int  # torch intra-op threads on CPU; 0 = torch's default
+    # fp32 | bf16: the training forward under torch.autocast(bfloat16) (matmuls in bf16, softmax/log-sum-exp and
+    # the optimizer in fp32); evaluation stays fp32. Required in params.yaml like every key; the default only
+    # spares Python callers from spelling it out.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 VALID_K = 10
 STOP_METRIC = f"NDCG@{VALID_K}"  # early stopping and best-epoch selection
 CHECKPOINT_NAME = "model.pt"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -49,6 +50,8 @@ class TrainResult:
     seconds_per_epoch: float  # mean wall time of the training part of an epoch (no validation)
     sequences_per_second: float  # training sequences per second, over all epochs
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: losses, valid metrics, timings
+    # what the model chose on validation at best_epoch (ODMT's fusion weights), and the valid metrics before it
+    selected_on_validation: dict[str, Any] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -106,6 +109,7 @@ def fit(
     prefix = "" if phase == "train" else f"{phase}/"
 
     best_score, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
+    selected: dict[str, Any] = {}
     history: list[dict[str, float]] = []
     train_seconds, bad_epochs, stopped_early = 0.0, 0, False
     for epoch in range(1, train_cfg.epochs + 1):
@@ -115,8 +119,13 @@ def fit(
         losses = _train_epoch(model, loader, optimizer, train_cfg, device, f"{phase} epoch {epoch}")
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         train_seconds += seconds
-        valid = validate(model, valid_inputs, split, train_cfg.batch_size, device)
+        choice: dict[str, Any] = {}
+        if getattr(model, "selects_on_validation", False):  # e.g. ODMT's head_weights: validation (no test targets)
+            choice, valid = _select_on_validation(model, valid_inputs, split, train_cfg.batch_size, device)
+        else:
+            valid = validate(model, valid_inputs, split, train_cfg.batch_size, device)
         row = {**{f"train/{k}": v for k, v in losses.items()}, **{f"valid/{k}": v for k, v in valid.items()}}
+        row |= {f"selected/{k}": float(v) for k, v in choice.get("choice", {}).items()}
         row |= {"epoch_seconds": seconds, "epoch_cpu_seconds": cpu_seconds}
         row["sequences_per_second"] = len(dataset) / seconds
         history.append(row)
@@ -132,6 +141,7 @@ def fit(
         )
         if valid[STOP_METRIC] > best_score:
             best_score, best_epoch, best_valid, bad_epochs = valid[STOP_METRIC], epoch, valid, 0
+            selected = choice  # the choice is part of the state (a buffer), restored with it
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
@@ -151,10 +161,37 @@ def fit(
         seconds_per_epoch=train_seconds / max(epochs_run, 1),
         sequences_per_second=len(dataset) * epochs_run / max(train_seconds, 1e-9),
         history=history,
+        selected_on_validation=selected,
     )
     if out_dir is not None:
         save_checkpoint(out_dir / CHECKPOINT_NAME, model, max_seq_len, train_cfg, best_epoch, best_valid)
     return result
+
+
+def _select_on_validation(
+    model: nn.Module, valid_inputs: np.ndarray, split: UserSplit, batch_size: int, device: torch.device
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The hook ``model.select_on_validation(inputs, valid targets, excluded items, batch_size)`` for models whose
+    ``selects_on_validation`` is true, run after every epoch (so the best epoch is picked with the choice made):
+    choices made on the VALID split only (full ranking, history masked). Returns ``(record, valid metrics after)``;
+    the record holds the model's choice and the valid metrics before it."""
+    before = validate(model, valid_inputs, split, batch_size, device)
+    inputs = torch.from_numpy(np.ascontiguousarray(valid_inputs)).to(device)  # (U, L)
+    targets = torch.from_numpy(split.target("valid").astype(np.int64)).to(device)  # (U,)
+    exclude = torch.zeros(len(targets), int(item_table(model).shape[0]), dtype=torch.bool)  # (U, N+1)
+    for row, seen in enumerate(split.history("valid")):
+        exclude[row, torch.from_numpy(np.asarray(seen, dtype=np.int64))] = True
+    exclude[:, 0] = True  # padding is never recommended
+    chosen = model.select_on_validation(inputs, targets, exclude.to(device), batch_size)
+    after = validate(model, valid_inputs, split, batch_size, device)
+    log.info(
+        "selected on validation: %s (valid %s %.4f -> %.4f)",
+        chosen,
+        STOP_METRIC,
+        before[STOP_METRIC],
+        after[STOP_METRIC],
+    )
+    return {"choice": chosen, "valid_before": before}, after
 
 
 def _check_train_config(cfg: TrainConfig) -> None:
@@ -163,6 +200,8 @@ def _check_train_config(cfg: TrainConfig) -> None:
             raise ValueError(f"train.{key} = {getattr(cfg, key)} must be >= 1 (params.yaml)")
     if cfg.lr < 0 or cfg.weight_decay < 0 or (cfg.grad_clip is not None and cfg.grad_clip < 0):
         raise ValueError("train.lr, train.weight_decay and train.grad_clip must be >= 0 (params.yaml)")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"train.precision = {cfg.precision!r} must be one of: {', '.join(PRECISIONS)} (params.yaml)")
 
 
 def _train_epoch(
@@ -179,7 +218,9 @@ def _train_epoch(
     batches = 0
     for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, unit="batch")):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        out = model(batch)
+        # train.precision bf16: the forward under autocast (backward follows its dtypes); softmax stays fp32
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_cfg.precision == "bf16"):
+            out = model(batch)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 import yaml
 
 from pipeline.catalog import ItemCatalog
-from pipeline.config import ConfigError, from_dict
+from pipeline.config import ConfigError, TrainConfig, from_dict
 from pipeline.data.dataset import left_pad
-from pipeline.models import registry
+from pipeline.data.splits import UserSplit
+from pipeline.models import odmt, registry
 from pipeline.models.odmt import (
     ODMT,
     IDAwareMultimodalTransformer,
@@ -24,12 +25,18 @@ from pipeline.models.odmt import (
     ModalityInput,
     ODMTConfig,
     OnlineDistillation,
+    cap_tokens,
+    chunk_logit_grads,
     distill_ramp,
     explicit_head_losses,
     head_losses,
     id_aware_mask,
     log_inclusion_probability,
+    ndcg_at_10_per_weight,
+    packed_layout,
+    simplex_grid,
 )
+from pipeline.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 20
@@ -51,10 +58,16 @@ ODMT_PARAMS: dict = {
     "distill_weight": 1.0,
     "distill_temperature": 0.5,
     "distill_ramp_epochs": 10,
-    "distill_detach_teacher": False,
+    "distill_mode": "mutual",
     "head_weight_id": 1.0,
     "head_weight_text": 1.0,
     "head_weight_image": 1.0,
+    "residual_id": False,
+    "item_dropout": None,
+    "head_weights": "fixed",
+    "max_text_tokens": 0,
+    "max_image_tokens": 0,
+    "compile_loss": False,
 }
 
 
@@ -295,7 +308,7 @@ def test_id_embeddings_start_from_content() -> None:
 
 def test_kd_is_zero_when_equal_and_grows_with_the_difference() -> None:
     torch.manual_seed(0)
-    kd = OnlineDistillation(temperature=0.5, detach_teacher=False)
+    kd = OnlineDistillation(temperature=0.5, mode="mutual")
     base = torch.randn(6, 9)
     same = kd({"id": base, "text": base.clone(), "image": base.clone()})
     assert set(same) == {"kd_text", "kd_image", "kd_id"}
@@ -311,26 +324,31 @@ def test_kd_is_the_temperature_scaled_kl_divergence() -> None:
     student, teacher, tau = torch.randn(4, 7), torch.randn(4, 7), 0.3
     q, p = F.softmax(teacher / tau, -1), F.softmax(student / tau, -1)
     expected = tau**2 * (q * (q.log() - p.log())).sum(-1).mean()
-    torch.testing.assert_close(OnlineDistillation(tau, False).kd(student, teacher), expected)
+    torch.testing.assert_close(OnlineDistillation(tau, "mutual").kd(student, teacher), expected)
 
 
 def test_detached_teacher_gets_no_kd_gradient() -> None:
     torch.manual_seed(0)
     teacher, student = torch.randn(5, 6, requires_grad=True), torch.randn(5, 6, requires_grad=True)
-    OnlineDistillation(0.5, detach_teacher=True).kd(student, teacher).backward()
+    OnlineDistillation(0.5, mode="detached").kd(student, teacher).backward()
     assert teacher.grad is None and student.grad.abs().sum() > 0
     teacher2 = teacher.detach().clone().requires_grad_()
-    OnlineDistillation(0.5, detach_teacher=False).kd(student.detach(), teacher2).backward()
+    OnlineDistillation(0.5, mode="mutual").kd(student.detach(), teacher2).backward()
     assert teacher2.grad.abs().sum() > 0  # mutual learning
 
 
 @pytest.mark.parametrize("heads", [3, 2])
 @pytest.mark.parametrize("weight", [0.0, 0.7])
-@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("mode", ["mutual", "detached", "one_way"])
 @pytest.mark.parametrize("in_batch", [False, True])
-def test_fused_losses_equal_the_explicit_ones(heads: int, weight: float, detach: bool, in_batch: bool) -> None:
-    """The chunked, closed-form-gradient losses equal cross-entropy + OnlineDistillation over explicit logits."""
-    torch.manual_seed(heads + 10 * detach + 100 * in_batch)
+@pytest.mark.parametrize("functional", [False, True])
+def test_fused_losses_equal_the_explicit_ones(
+    heads: int, weight: float, mode: str, in_batch: bool, functional: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunked, closed-form-gradient losses equal cross-entropy + OnlineDistillation over explicit logits;
+    ``functional``: through :func:`chunk_logit_grads`, the code ``compile_loss`` compiles (run eagerly here)."""
+    monkeypatch.setitem(odmt._COMPILED, "chunk", chunk_logit_grads)
+    torch.manual_seed(heads + 10 * len(mode) + 100 * in_batch)
     count, cols, dim = 50, 13, 6
     hidden = [torch.randn(count, dim, dtype=torch.float64, requires_grad=True) for _ in range(heads)]
     tables = [torch.randn(cols, dim, dtype=torch.float64, requires_grad=True) for _ in range(heads)]
@@ -342,7 +360,7 @@ def test_fused_losses_equal_the_explicit_ones(heads: int, weight: float, detach:
             "seen": torch.rand(4, cols) > 0.6,
             "rows": torch.randint(0, 4, (count,)),
         }
-    options = LossOptions(0.4, weight, detach, max_logits=cols * 7)  # 8 chunks of 7 rows
+    options = LossOptions(0.4, weight, mode, max_logits=cols * 7, compiled=functional)  # 8 chunks of 7 rows
     fused, fused_parts = head_losses(hidden, tables, target_col, options, **extra)
     explicit, explicit_parts = explicit_head_losses(hidden, tables, target_col, options, **extra)
     torch.testing.assert_close(fused, explicit)
@@ -555,3 +573,179 @@ def test_strict_config_names_the_key(tmp_path: Path) -> None:
         make_model(distill_temperature=0.0)
     with pytest.raises(ValueError, match="head_weight"):
         make_model(head_weight_id=0.0, head_weight_text=0.0, head_weight_image=0.0)
+
+
+# --- extensions and speed levers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("caps", [(0, 0), (3, 1)])
+def test_packed_item_transformer_equals_the_padded_layout(caps: tuple[int, int]) -> None:
+    """No compute on padding tokens (and the last block only at the output positions) changes no output."""
+    model = make_model(max_text_tokens=caps[0], max_image_tokens=caps[1]).eval()
+    ids = torch.tensor([4, 0, 3, 5, 9, 9, 20])  # a subset with padding, a repeat and items missing a modality
+    with torch.no_grad():
+        packed_all, packed_some = model.item_table(), model.item_table(ids)
+        model.item_encoder.packed = False
+        padded_all, padded_some = model.item_table(), model.item_table(ids)
+    for h in model.heads:
+        torch.testing.assert_close(packed_all[h], padded_all[h], rtol=0, atol=1e-5)
+        torch.testing.assert_close(packed_some[h], padded_some[h], rtol=0, atol=1e-5)
+
+
+def test_packed_layout_by_hand() -> None:
+    counts = [torch.tensor([2, 0, 1]), torch.tensor([1, 1, 0])]  # 3 items, 2 modalities: R_0 = 3, R_1 = 2
+    groups = packed_layout(counts, items=3, fixed=3, pad=14)  # rows: 9 fixed, 3 + 2 tokens, pad = 14
+    assert len(groups) == 1  # fewer items than a group
+    members, index = groups[0]
+    assert sorted(members.tolist()) == [0, 1, 2]
+    by_item = {int(i): row.tolist() for i, row in zip(members, index, strict=True)}
+    assert by_item[0] == [0, 3, 6, 9, 10, 12]  # ID, two summaries, 2 tokens of modality 0, 1 of modality 1
+    assert by_item[1] == [1, 4, 7, 13, 14, 14]
+    assert by_item[2] == [2, 5, 8, 11, 14, 14]
+
+
+def test_caps_keep_the_first_text_tokens_and_pool_the_image_grid() -> None:
+    tokens = torch.arange(2 * 16 * 3, dtype=torch.float32).view(2, 16, 3)  # a 4x4 grid per item
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    text, text_mask = cap_tokens("text", tokens, mask, 5)
+    assert torch.equal(text, tokens[:, :5]) and text_mask.shape == (2, 5)
+    image, image_mask = cap_tokens("image", tokens, mask, 4)  # -> 2x2 cells, each the mean of a 2x2 block
+    grid = tokens.view(2, 4, 4, 3)
+    torch.testing.assert_close(image[:, 0], grid[:, :2, :2].mean(dim=(1, 2)))
+    torch.testing.assert_close(image[:, 3], grid[:, 2:, 2:].mean(dim=(1, 2)))
+    assert image_mask.all() and cap_tokens("image", tokens, mask, 0)[0] is tokens
+
+
+def test_residual_id_at_init_is_the_id_embedding() -> None:
+    """With residual_id the ID head's item vectors are SASRec's tied embedding at initialisation."""
+    model = make_model(residual_id=True, dropout=0.3).train()  # even with dropout on the item side
+    table = model.item_table()
+    torch.testing.assert_close(table["id"], model.id_emb.weight, rtol=0, atol=0)
+    assert torch.count_nonzero(table["id"][0]) == 0
+
+
+def test_item_dropout_zero_builds_candidates_without_dropout() -> None:
+    model = make_model(dropout=0.5, item_dropout=0.0).train()
+    first, second = model.item_table(), model.item_table()
+    for h in model.heads:
+        torch.testing.assert_close(first[h], second[h], rtol=0, atol=0)  # deterministic in train mode
+    ids = batch_ids()
+    a, b = model.encode(ids, first, ids), model.encode(ids, first, ids)
+    assert not torch.allclose(a["id"], b["id"])  # the user encoders keep their input dropout
+    authors = make_model(dropout=0.5, item_dropout=None).train()
+    assert not torch.allclose(authors.item_table()["text"], authors.item_table()["text"])
+
+
+def _loss_grads(mode: str, weight: float, matmul_dtype: torch.dtype | None = None) -> tuple:
+    torch.manual_seed(3)
+    hidden = [torch.randn(40, 6, requires_grad=True) for _ in range(3)]
+    tables = [torch.randn(11, 6, requires_grad=True) for _ in range(3)]
+    target_col = torch.randint(0, 11, (40,))
+    loss, parts = head_losses(hidden, tables, target_col, LossOptions(0.5, weight, mode, matmul_dtype=matmul_dtype))
+    return loss, parts, torch.autograd.grad(loss, hidden + tables)
+
+
+def test_one_way_kd_gives_the_id_head_no_gradient_and_no_term() -> None:
+    _, parts, one_way = _loss_grads("one_way", 0.7)
+    _, _, no_kd = _loss_grads("one_way", 0.0)
+    _, _, mutual = _loss_grads("mutual", 0.7)
+    for i in (0, 3):  # the ID head's queries and item vectors: exactly its cross-entropy gradient
+        torch.testing.assert_close(one_way[i], no_kd[i], rtol=0, atol=0)
+        assert not torch.allclose(mutual[i], no_kd[i])
+    assert parts[-1] == 0 and parts[3] > 0 and parts[4] > 0  # kd_id is 0; kd_text, kd_image are not
+    assert not torch.allclose(one_way[1], no_kd[1])  # the content heads do learn from the ID head
+
+
+def test_bf16_logit_matmuls_match_fp32() -> None:
+    loss32, parts32, grads32 = _loss_grads("mutual", 0.7)
+    loss16, parts16, grads16 = _loss_grads("mutual", 0.7, torch.bfloat16)
+    assert loss16.dtype == torch.float32
+    torch.testing.assert_close(loss16, loss32, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(parts16, parts32, rtol=3e-2, atol=3e-2)
+    for a, b in zip(grads16, grads32, strict=True):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
+
+
+def test_model_under_bf16_autocast_matches_fp32() -> None:
+    model = make_model(residual_id=True, distill_mode="one_way").eval()
+    batch = next_item_batch(batch_ids())
+    with torch.no_grad():
+        fp32 = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(batch)
+    for key in ("loss", "ce_id", "ce_text", "ce_image"):
+        torch.testing.assert_close(bf16[key].float(), fp32[key], rtol=2e-2, atol=2e-2)
+
+
+def test_simplex_grid() -> None:
+    grid = simplex_grid(3, 0.05)
+    assert grid.shape == (231, 3)  # C(22, 2)
+    torch.testing.assert_close(grid.sum(dim=1), torch.ones(231, dtype=torch.float64))
+    assert {tuple(r) for r in simplex_grid(2, 0.5).tolist()} == {(1.0, 0.0), (0.5, 0.5), (0.0, 1.0)}
+
+
+def test_ndcg_per_weight_by_hand() -> None:
+    # 2 users, items 0..4 (0 = padding, excluded); head 0 ranks the target first, head 1 ranks it third
+    s0 = torch.tensor([[0.0, 5.0, 1.0, 2.0, 0.0], [0.0, 1.0, 9.0, 3.0, 2.0]])
+    s1 = torch.tensor([[0.0, 1.0, 3.0, 2.0, 0.0], [0.0, 1.0, 0.0, 3.0, 2.0]])
+    targets = torch.tensor([1, 2])
+    exclude = torch.zeros(2, 5, dtype=torch.bool)
+    exclude[:, 0] = True
+    exclude[1, 3] = True  # user 1 has seen item 3: it is not ranked
+    grid = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    gains = ndcg_at_10_per_weight([s0, s1], targets, exclude, grid)
+    # w = (1, 0): both targets rank 0 -> 1 + 1. w = (0, 1): user 0 rank 2 (items 2, 3 above), user 1 rank 2 (1, 4)
+    torch.testing.assert_close(gains, torch.tensor([2.0, 2 / math.log2(4)], dtype=torch.float64))
+
+
+def _tiny_split(test_shift: int = 0) -> UserSplit:
+    rng = np.random.default_rng(0)
+    seqs = [(rng.integers(NUM_ITEMS) + np.arange(rng.integers(5, 12))) % NUM_ITEMS + 1 for _ in range(40)]
+    return UserSplit(
+        user_idx=np.arange(40, dtype=np.int64),
+        train=[s[:-2] for s in seqs],
+        valid_target=np.array([s[-2] for s in seqs], dtype=np.int64),
+        test_target=np.array([(s[-1] + test_shift - 1) % NUM_ITEMS + 1 for s in seqs], dtype=np.int64),
+    )
+
+
+def test_validation_head_weights_are_chosen_on_valid_only_and_kept_in_the_checkpoint(tmp_path: Path) -> None:
+    cfg = TrainConfig(0, "cpu", 2, 16, 0.01, 0.0, 5, 1.0, 1)
+    results, states = [], []
+    for shift in (0, 7):  # different test targets: nothing may change
+        model = make_model(head_weights="validation", residual_id=True, distill_mode="one_way")
+        results.append(fit(model, _tiny_split(shift), cfg, MAX_LEN, tmp_path / str(shift)))
+        states.append(model.state_dict())
+    chosen = results[0].selected_on_validation["choice"]
+    assert chosen == results[1].selected_on_validation["choice"]
+    assert sum(chosen.values()) == pytest.approx(1.0) and set(chosen) == {"id", "text", "image"}
+    assert all(round(w / 0.05, 6).is_integer() for w in chosen.values())  # a grid point
+    assert results[0].best_valid["NDCG@10"] >= results[0].selected_on_validation["valid_before"]["NDCG@10"] - 1e-9
+    torch.testing.assert_close(states[0]["head_weight"], states[1]["head_weight"])
+    checkpoint = torch.load(tmp_path / "0" / "model.pt", weights_only=True)
+    torch.testing.assert_close(
+        checkpoint["state_dict"]["head_weight"].double(), torch.tensor(list(chosen.values())).double()
+    )
+
+
+def test_fixed_head_weights_select_nothing() -> None:
+    model = make_model(head_weight_id=2.0)
+    assert not model.selects_on_validation and model.head_weights == pytest.approx(
+        {"id": 0.5, "text": 0.25, "image": 0.25}
+    )
+
+
+@pytest.mark.slow
+def test_compiled_loss_matches_eager() -> None:
+    """compile_loss: torch.compile of the chunk arithmetic gives the eager numbers (compiles once: slow)."""
+    eager = _loss_grads("mutual", 0.7)
+    torch.manual_seed(3)
+    hidden = [torch.randn(40, 6, requires_grad=True) for _ in range(3)]
+    tables = [torch.randn(11, 6, requires_grad=True) for _ in range(3)]
+    target_col = torch.randint(0, 11, (40,))
+    options = LossOptions(0.5, 0.7, "mutual", compiled=True)
+    loss, parts = head_losses(hidden, tables, target_col, options)
+    torch.testing.assert_close(loss, eager[0])
+    torch.testing.assert_close(parts, eager[1])
+    for a, b in zip(torch.autograd.grad(loss, hidden + tables), eager[2], strict=True):
+        torch.testing.assert_close(a, b)

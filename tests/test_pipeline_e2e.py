@@ -37,6 +37,8 @@ def _tiny_params(raw_dir: Path, model: dict | None = None, data: dict | None = N
     params["embed"]["image"]["batch_size"] = 16
     params["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
     params["model"].update({"hidden_dim": 16, "num_layers": 1, "num_heads": 1, "fusion_layers": 1, **(model or {})})
+    if params["model"]["name"] == "odmt":  # tiny tensors: compiling the loss would cost more than it saves
+        params["model"]["compile_loss"] = False
     params["baseline"]["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
     params["baseline"]["model"].update(hidden_dim=16, num_layers=1, num_heads=1)
     params["evaluate"]["batch_size"] = 16

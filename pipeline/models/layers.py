@@ -192,34 +192,60 @@ class _FullSoftmaxCrossEntropy(torch.autograd.Function):
         weight: torch.Tensor,
         targets: torch.Tensor,
         chunk: int,
+        matmul_dtype: torch.dtype | None,
     ) -> torch.Tensor:
-        count = hidden.shape[0]
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if need_grad else None  # (P, D)
-        grad_weight = torch.zeros_like(weight) if need_grad else None  # (N, D)
-        total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, count, chunk):
-            h = hidden[start : start + chunk]  # (C, D)
-            t = targets[start : start + chunk]  # (C,)
-            logits = (h @ weight.T).float()  # (C, N)
-            target_logit = logits.gather(1, t[:, None])  # (C, 1)
-            top = logits.amax(dim=1, keepdim=True)  # (C, 1)
-            probs = logits.sub_(top).exp_()  # (C, N) unnormalised softmax, in place of the logits
-            norm = probs.sum(dim=1, keepdim=True)  # (C, 1)
-            total += (top + norm.log() - target_logit).sum()  # log-sum-exp minus the target's logit
-            if need_grad:
-                grad = probs.div_(norm * count)  # (C, N) softmax / P
-                grad[torch.arange(len(t), device=t.device), t] -= 1.0 / count  # d(mean loss) / d(logits)
-                grad = grad.to(hidden.dtype)
-                grad_hidden[start : start + chunk] = grad @ weight  # (C, D)
-                grad_weight.addmm_(grad.T, h)  # (N, D)
+        with torch.autocast(hidden.device.type, enabled=False):  # the precision is matmul_dtype's
+            grad_hidden, grad_weight, loss = _full_softmax_ce(
+                hidden, weight, targets, chunk, matmul_dtype, ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+            )
         ctx.save_for_backward(grad_hidden, grad_weight)
-        return (total / count).to(hidden.dtype)
+        return loss
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_out, grad_weight * grad_out, None, None
+        return grad_hidden * grad_out, grad_weight * grad_out, None, None, None
+
+
+def _full_softmax_ce(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int,
+    matmul_dtype: torch.dtype | None,
+    need_grad: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """The body of :class:`_FullSoftmaxCrossEntropy`: (grad_hidden, grad_weight, mean loss).
+
+    ``matmul_dtype`` (bf16 under autocast) is the dtype of the three matmuls; softmax, log-sum-exp and the gradient
+    sums over chunks stay float32 then. None: everything in ``hidden``'s dtype.
+    """
+    count = hidden.shape[0]
+    mm = matmul_dtype or hidden.dtype
+    acc = hidden.dtype if matmul_dtype is None else torch.float32
+    grad_hidden = torch.empty_like(hidden, dtype=acc) if need_grad else None  # (P, D)
+    grad_weight = torch.zeros_like(weight, dtype=acc) if need_grad else None  # (N, D)
+    hidden, weight = hidden.to(mm), weight.to(mm)  # no copy when already mm
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, count, chunk):
+        h = hidden[start : start + chunk]  # (C, D)
+        t = targets[start : start + chunk]  # (C,)
+        logits = (h @ weight.T).float()  # (C, N)
+        target_logit = logits.gather(1, t[:, None])  # (C, 1)
+        top = logits.amax(dim=1, keepdim=True)  # (C, 1)
+        probs = logits.sub_(top).exp_()  # (C, N) unnormalised softmax, in place of the logits
+        norm = probs.sum(dim=1, keepdim=True)  # (C, 1)
+        total += (top + norm.log() - target_logit).sum()  # log-sum-exp minus the target's logit
+        if need_grad:
+            grad = probs.div_(norm * count)  # (C, N) softmax / P
+            grad[torch.arange(len(t), device=t.device), t] -= 1.0 / count  # d(mean loss) / d(logits)
+            grad = grad.to(mm)
+            grad_hidden[start : start + chunk] = grad @ weight  # (C, D)
+            if mm == acc:
+                grad_weight.addmm_(grad.T, h)  # (N, D)
+            else:  # bf16 product, float32 sum over chunks
+                grad_weight += grad.T @ h  # (N, D)
+    return grad_hidden, grad_weight, (total / count).to(acc)
 
 
 def full_cross_entropy(
@@ -228,12 +254,15 @@ def full_cross_entropy(
     """Mean softmax cross-entropy of ``hidden`` (P, D) against every row of ``weight`` (N, D).
 
     ``targets`` (P,) int64 are row indices of ``weight``. Equal to ``F.cross_entropy(hidden @ weight.T, targets)``
-    with at most ``max_logits`` logits alive at once (default 8M floats = 32 MB).
+    with at most ``max_logits`` logits alive at once (default 8M floats = 32 MB). Under ``torch.autocast`` (e.g.
+    ``train.precision: bf16``) the matmuls run in the autocast dtype and the softmax in float32.
     """
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0  # no position has a target: zero loss, still part of the graph
     chunk = max(1, max_logits // max(1, weight.shape[0]))
-    return _FullSoftmaxCrossEntropy.apply(hidden, weight, targets, chunk)
+    device = hidden.device.type
+    matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    return _FullSoftmaxCrossEntropy.apply(hidden, weight, targets, chunk, matmul_dtype)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
