@@ -338,3 +338,17 @@ def test_history_limit_keeps_each_users_most_recent_interactions(tmp_path: Path)
     assert limit_history(df, None) == (df, 0)
     with pytest.raises(ConfigError, match="history_limit"):
         limit_history(df, 2)
+
+
+def test_stage_with_history_limit_counts_the_cut_rows(tmp_path: Path, tiny_params: Path) -> None:
+    raw = yaml.safe_load(tiny_params.read_text())
+    raw["data"]["history_limit"] = 4
+    tiny_params.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "prepared"
+    result = CliRunner().invoke(app, ["--params", str(tiny_params), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["dropped"]["history_limit"] > 0
+    assert stats["input_rows"] == stats["interactions"] + sum(stats["dropped"].values())
+    lengths = pl.read_parquet(out / "sequences.parquet")["items"].list.len()
+    assert lengths.max() <= 4

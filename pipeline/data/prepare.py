@@ -324,6 +324,7 @@ def _stats(
     n_users, n_inter = sequences.height, int(lengths.sum())
     dropped = {reason: int(n) for reason, n in raw.drops.items()} | {r: int(drops[r]) for r in DROP_REASONS}
     dropped |= {r: int(drops[r]) for r in COLD_START_DROP_REASONS if r in drops}
+    dropped |= {"history_limit": int(drops["history_limit"])} if "history_limit" in drops else {}
     if input_rows != n_inter + sum(dropped.values()):  # an internal invariant: every row is kept or counted
         raise RuntimeError(f"row accounting is off: {input_rows} in, {n_inter} kept, dropped {dropped}")
     notes = list(raw.notes)

@@ -118,7 +118,7 @@ class ODMTConfig:
     softmax: Literal["full", "in_batch"] = "full"  # full CE over all items | in-batch candidates with logQ correction
     distill_weight: float = 1.0  # weight of the online-distillation term (0 = ablation "w/o distillation")
     distill_temperature: float = 0.5  # tau
-    distill_ramp_epochs: int = 30  # alpha: KD x exp(-5 (1 - epoch/alpha)^2); 0 = no ramp
+    distill_ramp_epochs: int = 20  # alpha: KD x exp(-5 (1 - epoch/alpha)^2); 0 = no ramp
     # mutual (authors): every KD term trains student and teacher | detached: teachers get no KD gradient |
     # one_way (extension): only KD(m <- id), id detached; the ID head gets no KD term at all
     distill_mode: Literal["mutual", "detached", "one_way"] = "one_way"
