@@ -18,7 +18,15 @@ from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
 from pipeline.models import registry
 from pipeline.pretrain import init_from_pretrained
-from pipeline.train import TrainResult, fit, peak_rss_mb, resolve_device, seed_everything, write_summary
+from pipeline.train import (
+    TrainResult,
+    fit,
+    peak_rss_mb,
+    read_checkpoint,
+    resolve_device,
+    seed_everything,
+    write_summary,
+)
 
 
 def train_to_dir(
@@ -30,8 +38,12 @@ def train_to_dir(
     features: Path,
     out: Path,
     pretrained: Path | None = None,
+    baseline: Path | None = None,
 ) -> TrainResult:
-    """Train ``model_name`` with its config; raises ValueError/FileNotFoundError on bad inputs before training."""
+    """Train ``model_name`` with its config; raises ValueError/FileNotFoundError on bad inputs before training.
+
+    ``baseline``: the SASRec baseline's checkpoint, read only by a model configured to start from it (ODMT's
+    ``init_from_baseline``)."""
     spec = registry.spec(model_name)
     device = resolve_device(train_cfg.device)
     catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
@@ -40,6 +52,13 @@ def train_to_dir(
     model = registry.build_model(model_name, model_config, catalog)
     if pretrained is not None:
         init_from_pretrained(model, pretrained)  # MP4SR: the pre-trained weights; other models or a marker: no-op
+    if getattr(model_config, "init_from_baseline", False):
+        if baseline is None:
+            raise ValueError("model.init_from_baseline is true but no baseline checkpoint was given (--baseline)")
+        checkpoint = read_checkpoint(baseline)
+        if checkpoint.get("model_name") != "sasrec":
+            raise ValueError(f"{baseline}: a {checkpoint.get('model_name')} checkpoint; the baseline must be sasrec")
+        model.init_id_head_from_sasrec(checkpoint["state_dict"], str(baseline))
     start = time.perf_counter()
     with Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False) as live:
         result = fit(model, split, train_cfg, max_seq_len, out, live=live)

@@ -17,6 +17,7 @@ from pipeline.training_job import train_to_dir
 
 log = logging.getLogger("stages.train")
 PRETRAINED = Path("models/pretrain/pretrain.pt")  # a marker there means: train from scratch
+BASELINE = Path("models/baseline/model.pt")  # read only with model.init_from_baseline
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
@@ -28,6 +29,7 @@ def main(
     features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
     out: Annotated[Path, typer.Option(help="model.pt, train_summary.json, dvclive/")] = Path("models"),
     pretrained: Annotated[Path, typer.Option(help="pretrain stage output (MP4SR)")] = PRETRAINED,
+    baseline: Annotated[Path, typer.Option(help="baseline stage output (model.init_from_baseline)")] = BASELINE,
 ) -> None:
     """Train the configured model; keep the epoch with the best valid NDCG@10."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -35,7 +37,9 @@ def main(
     model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
     max_seq_len = load_section(DataConfig, "data", params).max_seq_len
     config = model_cfg.build(params)
-    result = train_to_dir(model_cfg.name, config, train_cfg, max_seq_len, prepared, features, out, pretrained)
+    result = train_to_dir(
+        model_cfg.name, config, train_cfg, max_seq_len, prepared, features, out, pretrained, baseline
+    )
     log.info("best epoch %d of %d: valid %s -> %s", result.best_epoch, result.epochs_run, result.best_valid, out)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,8 @@ ODMT_PARAMS: dict = {
     "head_weights": "fixed",
     "max_text_tokens": 0,
     "max_image_tokens": 0,
+    "content_max_seq_len": 0,
+    "init_from_baseline": False,
     "compile_loss": False,
 }
 
@@ -749,3 +752,63 @@ def test_compiled_loss_matches_eager() -> None:
     torch.testing.assert_close(parts, eager[1])
     for a, b in zip(torch.autograd.grad(loss, hidden + tables), eager[2], strict=True):
         torch.testing.assert_close(a, b)
+
+
+# --- content_max_seq_len (speed lever) -----------------------------------------------------------------------
+
+
+def test_content_heads_read_only_the_most_recent_items() -> None:
+    """With content_max_seq_len = 3 the content heads' last hidden state ignores older items; the ID head does not."""
+    model = make_model(distill_mode="one_way", content_max_seq_len=3).eval()
+    ids = batch_ids()
+    changed = ids.clone()
+    changed[2, 0] = 13  # an item older than the last 3 of row 2
+    before, after = model.head_user_vectors(ids), model.head_user_vectors(changed)
+    for h in ("text", "image"):
+        torch.testing.assert_close(before[h][2], after[h][2])
+    assert not torch.allclose(before["id"][2], after["id"][2])
+    full = make_model(distill_mode="one_way", content_max_seq_len=MAX_LEN).eval()
+    plain = make_model(distill_mode="one_way").eval()
+    torch.testing.assert_close(full.user_vectors(ids), plain.user_vectors(ids))  # N >= L: the same model
+
+
+def test_content_max_seq_len_loss_is_id_ce_everywhere_plus_content_terms_on_recent_positions() -> None:
+    model = make_model(distill_mode="one_way", content_max_seq_len=4, distill_weight=0.8).eval()
+    batch = next_item_batch(batch_ids())
+    out = model(batch)
+    plain = make_model(distill_mode="one_way", distill_weight=0.8).eval()
+    queries, columns, target_col, _ = plain.loss_inputs(batch)
+    options = LossOptions(0.5, 0.8, "one_way")
+    ce_id, _ = head_losses(queries[:1], columns[:1], target_col, replace(options, kd_weight=0.0))
+    recent = {"input_ids": batch["input_ids"][:, -4:], "target_ids": batch["target_ids"][:, -4:]}
+    q_recent, _, t_recent, _ = plain.loss_inputs(recent)
+    _, content_parts = head_losses(q_recent, columns, t_recent, options)
+    torch.testing.assert_close(out["ce_id"], ce_id)
+    torch.testing.assert_close(out["ce_text"], content_parts[1])
+    expected = ce_id + content_parts[1] + content_parts[2] + 0.8 * content_parts[3:].sum()
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-4)  # loss_c - ce_id(recent): float32
+
+
+def test_content_max_seq_len_needs_one_way_kd() -> None:
+    with pytest.raises(ValueError, match="content_max_seq_len.*one_way"):
+        make_model(distill_mode="mutual", content_max_seq_len=4)
+
+
+def test_init_from_baseline_makes_the_id_head_the_sasrec_at_step_zero() -> None:
+    """Extension init_from_baseline + residual_id: the ID head's scores equal the trained SASRec's exactly."""
+    from pipeline.models.sasrec import SASRec, SASRecConfig
+
+    catalog = make_catalog()
+    torch.manual_seed(5)
+    sasrec = SASRec(SASRecConfig(hidden_dim=DIM, num_layers=2, num_heads=2, dropout=0.0), catalog).eval()
+    model = make_model(catalog, residual_id=True, init_from_baseline=True).eval()
+    model.init_id_head_from_sasrec(sasrec.state_dict(), "baseline.pt")
+    ids = batch_ids()
+    with model.single_head("id"):
+        scores = model.user_vectors(ids) @ model.item_vectors().T  # (B, N+1)
+    torch.testing.assert_close(scores, sasrec.user_vectors(ids) @ sasrec.item_vectors().T, rtol=1e-5, atol=1e-5)
+    wide = SASRec(SASRecConfig(hidden_dim=2 * DIM, num_layers=2, num_heads=2, dropout=0.0), catalog)
+    with pytest.raises(ValueError, match="baseline.pt: SASRec `item_emb.weight`.*hidden_dim"):
+        model.init_id_head_from_sasrec(wide.state_dict(), "baseline.pt")
+    with pytest.raises(ValueError, match="residual_id: true"):
+        make_model(catalog, residual_id=False).init_id_head_from_sasrec(sasrec.state_dict(), "baseline.pt")

@@ -72,7 +72,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -118,7 +118,7 @@ class ODMTConfig:
     softmax: Literal["full", "in_batch"] = "full"  # full CE over all items | in-batch candidates with logQ correction
     distill_weight: float = 1.0  # weight of the online-distillation term (0 = ablation "w/o distillation")
     distill_temperature: float = 0.5  # tau
-    distill_ramp_epochs: int = 20  # alpha: KD x exp(-5 (1 - epoch/alpha)^2); 0 = no ramp
+    distill_ramp_epochs: int = 12  # alpha: KD x exp(-5 (1 - epoch/alpha)^2); 0 = no ramp
     # mutual (authors): every KD term trains student and teacher | detached: teachers get no KD gradient |
     # one_way (extension): only KD(m <- id), id detached; the ID head gets no KD term at all
     distill_mode: Literal["mutual", "detached", "one_way"] = "one_way"
@@ -131,6 +131,12 @@ class ODMTConfig:
     head_weights: Literal["fixed", "validation"] = "validation"  # validation: grid-searched (authors: fixed)
     max_text_tokens: int = 16  # text tokens kept per item (the first ones); 0 = every stored token
     max_image_tokens: int = 4  # image tokens per item: the stored grid average-pooled to at most this; 0 = all
+    # speed lever (extension): the content heads' user encoders read only the most recent N items, and their
+    # cross-entropy and KD are computed at those positions only; the ID head reads all. 0 = all (authors)
+    content_max_seq_len: int = 0
+    # extension: start the ID head (ID embeddings + its SASRec user encoder) from the trained SASRec baseline
+    # (models/baseline/model.pt); with residual_id the ID head then *is* the baseline at step 0. false = authors
+    init_from_baseline: bool = True
     compile_loss: bool = True  # torch.compile the loss arithmetic (needs a C++ compiler)
 
 
@@ -831,6 +837,35 @@ class ODMT(nn.Module):
 
     # --- item and user sides -----------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def init_id_head_from_sasrec(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Extension ``init_from_baseline``: copy a trained SASRec's item embeddings into ``id_emb`` and its
+        position embedding, embedding LayerNorm and transformer blocks into the ID head's user encoder.
+
+        With ``residual_id`` (MLP's last layer zero at init) the ID head's scores then equal the SASRec's exactly;
+        the content heads start as usual. ``source`` names the checkpoint in errors.
+        """
+        if not self.config.residual_id or self.config.backbone != "sasrec":
+            raise ValueError(
+                "model.init_from_baseline needs model.residual_id: true and model.backbone: sasrec (so the ID head "
+                "can start as the baseline); set model.init_from_baseline: false otherwise"
+            )
+        targets = {"item_emb.weight": self.id_emb.weight}
+        encoder = self.user_encoders["id"]
+        for name, tensor in encoder.state_dict(keep_vars=True).items():
+            if name.startswith(("pos_emb.", "emb_norm.", "encoder.")):
+                targets[name] = tensor
+        for name, tensor in targets.items():
+            if name not in state or state[name].shape != tensor.shape:
+                found = tuple(state[name].shape) if name in state else "nothing"
+                raise ValueError(
+                    f"{source}: SASRec `{name}` has {found}, ODMT's ID head needs {tuple(tensor.shape)}; "
+                    "model.hidden_dim/num_layers/num_heads and data.max_seq_len must match the baseline's "
+                    "(baseline.model), or set model.init_from_baseline: false"
+                )
+            tensor.copy_(state[name])
+        self._table_cache = None
+
     def item_table(self, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """(M,) item ids, or None for all N+1 items -> {head: (M, D)} item vectors; rows of id 0 (padding) are zero."""
         id_emb = self.id_emb.weight if ids is None else self.id_emb(ids)  # (M, D)
@@ -843,8 +878,19 @@ class ODMT(nn.Module):
         return {h: vectors[h] * real for h in self.heads}  # each (M, D)
 
     def encode(self, input_ids: torch.Tensor, table: dict[str, torch.Tensor], index: torch.Tensor) -> dict:
-        """(B, L) history -> {head: (B, L, D)}; ``table[h][index]`` are the vectors of the items in ``input_ids``."""
-        return {h: self.user_encoders[h](table[h][index], input_ids) for h in self.heads}  # each (B, L, D)
+        """(B, L) history -> {head: (B, L_h, D)}; ``table[h][index]`` are the vectors of the items in ``input_ids``.
+
+        L_h = L for the ID head; for content heads the last ``content_max_seq_len`` columns when that is set and
+        shorter than L (the hidden state at a kept position depends only on kept items: positions are counted
+        from the oldest kept item, see :class:`SASRecUserEncoder`).
+        """
+        out = {}
+        for h in self.heads:
+            ids, at = input_ids, index
+            if h != "id" and 0 < self.config.content_max_seq_len < input_ids.shape[1]:
+                ids, at = input_ids[:, -self.config.content_max_seq_len :], index[:, -self.config.content_max_seq_len :]
+            out[h] = self.user_encoders[h](table[h][at], ids)  # (B, L_h, D)
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         self.kd_ramp = distill_ramp(epoch, self.config.distill_ramp_epochs)
@@ -868,7 +914,15 @@ class ODMT(nn.Module):
             matmul_dtype=matmul_dtype,
             compiled=self.config.compile_loss,
         )
-        loss, parts = head_losses(queries, columns, target_col, options, **in_batch)
+        if "content" in in_batch:  # content_max_seq_len: the ID head alone on every position, then the rest
+            content = in_batch.pop("content")
+            loss_id, parts_id = head_losses(queries[:1], columns[:1], target_col, replace(options, kd_weight=0.0))
+            # the ID head is only a (detached, one_way) teacher here; its CE on these positions is a constant
+            loss_c, parts_c = head_losses(content["queries"], content["columns"], content["target_col"], options)
+            loss = loss_id + loss_c - parts_c[0]
+            parts = torch.cat([parts_id[:1], parts_c[1:]])
+        else:
+            loss, parts = head_losses(queries, columns, target_col, options, **in_batch)
         out = {"loss": loss} | {f"ce_{h}": parts[i] for i, h in enumerate(self.heads)}
         if self.config.distill_weight > 0:  # with distill_weight 0 the KD terms are not computed at all
             kd = parts[len(self.heads) :]  # (H,)
@@ -893,8 +947,16 @@ class ODMT(nn.Module):
             hidden = self.encode(input_ids, table, torch.searchsorted(candidates, input_ids))  # {head: (B, L, D)}
             target_col = torch.searchsorted(candidates, targets[has_target]) - 1  # (P,): column 0 = candidates[1]
             in_batch = self._in_batch_inputs(candidates, input_ids, targets, has_target)
-        queries = [hidden[h][has_target] for h in self.heads]  # H x (P, D)
         columns = [table[h][1:] for h in self.heads]  # H x (C-1, D): padding (candidates[0] = 0) is no column
+        recent = self.config.content_max_seq_len
+        if 0 < recent < input_ids.shape[1]:  # content heads: the last `recent` columns only (full softmax)
+            queries = [hidden["id"][has_target]]  # (P, D)
+            kept = has_target[:, -recent:]  # (B, recent)
+            sub = [hidden["id"][:, -recent:][kept].detach()] + [hidden[h][kept] for h in self.modalities]
+            cols = [columns[0].detach(), *columns[1:]]
+            in_batch = {"content": {"queries": sub, "columns": cols, "target_col": targets[:, -recent:][kept] - 1}}
+            return queries + [None] * len(self.modalities), columns, target_col, in_batch
+        queries = [hidden[h][has_target] for h in self.heads]  # H x (P, D)
         return queries, columns, target_col, in_batch
 
     def _in_batch_inputs(
@@ -1095,6 +1157,13 @@ def _check_config(config: ODMTConfig) -> None:
         raise ValueError(f"model.item_dropout = {config.item_dropout} must be in [0, 1), or null (= model.dropout)")
     if config.distill_mode not in DISTILL_MODES:
         raise ValueError(f"model.distill_mode = {config.distill_mode!r} must be one of: {', '.join(DISTILL_MODES)}")
+    if config.content_max_seq_len < 0:
+        raise ValueError(f"model.content_max_seq_len = {config.content_max_seq_len} must be >= 0 (0 = all)")
+    if config.content_max_seq_len > 0 and (config.softmax != "full" or config.distill_mode != "one_way"):
+        raise ValueError(
+            f"model.content_max_seq_len = {config.content_max_seq_len} needs model.softmax: full and "
+            "model.distill_mode: one_way (the ID head must get no KD gradient); set it to 0 otherwise"
+        )
     for key in ("max_text_tokens", "max_image_tokens"):
         if getattr(config, key) < 0:
             raise ValueError(f"model.{key} = {getattr(config, key)} must be >= 0 (0 = every stored token)")
