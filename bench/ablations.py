@@ -104,6 +104,8 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str], referenc
         pre_args = [*common, "--prepared", str(prepared), "--features", str(features), "--out", str(pre)]
         runs.append(_stage("pretrain", pre_args, env))
         train_args += ["--pretrained", str(pre / "pretrain.pt")]
+    if reference is not None:  # e.g. ODMT's init_from_baseline starts from the suite's SASRec at the same seed
+        train_args += ["--baseline", str(reference)]
     runs.append(_stage("train", train_args, env))
     eval_args = [*common, "--prepared", str(prepared), "--features", str(features), "--out", str(out / "reports")]
     eval_args += ["--model", str(model_dir / "model.pt"), "--baseline", str(reference or model_dir / "model.pt")]
