@@ -23,8 +23,9 @@ from pipeline.catalog import ItemCatalog
 from pipeline.config import TrainConfig
 from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import UserSplit, load_split
+from pipeline.inference import item_table, resolve_device, user_queries
 from pipeline.models.sasrec import SASRec, SASRecConfig
-from pipeline.train import fit, item_table, peak_rss_mb, resolve_device, seed_everything, user_queries
+from pipeline.train import fit, peak_rss_mb, seed_everything
 
 log = logging.getLogger("bench.train_speed")
 app = typer.Typer(add_completion=False)

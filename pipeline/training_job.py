@@ -2,6 +2,7 @@
 
 Loads the catalog (the features the model needs) and the leave-one-out split, seeds, builds the model, applies
 pre-trained weights (MP4SR; a no-op otherwise), fits with DVCLive logging under ``<out>/dvclive`` and writes
+``<out>/model.pt`` (with the fingerprint of the ``items.parquet`` it was trained on, :mod:`pipeline.checkpoint`) and
 ``<out>/train_summary.json``.
 """
 
@@ -13,12 +14,21 @@ from typing import Any
 
 from dvclive import Live
 
+from pipeline.checkpoint import data_fingerprint, save_checkpoint
 from pipeline.config import TrainConfig
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
 from pipeline.models import registry
 from pipeline.pretrain import init_from_pretrained
-from pipeline.train import TrainResult, fit, peak_rss_mb, resolve_device, seed_everything, write_summary
+from pipeline.train import (
+    CHECKPOINT_NAME,
+    TrainResult,
+    fit,
+    peak_rss_mb,
+    resolve_device,
+    seed_everything,
+    write_summary,
+)
 
 
 def train_to_dir(
@@ -36,13 +46,16 @@ def train_to_dir(
     device = resolve_device(train_cfg.device)
     catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
     split = load_split(prepared)
+    fingerprint = data_fingerprint(prepared)  # of the data read now, before the (long) training
     seed_everything(train_cfg.seed)  # before building: weight init is part of "same seed, same metrics"
     model = registry.build_model(model_name, model_config, catalog)
     if pretrained is not None:
         init_from_pretrained(model, pretrained)  # MP4SR: the pre-trained weights; other models or a marker: no-op
     start = time.perf_counter()
     with Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False) as live:
-        result = fit(model, split, train_cfg, max_seq_len, out, live=live)
+        result = fit(model, split, train_cfg, max_seq_len, None, live=live)  # None: the checkpoint is written here
+    best = (result.best_epoch, result.best_valid)  # fit has loaded the best epoch's weights back into the model
+    save_checkpoint(out / CHECKPOINT_NAME, model, max_seq_len, train_cfg, *best, fingerprint=fingerprint)
     extra = getattr(model, "selection_summary", lambda: {})()  # e.g. ODMT's head weights chosen on validation
     write_summary(
         out / "train_summary.json",
