@@ -216,7 +216,8 @@ def test_training_job_writes_the_fingerprint_of_its_items(tmp_path: Path) -> Non
 
     split = cycle_split(num_users=20)
     prepared = tmp_path / "prepared"
-    sequences = [np.concatenate([t, [v, w]]) for t, v, w in zip(split.train, split.valid_target, split.test_target)]
+    held_out = zip(split.train, split.valid_target, split.test_target, strict=True)
+    sequences = [np.concatenate([t, [v, w]]) for t, v, w in held_out]
     items_parquet(prepared, [str(i) for i in range(30)])
     pl.DataFrame(
         {
