@@ -269,6 +269,16 @@ def all_users_topk(recommender: Recommender, sequences: pl.DataFrame, k: int) ->
     )
 
 
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """``rows`` (:meth:`Recommender.rows`) as an aligned text table: rank, item id, title, score."""
+    id_width = max([len("item_id"), *(len(r["item_id"]) for r in rows)])
+    title_width = max([len("title"), *(len(r["title"]) for r in rows)])
+    lines = [f"{'rank':>4}  {'item_id':<{id_width}}  {'title':<{title_width}}  {'score':>9}"]
+    for rank, r in enumerate(rows, 1):
+        lines.append(f"{rank:>4}  {r['item_id']:<{id_width}}  {r['title']:<{title_width}}  {r['score']:>9.4f}")
+    return "\n".join(lines)
+
+
 def parse_history(text: str, known: set[str] | dict[str, int], sep: str = ",") -> list[str]:
     """Split ``text`` on ``sep`` into raw ids. Raw ids may contain ``sep`` themselves (ML-1M's ids are titles such
     as "Godfather, The (1972)"), so at each position the longest run of pieces that forms a known id wins; a piece

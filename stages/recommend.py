@@ -1,5 +1,5 @@
-"""Stage `recommend`: the exported item index and every user's top-K -> recommendations/ (index/, topk.parquet);
-and, with --history or --user, the on-demand CLI over that index.
+"""Stage `recommend`: the exported item index and every user's top-K -> recommendations/ (index/, topk.parquet),
+and reports/gallery.html (model and baseline side by side); with --history or --user, the on-demand CLI.
 
 python -m stages.recommend --params params.yaml                       # the DVC stage
 python -m stages.recommend --history "Toy Story (1995),Fargo (1996)" --k 10 [--json] [--skip-unknown]
@@ -17,8 +17,9 @@ import typer
 
 from pipeline.cli import cli_errors
 from pipeline.config import DEFAULT_PARAMS, RecommendConfig, load_section
-from pipeline.inference import resolve_device
-from pipeline.recommend import Recommender, export, parse_history, user_history, user_sequences
+from pipeline.gallery import export_gallery
+from pipeline.inference import load_trained, resolve_device
+from pipeline.recommend import Recommender, export, format_table, parse_history, user_history, user_sequences
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -30,7 +31,9 @@ def main(
     prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
     features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
     model: Annotated[Path, typer.Option(help="train stage checkpoint")] = Path("models/model.pt"),
+    baseline: Annotated[Path, typer.Option(help="baseline checkpoint (gallery)")] = Path("models/baseline/model.pt"),
     out: Annotated[Path, typer.Option(help="index/ and topk.parquet")] = Path("recommendations"),
+    gallery: Annotated[Path, typer.Option(help="the gallery page")] = Path("reports/gallery.html"),
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     history: Annotated[str | None, typer.Option(help="raw item ids, oldest first, separated by --sep")] = None,
     user: Annotated[str | None, typer.Option(help="a user_id of sequences.parquet: all their items")] = None,
@@ -49,7 +52,14 @@ def main(
         raise ValueError(f"--k = {k} must be >= 1")
     if not query:
         cfg: RecommendConfig = load_section(RecommendConfig, "recommend", params)
-        export(model, features, prepared, out, k, cfg.index, cfg.batch_size, resolve_device(device))
+        torch_device = resolve_device(device)
+        base, base_checkpoint, _ = load_trained(baseline, features, prepared, torch_device)  # fail before writing
+        rec, _ = export(model, features, prepared, out, k, cfg.index, cfg.batch_size, torch_device)
+        runs = [
+            (rec.checkpoint["model_name"], rec.model, rec.max_seq_len),
+            ("baseline", base, base_checkpoint["max_seq_len"]),
+        ]
+        export_gallery(gallery, runs, prepared, cfg.gallery_users, cfg.gallery_seed, torch_device)
         return
     recommender = Recommender.load(model, features, prepared, out / "index", resolve_device(device))
     if user is not None:
@@ -61,8 +71,7 @@ def main(
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False))
     else:
-        for rank, row in enumerate(rows, 1):
-            typer.echo(f"{rank:>3}  {row['score']:>9.4f}  {row['item_id']:<40}  {row['title']}")
+        typer.echo(format_table(rows))
 
 
 if __name__ == "__main__":

@@ -80,11 +80,24 @@ def assert_metrics_match_topk(project: Path, run: str) -> None:
         assert metrics[run][stage]["HR@10"] == pytest.approx(sum(hits) / len(hits))
 
 
+def assert_recommendations(project: Path, items: pl.DataFrame) -> None:
+    """Issue 13: recommendations/ (index artifact + every user's top-K), the gallery, and the on-demand CLI."""
+    manifest = json.loads((project / "recommendations/index/manifest.json").read_text())
+    assert manifest["model_name"] == "odmt" and manifest["num_items"] == len(items)
+    topk = pl.read_parquet(project / "recommendations/topk.parquet")
+    assert topk["item_id"].list.len().unique().to_list() == [10]
+    assert (project / "reports/gallery.html").read_text().count('<tr class="user-row"') == min(20, topk.height)
+    history = items["item_id"].head(5).to_list()
+    cli = [sys.executable, "-m", "stages.recommend", "--history", ",".join(history), "--k", "10", "--json"]
+    rows = json.loads(next(line for line in _run(cli, project).splitlines() if line.startswith("[")))
+    assert len(rows) == 10 and not {r["item_id"] for r in rows} & set(history)
+
+
 def test_dvc_repro_runs_every_stage_and_caches(tmp_path: Path) -> None:
     """The default pipeline: ODMT trained against a cached SASRec baseline, with the paired comparison."""
     project = make_project(tmp_path)
     out = _run(["dvc", "repro"], project)
-    for stage in ("prepare", "embed", "baseline", "train", "evaluate"):
+    for stage in ("prepare", "embed", "baseline", "train", "evaluate", "recommend"):
         assert f"Running stage '{stage}'" in out
 
     items = pl.read_parquet(project / "data/prepared/items.parquet")
@@ -104,6 +117,8 @@ def test_dvc_repro_runs_every_stage_and_caches(tmp_path: Path) -> None:
     assert "## odmt vs the baseline" in report and "95% CI" in report
     assert (project / "reports/topk.parquet").exists()
     assert list((project / "reports/plots").glob("*.png"))
+
+    assert_recommendations(project, items)
 
     # Nothing changed: nothing reruns.
     again = _run(["dvc", "repro"], project)

@@ -40,7 +40,8 @@ def project(tmp_path: Path) -> dict[str, Path]:
 def stage_args(p: dict[str, Path]) -> list[str]:
     return [
         *("--params", str(p["params"]), "--prepared", str(p["prepared"]), "--features", str(p["features"])),
-        *("--model", str(p["models"] / "model.pt"), "--out", str(p["out"]), "--device", "cpu"),
+        *("--model", str(p["models"] / "model.pt"), "--baseline", str(p["models"] / "baseline" / "model.pt")),
+        *("--out", str(p["out"]), "--gallery", str(p["out"].parent / "reports" / "gallery.html"), "--device", "cpu"),
     ]
 
 
@@ -71,6 +72,8 @@ def test_topk_covers_every_user_excludes_history_and_matches_brute_force(project
         np.testing.assert_allclose(row["score"], want_scores, rtol=1e-5)
         assert row["score"] == sorted(row["score"], reverse=True)
     assert not [p for p in project["out"].parent.iterdir() if ".staged." in p.name or ".old." in p.name]
+    page = (project["out"].parent / "reports" / "gallery.html").read_text()  # the stage also writes the gallery
+    assert page.count('<tr class="user-row"') == RECOMMEND["gallery_users"] and "baseline top-10" in page
 
 
 def test_index_artifact_round_trips(project: dict[str, Path]) -> None:
@@ -154,7 +157,9 @@ def test_cli_user_equals_topk_parquet_and_prints_a_table(project: dict[str, Path
     assert [r["item_id"] for r in rows] == topk["item_id"]
     code, out, _ = query(project, "--user", topk["user_id"], "--k", "2")
     lines = out.strip().splitlines()
-    assert code == 0 and len(lines) == 2 and lines[0].split()[0] == "1" and topk["item_id"][0] in lines[0]
+    assert code == 0 and len(lines) == 3 and lines[0].split() == ["rank", "item_id", "title", "score"]
+    assert lines[1].split()[:2] == ["1", topk["item_id"][0]] and lines[2].split()[:2] == ["2", topk["item_id"][1]]
+    assert lines[1].split()[-1] == f"{rows[0]['score']:.4f}"
     code, out, err = query(project, "--user", "nobody")
     assert code == 1 and "user 'nobody' is not in sequences.parquet" in err
 
