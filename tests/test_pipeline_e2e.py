@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -91,6 +92,17 @@ def assert_recommendations(project: Path, items: pl.DataFrame) -> None:
     cli = [sys.executable, "-m", "stages.recommend", "--history", ",".join(history), "--k", "10", "--json"]
     rows = json.loads(next(line for line in _run(cli, project).splitlines() if line.startswith("[")))
     assert len(rows) == 10 and not {r["item_id"] for r in rows} & set(history)
+
+    # The index is a DVC artifact: a registered version (a GTO tag) is fetched by `dvc artifacts get`, and loads.
+    _run(["git", "add", "-A"], project)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], project)
+    tag = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "tag", "-a", "recommendation-index@v0.1.0"]
+    _run([*tag, "-m", "Registering artifact recommendation-index version v0.1.0"], project)
+    fetched = project.parent / "fetched-index"
+    _run(["dvc", "artifacts", "get", str(project), "recommendation-index", "-o", str(fetched)], project.parent)
+    from pipeline.recommend import load_index
+
+    np.testing.assert_array_equal(load_index(fetched).vectors, load_index(project / "recommendations/index").vectors)
 
 
 def test_dvc_repro_runs_every_stage_and_caches(tmp_path: Path) -> None:
