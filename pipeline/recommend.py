@@ -191,7 +191,10 @@ class Recommender:
             raise UnknownItemsError(unknown, self.num_items)
         if unknown:
             log.warning("skipped %d unknown item id(s): %s", len(unknown), ", ".join(map(repr, unknown[:20])))
-        return np.array([self.idx_of[i] for i in raw_ids if i in self.idx_of], dtype=np.int64)
+        known = np.array([self.idx_of[i] for i in raw_ids if i in self.idx_of], dtype=np.int64)
+        if len(known) == 0:
+            raise ValueError(f"the history holds no known item id (of {len(raw_ids)} given); nothing to recommend from")
+        return known
 
     def recommend(self, histories: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         """U histories (item indices, oldest first) -> (U, k) items and scores, best first, history excluded."""

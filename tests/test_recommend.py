@@ -184,7 +184,19 @@ def test_cli_unknown_ids_are_listed_or_skipped_with_a_warning(project: dict[str,
     _, same, _ = query(project, "--history", "m3,m7", "--json")
     assert code == 0 and json.loads(out) == json.loads(same)
     code, _, err = query(project, "--history", "nope", "--skip-unknown")
-    assert code == 1 and "no known item" in err
+    assert code == 1 and "the history holds no known item id (of 1 given)" in err
+    code, _, err = query(project, "--history", "")
+    assert code == 1 and "no known item id (of 0 given)" in err
+
+
+@pytest.mark.parametrize("mode", ["stage", "query"])
+def test_a_damaged_checkpoint_is_one_line_in_both_modes(project: dict[str, Path], mode: str) -> None:
+    model_pt = project["models"] / "model.pt"
+    model_pt.write_bytes(model_pt.read_bytes()[:100])  # truncated
+    code, out, err = query(project, *(["--history", "m3"] if mode == "query" else []))
+    lines = err.strip().splitlines()
+    assert code == 1 and out == "" and len(lines) == 1, err
+    assert str(model_pt) in lines[0] and "dvc repro train" in lines[0] and "Traceback" not in err
 
 
 def test_index_from_another_checkpoint_is_refused(project: dict[str, Path]) -> None:
