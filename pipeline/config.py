@@ -130,6 +130,17 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class RecommendConfig:
+    """``recommend:``: the exported index, every user's top-K (stage `recommend`) and the gallery."""
+
+    k: int  # items per user in recommendations/topk.parquet, and the CLI's default --k
+    index: Literal["flat"]  # FAISS index kind (pipeline.retrieval.INDEX_KINDS); flat = exact inner product
+    batch_size: int  # users per forward pass when encoding histories
+    gallery_users: int  # test users shown in reports/gallery.html (a seeded sample)
+    gallery_seed: int
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataConfig
     embed: EmbedConfig
@@ -254,6 +265,8 @@ RANGES: dict[str, Range] = {
     **{f"{s}.{k}": POSITIVE for s in ("train", "pretrain") for k in ("lr", "grad_clip")},
     **dict.fromkeys(("train.seed", "train.num_threads"), AT_LEAST_0),
     "evaluate.batch_size": AT_LEAST_1,
+    **dict.fromkeys(("recommend.k", "recommend.batch_size", "recommend.gallery_users"), AT_LEAST_1),
+    "recommend.gallery_seed": AT_LEAST_0,
     **{f"model.{k}": AT_LEAST_1 for k in ("hidden_dim", "num_layers", "num_heads", "fusion_layers", "fusion_heads")},
     "model.num_experts": AT_LEAST_1,
     **dict.fromkeys(("model.dropout", "model.adaptor_dropout"), FRACTION),
@@ -333,7 +346,7 @@ def load_raw(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
 
 
 # Sections read by optional stages, each validated by its own loader (``pretrain`` for MP4SR, ``download``).
-EXTRA_SECTIONS: tuple[str, ...] = ("pretrain", "download", "baseline")
+EXTRA_SECTIONS: tuple[str, ...] = ("pretrain", "download", "baseline", "recommend")
 CORE_SECTIONS: tuple[str, ...] = ("data", "embed", "train", "model", "evaluate")
 
 

@@ -19,13 +19,10 @@ import torch
 from torch import nn
 
 from pipeline import metrics, retrieval, significance
-from pipeline.catalog import ItemCatalog
 from pipeline.data.cold_start import cold_target_mask
 from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import Stage, UserSplit
-from pipeline.features.store import load_catalog
-from pipeline.models import registry
-from pipeline.train import item_table, load_checkpoint, read_checkpoint, user_queries
+from pipeline.inference import item_table, user_queries
 
 log = logging.getLogger(__name__)
 
@@ -174,25 +171,6 @@ def evaluate_popularity(
     counts = training_counts(split, num_items)[:, None]  # (N+1, 1)
     queries = np.ones((len(split), 1), dtype=np.float32)  # (U, 1): score = count
     return evaluate_vectors("popularity", split, counts, lambda stage: queries, ks, stages)
-
-
-def load_trained(
-    model_path: Path, features_dir: Path, prepared_dir: Path, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, dict[str, Any], ItemCatalog]:
-    """Checkpoint -> (model in eval mode, checkpoint dict, catalog holding the features that model needs).
-
-    The catalog's ``max_seq_len`` is the checkpoint's, so positional embeddings match what was trained.
-    """
-    checkpoint = read_checkpoint(model_path, map_location=device)  # plain data: name, max_seq_len, state_dict
-    for key in ("model_name", "max_seq_len"):
-        if key not in checkpoint:
-            raise ValueError(f"{model_path}: checkpoint has no `{key}`; it predates this pipeline, retrain it")
-    spec = registry.spec(checkpoint["model_name"])
-    catalog = load_catalog(
-        features_dir, prepared_dir, spec.needs_features, int(checkpoint["max_seq_len"]), spec.all_modalities_required
-    )
-    model, checkpoint = load_checkpoint(model_path, catalog, map_location=device, checkpoint=checkpoint)
-    return model, checkpoint, catalog
 
 
 def load_user_ids(prepared_dir: Path, split: UserSplit) -> np.ndarray:

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.checkpoint import registered_name
 from pipeline.config import TrainConfig
 from pipeline.data.splits import UserSplit
 from pipeline.io import atomic_path, write_json_atomic
 from pipeline.models.mp4sr import PRETRAIN_KEYS
-from pipeline.train import TrainResult, fit, registered_name
+from pipeline.train import TrainResult, fit
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ row, and evaluation inputs may be trimmed too, so a model's outputs must not dep
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -26,12 +25,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline import metrics, retrieval
-from pipeline.catalog import ItemCatalog
+from pipeline.checkpoint import save_checkpoint
 from pipeline.config import TrainConfig
-from pipeline.data.dataset import NextItemDataset, collate, eval_inputs, trim_left_padding
+from pipeline.data.dataset import NextItemDataset, collate, eval_inputs
 from pipeline.data.splits import UserSplit
-from pipeline.io import atomic_path, write_json_atomic
-from pipeline.models import registry
+from pipeline.inference import item_table, resolve_device, user_queries
+from pipeline.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +58,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cpu``; ``cuda`` / ``cuda:N`` (must exist)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device = {name!r} but no CUDA device is visible; set train.device to auto or cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"train.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from err
 
 
 def fit(
@@ -245,97 +232,6 @@ def validate(
     items = item_table(model)  # (N+1, D)
     topk, _ = retrieval.top_k(queries, items, split.history("valid"), VALID_K)  # (U, 10)
     return metrics.compute(topk, split.target("valid"), [VALID_K])
-
-
-@torch.no_grad()
-def user_queries(model: nn.Module, inputs: np.ndarray, batch_size: int, device: torch.device | str) -> np.ndarray:
-    """(U, L) left-padded histories -> (U, D) float32 query vectors (eval mode, no grad)."""
-    was_training = model.training
-    model.eval()
-    model.to(device)
-    chunks = []
-    for start in range(0, len(inputs), batch_size):
-        ids = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size])).to(device)  # (b, L)
-        ids = trim_left_padding({"input_ids": ids})["input_ids"]  # (b, L')
-        chunks.append(model.user_vectors(ids).float().cpu())  # (b, D)
-    model.train(was_training)
-    return torch.cat(chunks).numpy()  # (U, D)
-
-
-@torch.no_grad()
-def item_table(model: nn.Module) -> np.ndarray:
-    """(N+1, D) float32 item vectors (eval mode, no grad); row 0 is padding."""
-    was_training = model.training
-    model.eval()
-    table = model.item_vectors().float().cpu().numpy()  # (N+1, D)
-    model.train(was_training)
-    return table
-
-
-def registered_name(model: nn.Module) -> str:
-    for name, spec in registry.models().items():
-        if type(model) is spec.model_cls:
-            return name
-    raise ValueError(f"{type(model).__name__} is not registered; decorate it with @register in pipeline.models")
-
-
-def save_checkpoint(
-    path: Path,
-    model: nn.Module,
-    max_seq_len: int,
-    train_cfg: TrainConfig,
-    epoch: int,
-    valid_metrics: dict[str, float],
-) -> None:
-    """Write plain data + ``state_dict`` atomically: loadable by :func:`load_checkpoint` with no training code."""
-    checkpoint = {
-        "model_name": registered_name(model),
-        "model_config": asdict(model.config),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "num_items": int(model.item_vectors().shape[0] - 1),
-        "max_seq_len": int(max_seq_len),
-        "epoch": int(epoch),
-        "valid_metrics": {k: float(v) for k, v in valid_metrics.items()},
-        "train_config": asdict(train_cfg),
-    }
-    # A file object, not a path: torch names the zip entries after a path's stem, and the temp name is random.
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
-
-
-def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The plain dict in ``model.pt`` (config, state_dict, ...); no code is unpickled."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no checkpoint; run `dvc repro train` (or python -m stages.train) first")
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def load_checkpoint(
-    path: Path,
-    catalog: ItemCatalog,
-    map_location: str | torch.device = "cpu",
-    checkpoint: dict[str, Any] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from ``model.pt`` through the registry; returns ``(model in eval mode, checkpoint)``.
-
-    ``checkpoint``: the file's dict when the caller has already read it (:func:`read_checkpoint`).
-    """
-    if checkpoint is None:
-        checkpoint = read_checkpoint(path, map_location)
-    if checkpoint["num_items"] != catalog.num_items:
-        raise ValueError(
-            f"{path} was trained on {checkpoint['num_items']} items but the catalog has {catalog.num_items}; "
-            "the prepared data changed since training: run `dvc repro train`"
-        )
-    if catalog.max_seq_len != checkpoint["max_seq_len"]:
-        catalog = dataclasses.replace(catalog, max_seq_len=checkpoint["max_seq_len"])
-    spec = registry.spec(checkpoint["model_name"])
-    config = spec.config_cls(**checkpoint["model_config"])
-    model = registry.build_model(checkpoint["model_name"], config, catalog)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.to(map_location)
-    model.eval()
-    return model, checkpoint
 
 
 def peak_rss_mb() -> float:

@@ -2,6 +2,7 @@
 
 Loads the catalog (the features the model needs) and the leave-one-out split, seeds, builds the model, applies
 pre-trained weights (MP4SR; a no-op otherwise), fits with DVCLive logging under ``<out>/dvclive`` and writes
+``<out>/model.pt`` (with the fingerprint of the ``items.parquet`` it was trained on, :mod:`pipeline.checkpoint`) and
 ``<out>/train_summary.json``.
 """
 
@@ -13,16 +14,17 @@ from typing import Any
 
 from dvclive import Live
 
+from pipeline.checkpoint import data_fingerprint, read_checkpoint, save_checkpoint, verify_data
 from pipeline.config import TrainConfig
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
 from pipeline.models import registry
 from pipeline.pretrain import init_from_pretrained
 from pipeline.train import (
+    CHECKPOINT_NAME,
     TrainResult,
     fit,
     peak_rss_mb,
-    read_checkpoint,
     resolve_device,
     seed_everything,
     write_summary,
@@ -48,6 +50,7 @@ def train_to_dir(
     device = resolve_device(train_cfg.device)
     catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
     split = load_split(prepared)
+    fingerprint = data_fingerprint(prepared)  # of the data read now, before the (long) training
     seed_everything(train_cfg.seed)  # before building: weight init is part of "same seed, same metrics"
     model = registry.build_model(model_name, model_config, catalog)
     if pretrained is not None:
@@ -56,13 +59,15 @@ def train_to_dir(
         if baseline is None:
             raise ValueError("model.init_from_baseline is true but no baseline checkpoint was given (--baseline)")
         checkpoint = read_checkpoint(baseline)
+        verify_data(baseline, checkpoint, prepared)  # the baseline must have been trained on these items
         if checkpoint.get("model_name") != "sasrec":
             raise ValueError(f"{baseline}: a {checkpoint.get('model_name')} checkpoint; the baseline must be sasrec")
         model.init_id_head_from_sasrec(checkpoint["state_dict"], str(baseline))
     start = time.perf_counter()
     with Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False) as live:
-        result = fit(model, split, train_cfg, max_seq_len, out, live=live)
-    extra = getattr(model, "selection_summary", lambda: {})()  # e.g. ODMT's head weights chosen on validation
+        result = fit(model, split, train_cfg, max_seq_len, None, live=live)  # None: the checkpoint is written here
+    best = (result.best_epoch, result.best_valid)  # fit has loaded the best epoch's weights back into the model
+    save_checkpoint(out / CHECKPOINT_NAME, model, max_seq_len, train_cfg, *best, fingerprint=fingerprint)
     write_summary(
         out / "train_summary.json",
         result,
@@ -71,6 +76,5 @@ def train_to_dir(
         num_parameters=sum(p.numel() for p in model.parameters()),
         total_seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(),
-        **extra,
     )
     return result

@@ -16,13 +16,12 @@ from pipeline.evaluation import (
     evaluate_heads,
     evaluate_model,
     evaluate_popularity,
-    load_trained,
     load_user_ids,
     paired_comparison,
 )
 from pipeline.experiments import experiments_sections
+from pipeline.inference import load_trained, resolve_device
 from pipeline.report import paired_text, runs_of, text_table, write_report
-from pipeline.train import resolve_device
 
 BASELINE_RUN = "baseline"
 app = typer.Typer(add_completion=False)

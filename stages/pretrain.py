@@ -14,7 +14,7 @@ import typer
 from dvclive import Live
 
 from pipeline.cli import cli_errors
-from pipeline.config import DEFAULT_PARAMS, ConfigError, DataConfig, ModelConfig, TrainConfig, load_section
+from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
 from pipeline.models import registry
@@ -35,19 +35,15 @@ def main(
 ) -> None:
     """Pre-train MP4SR's M2SE (NI + CM losses); keep the epoch with the best valid NDCG@10."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        pretrain_cfg: PretrainConfig = load_section(PretrainConfig, "pretrain", params)
-        model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
-        train_cfg: TrainConfig = load_section(TrainConfig, "train", params)
-        max_seq_len = load_section(DataConfig, "data", params).max_seq_len
-        reason = skip_reason(model_cfg.name, pretrain_cfg)
-        if reason is None:
-            spec = registry.spec(model_cfg.name, params)
-            catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
-            split = load_split(prepared)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        log.error("%s", e)
-        raise typer.Exit(code=1) from e
+    pretrain_cfg: PretrainConfig = load_section(PretrainConfig, "pretrain", params)
+    model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
+    train_cfg: TrainConfig = load_section(TrainConfig, "train", params)
+    max_seq_len = load_section(DataConfig, "data", params).max_seq_len
+    reason = skip_reason(model_cfg.name, pretrain_cfg)
+    if reason is None:
+        spec = registry.spec(model_cfg.name, params)
+        catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
+        split = load_split(prepared)
     with Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False) as live:  # exists even for a marker
         if reason is not None:
             write_marker(out / PRETRAIN_NAME, reason)

@@ -186,8 +186,9 @@ def test_tables_are_generic_over_runs(tmp_path: Path) -> None:
 
 def write_project(tmp_path: Path) -> tuple[Path, Path, Path]:
     """prepared/ (sequences, items, stats), models/ (an untrained SASRec checkpoint + summary + dvclive)."""
+    from pipeline.checkpoint import data_fingerprint, save_checkpoint
     from pipeline.models.sasrec import SASRec, SASRecConfig
-    from pipeline.train import save_checkpoint, seed_everything
+    from pipeline.train import seed_everything
     from tests.test_train import train_cfg
 
     rng = np.random.default_rng(0)
@@ -215,10 +216,12 @@ def write_project(tmp_path: Path) -> tuple[Path, Path, Path]:
     catalog = ItemCatalog(num_items=num_items, max_seq_len=6, popularity=torch.zeros(num_items + 1))
     net = SASRec(SASRecConfig(hidden_dim=8, num_layers=1, num_heads=1, dropout=0.0), catalog)
     cfg = train_cfg(epochs=1, batch_size=4, patience=1, grad_clip=None, num_threads=0)
-    save_checkpoint(models / "model.pt", net, 6, cfg, 1, {"NDCG@10": 0.1})
+    save_checkpoint(models / "model.pt", net, 6, cfg, 1, {"NDCG@10": 0.1}, fingerprint=data_fingerprint(prepared))
     seed_everything(1)
     baseline = SASRec(SASRecConfig(hidden_dim=8, num_layers=1, num_heads=1, dropout=0.0), catalog)
-    save_checkpoint(models / "baseline" / "model.pt", baseline, 6, cfg, 1, {"NDCG@10": 0.1})
+    save_checkpoint(
+        models / "baseline" / "model.pt", baseline, 6, cfg, 1, {"NDCG@10": 0.1}, fingerprint=data_fingerprint(prepared)
+    )
     (models / "train_summary.json").write_text(json.dumps({"best_epoch": 1}))
     write_dvclive(models)
     params = tmp_path / "params.yaml"

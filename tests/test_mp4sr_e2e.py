@@ -77,7 +77,7 @@ def test_mp4sr_repro_pretrains_fine_tunes_and_reruns_only_what_changed(tmp_path:
 
 
 def test_cold_start_setting_reports_cold_start_metrics_for_sasrec(tmp_path: Path) -> None:
-    project = make_project(tmp_path)
+    project = make_project(tmp_path, model={"name": "sasrec"})
     _set_params(project, data={"cold_start_fraction": 0.2}, pretrain={**PRETRAIN, "enabled": False})
     out = _run(["dvc", "repro"], project)
     assert "Running stage 'pretrain'" in out  # a marker for SASRec, so `train` always has its dependency
@@ -86,4 +86,5 @@ def test_cold_start_setting_reports_cold_start_metrics_for_sasrec(tmp_path: Path
     assert stats["cold_start"]["users_with_cold_target"] > 0
     metrics = json.loads((project / "reports/metrics.json").read_text())
     assert {"valid", "test", "test_cold_start"} <= set(metrics["sasrec"])
+    assert {"valid", "test", "test_cold_start"} <= set(metrics["baseline"])
     assert "test_cold_start" in (project / "reports/report.md").read_text()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -36,9 +37,9 @@ def _tiny_params(raw_dir: Path, model: dict | None = None, data: dict | None = N
     params["embed"]["text"]["batch_size"] = 16
     params["embed"]["image"]["batch_size"] = 16
     params["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
-    params["model"].update({"hidden_dim": 16, "num_layers": 1, "num_heads": 1, "fusion_layers": 1, **(model or {})})
+    params["model"].update({"hidden_dim": 16, "num_layers": 1, "num_heads": 1, **(model or {})})
     if params["model"]["name"] == "odmt":  # tiny tensors: compiling the loss would cost more than it saves
-        params["model"]["compile_loss"] = False
+        params["model"].update({"compile_loss": False, **({"fusion_layers": 1} | (model or {}))})
     params["baseline"]["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
     params["baseline"]["model"].update(hidden_dim=16, num_layers=1, num_heads=1)
     params["evaluate"]["batch_size"] = 16
@@ -82,11 +83,35 @@ def assert_metrics_match_topk(project: Path, run: str) -> None:
         assert metrics[run][stage]["HR@10"] == pytest.approx(sum(hits) / len(hits))
 
 
+def assert_recommendations(project: Path, items: pl.DataFrame) -> None:
+    """Issue 13: recommendations/ (index artifact + every user's top-K), the gallery, and the on-demand CLI."""
+    manifest = json.loads((project / "recommendations/index/manifest.json").read_text())
+    assert manifest["model_name"] == "odmt" and manifest["num_items"] == len(items)
+    topk = pl.read_parquet(project / "recommendations/topk.parquet")
+    assert topk["item_id"].list.len().unique().to_list() == [10]
+    assert (project / "reports/gallery.html").read_text().count('<tr class="user-row"') == min(20, topk.height)
+    history = items["item_id"].head(5).to_list()
+    cli = [sys.executable, "-m", "stages.recommend", "--history", ",".join(history), "--k", "10", "--json"]
+    rows = json.loads(next(line for line in _run(cli, project).splitlines() if line.startswith("[")))
+    assert len(rows) == 10 and not {r["item_id"] for r in rows} & set(history)
+
+    # The index is a DVC artifact: a registered version (a GTO tag) is fetched by `dvc artifacts get`, and loads.
+    _run(["git", "add", "-A"], project)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], project)
+    tag = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "tag", "-a", "recommendation-index@v0.1.0"]
+    _run([*tag, "-m", "Registering artifact recommendation-index version v0.1.0"], project)
+    fetched = project.parent / "fetched-index"
+    _run(["dvc", "artifacts", "get", str(project), "recommendation-index", "-o", str(fetched)], project.parent)
+    from pipeline.recommend import load_index
+
+    np.testing.assert_array_equal(load_index(fetched).vectors, load_index(project / "recommendations/index").vectors)
+
+
 def test_dvc_repro_runs_every_stage_and_caches(tmp_path: Path) -> None:
     """The default pipeline: ODMT trained against a cached SASRec baseline, with the paired comparison."""
     project = make_project(tmp_path)
     out = _run(["dvc", "repro"], project)
-    for stage in ("prepare", "embed", "baseline", "train", "evaluate"):
+    for stage in ("prepare", "embed", "baseline", "train", "evaluate", "recommend"):
         assert f"Running stage '{stage}'" in out
 
     items = pl.read_parquet(project / "data/prepared/items.parquet")
@@ -106,6 +131,8 @@ def test_dvc_repro_runs_every_stage_and_caches(tmp_path: Path) -> None:
     assert "## odmt vs the baseline" in report and "95% CI" in report
     assert (project / "reports/topk.parquet").exists()
     assert list((project / "reports/plots").glob("*.png"))
+
+    assert_recommendations(project, items)
 
     # Nothing changed: nothing reruns.
     again = _run(["dvc", "repro"], project)

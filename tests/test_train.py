@@ -15,19 +15,13 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.catalog import ItemCatalog
+from pipeline.checkpoint import load_checkpoint
 from pipeline.config import TrainConfig
 from pipeline.data.dataset import NextItemDataset, collate, eval_inputs, left_pad
 from pipeline.data.splits import UserSplit
+from pipeline.inference import item_table, user_queries
 from pipeline.models.sasrec import SASRec, SASRecConfig
-from pipeline.train import (
-    fit,
-    item_table,
-    load_checkpoint,
-    seed_everything,
-    user_queries,
-    validate,
-    write_summary,
-)
+from pipeline.train import fit, seed_everything, validate, write_summary
 from stages.train import app
 
 NUM_ITEMS = 30
