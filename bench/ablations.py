@@ -123,6 +123,25 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str], referenc
     }
 
 
+def finished_run_dir(name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """A seed run whose working folder ``runs/<name>/`` holds finished outputs of exactly these params (a suite
+    interrupted between seeds of a variant resumes from there)."""
+    out = RUNS / name
+    files = [out / "params.yaml", out / "models" / "train_summary.json", out / "reports" / "metrics.json"]
+    if not all(f.exists() for f in files) or yaml.safe_load(files[0].read_text()) != params:
+        return None
+    pretrain_summary = out / "pretrain" / "pretrain_summary.json"
+    return {
+        "seed": params["train"]["seed"],
+        "params_key": params_key(params),
+        "run_dir": str(out),
+        "metrics": json.loads(files[2].read_text()),
+        "train": json.loads(files[1].read_text()),
+        "pretrain": json.loads(pretrain_summary.read_text()) if pretrain_summary.exists() else None,
+        "stages": {},  # not measured again
+    }
+
+
 def find_run(results: Path, key: str) -> dict[str, Any] | None:
     """A finished seed run (any suite, any variant) with exactly these params."""
     for path in sorted(results.glob("*/*.json")):
@@ -231,6 +250,8 @@ def main(
         for seed in run_seeds:
             seeded = apply_overrides(params, {"train.seed": seed})
             earlier = None if force else find_run(results, params_key(seeded))
+            if earlier is None and not force:
+                earlier = finished_run_dir(f"{suite}/{name}/seed{seed}", seeded)
             if earlier is not None:
                 typer.echo(f"== {name} seed {seed}: same params as a finished run, reused", err=True)
                 runs.append(earlier)
