@@ -61,15 +61,6 @@ def params_key(params: dict[str, Any]) -> str:
     return _key(params)
 
 
-def find_result(results: Path, key: str) -> dict[str, Any] | None:
-    """An earlier result (any suite) that ran with exactly these params."""
-    for path in sorted(results.glob("*/*.json")):
-        result = json.loads(path.read_text())
-        if result.get("params_key") == key:
-            return result
-    return None
-
-
 def _key(*sections: Any) -> str:
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -110,16 +101,21 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str], referenc
     eval_args = [*common, "--prepared", str(prepared), "--features", str(features), "--out", str(out / "reports")]
     eval_args += ["--model", str(model_dir / "model.pt"), "--baseline", str(reference or model_dir / "model.pt")]
     runs.append(_stage("evaluate", eval_args, env))
-    summary = json.loads((model_dir / "train_summary.json").read_text())
+    stages = {r.name: {"seconds": round(r.seconds, 1), "peak_rss_mb": round(r.peak_rss_mb)} for r in runs}
+    return _run_record(out, params, stages)
+
+
+def _run_record(out: Path, params: dict[str, Any], stages: dict[str, Any]) -> dict[str, Any]:
+    """One finished seed run under ``out``: its params identity, metrics and summaries, as stored in results."""
     pretrain_summary = out / "pretrain" / "pretrain_summary.json"
     return {
         "seed": params["train"]["seed"],
         "params_key": params_key(params),
         "run_dir": str(out),
         "metrics": json.loads((out / "reports" / "metrics.json").read_text()),
-        "train": summary,
+        "train": json.loads((out / "models" / "train_summary.json").read_text()),
         "pretrain": json.loads(pretrain_summary.read_text()) if pretrain_summary.exists() else None,
-        "stages": {r.name: {"seconds": round(r.seconds, 1), "peak_rss_mb": round(r.peak_rss_mb)} for r in runs},
+        "stages": stages,
     }
 
 
@@ -130,20 +126,12 @@ def finished_run_dir(name: str, params: dict[str, Any]) -> dict[str, Any] | None
     files = [out / "params.yaml", out / "models" / "train_summary.json", out / "reports" / "metrics.json"]
     if not all(f.exists() for f in files) or yaml.safe_load(files[0].read_text()) != params:
         return None
-    pretrain_summary = out / "pretrain" / "pretrain_summary.json"
-    return {
-        "seed": params["train"]["seed"],
-        "params_key": params_key(params),
-        "run_dir": str(out),
-        "metrics": json.loads(files[2].read_text()),
-        "train": json.loads(files[1].read_text()),
-        "pretrain": json.loads(pretrain_summary.read_text()) if pretrain_summary.exists() else None,
-        "stages": {},  # not measured again
-    }
+    return _run_record(out, params, {})  # stage costs are not measured again
 
 
 def find_run(results: Path, key: str) -> dict[str, Any] | None:
-    """A finished seed run (any suite, any variant) with exactly these params."""
+    """A finished seed run (any suite, any variant; results written before seeds count as one run) with exactly
+    these params."""
     for path in sorted(results.glob("*/*.json")):
         result = json.loads(path.read_text())
         for run in result.get("runs") or [result]:

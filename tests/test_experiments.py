@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from bench.ablations import aggregate, apply_overrides, find_result, params_key, reference_row
+from bench.ablations import aggregate, apply_overrides, find_run, params_key, reference_row
 from pipeline.experiments import (
     experiments_markdown,
     experiments_sections,
@@ -94,9 +94,9 @@ def test_finished_run_with_same_params_is_found_in_any_suite(tmp_path: Path) -> 
     params = {"model": {"name": "sasrec"}, "train": {"epochs": 8}}
     (tmp_path / "odmt").mkdir()
     (tmp_path / "odmt" / "sasrec.json").write_text(json.dumps({"name": "sasrec", "params_key": params_key(params)}))
-    assert find_result(tmp_path, params_key(params))["name"] == "sasrec"
+    assert find_run(tmp_path, params_key(params))["name"] == "sasrec"
     changed = apply_overrides(params, {"train.epochs": 9})
-    assert find_result(tmp_path, params_key(changed)) is None
+    assert find_run(tmp_path, params_key(changed)) is None
 
 
 def test_heads_table_lists_each_head_of_multi_head_runs_only(tmp_path: Path) -> None:
