@@ -38,6 +38,9 @@ class DataConfig:
     # keep each user's most recent N interactions (after dedupe, before k-core); None keeps all. ODMT's authors
     # cut every history to its last 15 (xyliugo/ODMT), where ID embeddings see far fewer interactions.
     history_limit: int | None = None
+    # cold-start setting: share of users whose valid (resp. test) target is a held-out item; None = the held-out
+    # items' share of all interactions (pipeline.data.cold_start)
+    cold_target_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ class EvaluateConfig:
     # paired comparison model - baseline (pipeline.significance): bootstrap resamples over users and their seed
     bootstrap_resamples: int = 2000
     bootstrap_seed: int = 0
+    # cold-start setting: the content-kNN reference rows average the features of each history's last N items
+    knn_history: int = 10
 
 
 @dataclass(frozen=True)
@@ -258,13 +263,14 @@ RANGES: dict[str, Range] = {
     "data.seed": AT_LEAST_0,
     "data.min_rating": Range(),  # finite
     "data.cold_start_fraction": FRACTION,
+    "data.cold_target_share": Range(0, 1, low_open=True, high_open=True),
     **{f"embed.{m}.{k}": AT_LEAST_1 for m in ("text", "image") for k in ("batch_size", "max_tokens")},
     "embed.image_words.top_k": AT_LEAST_1,
     **{f"{s}.{k}": AT_LEAST_1 for s in ("train", "pretrain") for k in ("epochs", "batch_size")},
     **{f"{s}.{k}": AT_LEAST_0 for s in ("train", "pretrain") for k in ("weight_decay", "patience")},
     **{f"{s}.{k}": POSITIVE for s in ("train", "pretrain") for k in ("lr", "grad_clip")},
     **dict.fromkeys(("train.seed", "train.num_threads"), AT_LEAST_0),
-    "evaluate.batch_size": AT_LEAST_1,
+    **dict.fromkeys(("evaluate.batch_size", "evaluate.knn_history"), AT_LEAST_1),
     **dict.fromkeys(("recommend.k", "recommend.batch_size", "recommend.gallery_users"), AT_LEAST_1),
     "recommend.gallery_seed": AT_LEAST_0,
     **{f"model.{k}": AT_LEAST_1 for k in ("hidden_dim", "num_layers", "num_heads", "fusion_layers", "fusion_heads")},

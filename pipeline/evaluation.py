@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pipeline import metrics, retrieval, significance
-from pipeline.data.cold_start import cold_target_mask
+from pipeline.data.cold_start import ColdItems, cold_mask
 from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import Stage, UserSplit
 from pipeline.inference import item_table, user_queries
@@ -27,8 +27,14 @@ from pipeline.inference import item_table, user_queries
 log = logging.getLogger(__name__)
 
 STAGES: tuple[Stage, ...] = ("valid", "test")
-# Test metrics over the users whose test target is in no history: item cold start (pipeline.data.cold_start).
-COLD_START = "test_cold_start"
+# Metrics over user subsets (pipeline.data.cold_start): targets no training sequence holds, ranked among all items;
+# in the cold-start setting also the other users, and the cold targets ranked among that stage's held-out items.
+COLD_START, WARM_START, AMONG_COLD = "cold_start", "warm_start", "cold_among_cold"
+
+
+def subset_name(stage: str, subset: str) -> str:
+    """``test_cold_start``, ``valid_cold_among_cold``, ..."""
+    return f"{stage}_{subset}"
 
 
 @dataclass
@@ -61,8 +67,13 @@ def evaluate_vectors(
     queries_for: Callable[[Stage], np.ndarray],
     ks: Sequence[int],
     stages: Sequence[Stage] = STAGES,
+    cold: ColdItems | None = None,
 ) -> EvaluationResult:
-    """Rank with ``queries_for(stage)`` (U, D) against ``item_vectors`` (N+1, D); the core of both evaluations."""
+    """Rank with ``queries_for(stage)`` (U, D) against ``item_vectors`` (N+1, D); the core of every evaluation.
+
+    Per stage, the users whose target no training sequence holds get ``<stage>_cold_start`` metrics; with ``cold``
+    (the cold-start setting's held-out items) also ``<stage>_warm_start`` and ``<stage>_cold_among_cold``.
+    """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"evaluate.ks must be a non-empty list of positive integers, got {ks}")
@@ -74,6 +85,7 @@ def evaluate_vectors(
         items, scores = retrieval.top_k(queries, item_vectors, split.history(stage), max(ks), index=index)
         targets = split.target(stage)  # (U,)
         result.stages[stage] = StageResult(metrics.compute(items, targets, ks), items, scores, targets)
+        result.subsets |= _subset_metrics(split, stage, result.stages[stage], queries, item_vectors, ks, cold)
         log.info(
             "%s %s: %d users x %d items ranked in %.2f s",
             name,
@@ -82,12 +94,42 @@ def evaluate_vectors(
             len(item_vectors) - 1,
             time.perf_counter() - start,
         )
-    cold = cold_target_mask(split) if "test" in result.stages else np.zeros(0, dtype=bool)  # (U,)
-    if cold.any():  # never an empty subset: its metrics would be NaN
-        test = result.stages["test"]
-        result.subsets[COLD_START] = metrics.compute(test.items, test.targets, ks, mask=cold)
-        log.info("%s: %d of %d users have a cold-start test target", name, int(cold.sum()), len(split))
     return result
+
+
+def _subset_metrics(
+    split: UserSplit,
+    stage: Stage,
+    ranked: StageResult,
+    queries: np.ndarray,
+    item_vectors: np.ndarray,
+    ks: list[int],
+    cold: ColdItems | None,
+) -> dict[str, dict[str, float]]:
+    mask = cold_mask(split, stage)  # (U,)
+    out: dict[str, dict[str, float]] = {}
+    if not mask.any():  # never an empty subset: its metrics would be NaN
+        return out
+    out[subset_name(stage, COLD_START)] = metrics.compute(ranked.items, ranked.targets, ks, mask=mask)
+    if cold is None:
+        return out
+    if (~mask).any():
+        out[subset_name(stage, WARM_START)] = metrics.compute(ranked.items, ranked.targets, ks, mask=~mask)
+    candidates = cold.for_stage(stage)  # (C,)
+    users = np.flatnonzero(mask)
+    if len(candidates) and np.isin(ranked.targets[users], candidates).all():
+        items = rank_among(queries[users], item_vectors, candidates, max(ks))  # (Uc, K)
+        out[subset_name(stage, AMONG_COLD)] = metrics.compute(items, ranked.targets[users], ks)
+    return out
+
+
+def rank_among(queries: np.ndarray, item_vectors: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """(U, k) item indices: each query's best ``k`` of ``candidates`` only (same scores and tie order as a full
+    ranking restricted to them; -1 pads when there are fewer than ``k``)."""
+    table = np.vstack([item_vectors[:1], item_vectors[candidates]])  # (C+1, D): row 0 stays padding
+    local, _ = retrieval.top_k(queries, table, [np.zeros(0, dtype=np.int64)] * len(queries), k)  # (U, k)
+    mapped = np.where(local > 0, candidates[np.clip(local - 1, 0, None)], retrieval.PAD_ITEM)
+    return mapped.astype(np.int64)
 
 
 def evaluate_model(
@@ -99,6 +141,7 @@ def evaluate_model(
     max_seq_len: int = 200,
     device: torch.device | str = "cpu",
     name: str = "model",
+    cold: ColdItems | None = None,
 ) -> EvaluationResult:
     """Score every user's history with ``model.user_vectors`` against ``model.item_vectors`` (full ranking).
 
@@ -115,7 +158,7 @@ def evaluate_model(
         queries[order] = user_queries(model, inputs[order], batch_size, device)
         return queries
 
-    return evaluate_vectors(name, split, item_vectors, queries_for, ks, stages)
+    return evaluate_vectors(name, split, item_vectors, queries_for, ks, stages, cold)
 
 
 def evaluate_heads(model: nn.Module, split: UserSplit, name: str, **kwargs: Any) -> list[EvaluationResult]:
@@ -161,7 +204,11 @@ def training_counts(split: UserSplit, num_items: int) -> np.ndarray:
 
 
 def evaluate_popularity(
-    split: UserSplit, num_items: int, ks: Sequence[int], stages: Sequence[Stage] = STAGES
+    split: UserSplit,
+    num_items: int,
+    ks: Sequence[int],
+    stages: Sequence[Stage] = STAGES,
+    cold: ColdItems | None = None,
 ) -> EvaluationResult:
     """Most-popular baseline: every user gets the items with the most training interactions, history masked.
 
@@ -170,7 +217,7 @@ def evaluate_popularity(
     """
     counts = training_counts(split, num_items)[:, None]  # (N+1, 1)
     queries = np.ones((len(split), 1), dtype=np.float32)  # (U, 1): score = count
-    return evaluate_vectors("popularity", split, counts, lambda stage: queries, ks, stages)
+    return evaluate_vectors("popularity", split, counts, lambda stage: queries, ks, stages, cold)
 
 
 def load_user_ids(prepared_dir: Path, split: UserSplit) -> np.ndarray:

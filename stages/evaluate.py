@@ -11,6 +11,7 @@ import typer
 
 from pipeline.cli import cli_errors
 from pipeline.config import EvaluateConfig, load_section
+from pipeline.data.cold_start import load_cold_items
 from pipeline.data.splits import load_split
 from pipeline.evaluation import (
     evaluate_heads,
@@ -20,7 +21,9 @@ from pipeline.evaluation import (
     paired_comparison,
 )
 from pipeline.experiments import experiments_sections
+from pipeline.features.store import load_catalog
 from pipeline.inference import load_trained, resolve_device
+from pipeline.references import cold_start_references
 from pipeline.report import paired_text, runs_of, text_table, write_report
 
 BASELINE_RUN = "baseline"
@@ -48,14 +51,27 @@ def main(
     net, checkpoint, catalog = load_trained(model, features, prepared, torch_device)
     base_net, base_checkpoint, _ = load_trained(baseline, features, prepared, torch_device)
     split = load_split(prepared)
+    cold = load_cold_items(prepared)  # None in the normal setting
 
     def ranking(ckpt: dict) -> dict:
-        return {"ks": cfg.ks, "batch_size": cfg.batch_size, "max_seq_len": ckpt["max_seq_len"], "device": torch_device}
+        return {
+            "ks": cfg.ks,
+            "batch_size": cfg.batch_size,
+            "max_seq_len": ckpt["max_seq_len"],
+            "device": torch_device,
+            "cold": cold,
+        }
 
     result = evaluate_model(net, split, name=checkpoint["model_name"], **ranking(checkpoint))
     base = evaluate_model(base_net, split, name=BASELINE_RUN, **ranking(base_checkpoint))
     heads = evaluate_heads(net, split, checkpoint["model_name"], **ranking(checkpoint))  # ODMT: each head alone
-    others = [base] + ([evaluate_popularity(split, catalog.num_items, cfg.ks)] if cfg.popularity_baseline else [])
+    others = [base]
+    if cfg.popularity_baseline:
+        others.append(evaluate_popularity(split, catalog.num_items, cfg.ks, cold=cold))
+    if cold is not None:  # training-free references for the cold-start rows (pipeline/references.py)
+        content = load_catalog(features, prepared, ("text", "image"), all_modalities_required=False)
+        tables = {m: t.numpy() for m, t in content.features.items()}
+        others += cold_start_references(split, tables, cold, cfg.knn_history, cfg.ks)
     stages = paired_comparison(result, base, cfg.bootstrap_resamples, cfg.bootstrap_seed)
     paired = {"model": result.name, "baseline": BASELINE_RUN, "resamples": cfg.bootstrap_resamples}
     paired |= {"seed": cfg.bootstrap_seed, "stages": stages}

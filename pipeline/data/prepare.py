@@ -34,7 +34,13 @@ import numpy as np
 import polars as pl
 
 from pipeline.config import ConfigError, DataConfig
-from pipeline.data.cold_start import COLD_START_DROP_REASONS, apply_cold_start, check_fraction, choose_cold_items
+from pipeline.data.cold_start import (
+    COLD_START_DROP_REASONS,
+    apply_cold_start,
+    check_fraction,
+    check_share,
+    choose_cold_items,
+)
 from pipeline.data.images import attach_images
 from pipeline.data.readers import get_reader
 from pipeline.data.schema import INTERACTION_SCHEMA, ITEM_REQUIRED_COLUMNS, RawData
@@ -75,6 +81,7 @@ def validate_config(cfg: DataConfig) -> None:
     if cfg.min_rating is not None and not math.isfinite(cfg.min_rating):
         raise ConfigError(f"`data.min_rating` = {cfg.min_rating} must be a finite number or null")
     check_fraction(cfg.cold_start_fraction)
+    check_share(cfg.cold_target_share)
 
 
 def check_raw(raw: RawData, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -268,7 +275,7 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     sequences = build_sequences(mapped.drop("user_id").rename({"user_name": "user_id"}))
     del mapped
     cold_items = choose_cold_items(item_map.height, cfg.cold_start_fraction, cfg.seed)
-    sequences, cold_drops, cold_summary = apply_cold_start(sequences, cold_items)
+    sequences, cold_drops, cold_summary = apply_cold_start(sequences, cold_items, cfg.cold_target_share, cfg.seed)
     if len(cold_items):  # the cold_start_* reasons appear in stats.json only in the cold-start setting
         drops.update(cold_drops)
     _check_users_left(cfg, sequences, cold_summary)
