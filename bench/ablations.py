@@ -177,6 +177,38 @@ def aggregate(name: str, model: str, runs: list[dict[str, Any]]) -> dict[str, An
     }
 
 
+REFERENCE_RUNS = ("popularity", "random_among_cold")  # plus every content_knn_* run (pipeline/references.py)
+
+
+def reference_results(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training-free rows in a SASRec row's evaluation (popularity; in the cold-start setting the content-kNN
+    and random-among-cold references) as result rows of their own, named ``<run><suffix>`` where the SASRec row is
+    ``sasrec<suffix>`` (e.g. ``content_knn_text_cold`` from ``sasrec_cold``); no training cost columns."""
+    suffix = row["name"][len("sasrec") :] if row["name"].startswith("sasrec") else f"_{row['name']}"
+    out = []
+    for run_name in row["metrics"]:
+        if run_name in REFERENCE_RUNS or run_name.startswith("content_knn_"):
+            out.append(
+                {
+                    "name": f"{run_name}{suffix}",
+                    "model": run_name,
+                    "seeds": row["seeds"][:1],
+                    "metrics": {run_name: row["metrics"][run_name]},
+                    "metrics_std": {},
+                    "train": None,
+                    "pretrain": None,
+                    "stages": {},
+                    "order": row.get("order", 0) + 0.5,
+                    "overrides": row.get("overrides", {}),
+                    "budget": row.get("budget", {}),
+                    "reference": None,
+                    "paired": None,
+                    "evaluated_with": row["name"],
+                }
+            )
+    return out
+
+
 def paired_with_reference(result: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any] | None:
     """Seed-averaged paired comparison with the reference row over the seeds both ran, from their topk.parquet."""
     if reference is None:
@@ -259,6 +291,9 @@ def main(
         result["paired"] = None if ref_name == name else paired_with_reference(result, done.get(ref_name))
         done[name] = result
         write_json_atomic(results / suite / f"{name}.json", result)
+        if ref_name == name:
+            for row in reference_results(result):
+                write_json_atomic(results / suite / f"{row['name']}.json", row)
     markdown = experiments_markdown(results)
     write_text_atomic(results.parent / "experiments.md", markdown)
     typer.echo(markdown)

@@ -275,7 +275,7 @@ RANGES: dict[str, Range] = {
     "recommend.gallery_seed": AT_LEAST_0,
     **{f"model.{k}": AT_LEAST_1 for k in ("hidden_dim", "num_layers", "num_heads", "fusion_layers", "fusion_heads")},
     "model.num_experts": AT_LEAST_1,
-    **dict.fromkeys(("model.dropout", "model.adaptor_dropout"), FRACTION),
+    **dict.fromkeys(("model.dropout", "model.adaptor_dropout", "model.id_dropout"), FRACTION),
     **dict.fromkeys(("model.mixup_max_prob", "model.item_drop_max"), PROBABILITY),
     **dict.fromkeys(("model.temperature", "model.distill_temperature"), POSITIVE),
     **{f"model.{k}": AT_LEAST_0 for k in ("distill_weight", "distill_ramp_epochs", "cm_weight", "cold_id_neighbours")},

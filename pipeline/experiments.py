@@ -11,12 +11,19 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.evaluation import COLD_START
+from pipeline.evaluation import AMONG_COLD, COLD_START, subset_name
 from pipeline.metrics import per_user_values, target_ranks
 from pipeline.significance import paired_difference
 
 METRICS = ("HR@10", "NDCG@10", "MRR@10")
 PAIRED_METRIC = "NDCG@10"  # the column of the paired comparison with the suite's SASRec row
+# (stage or subset in metrics.json, column label): test over every user, then the cold-start views
+TABLE_STAGES: tuple[tuple[str, str], ...] = (
+    ("valid", "valid"),
+    ("test", "test"),
+    (subset_name("test", COLD_START), "cold test (all items)"),
+    (subset_name("test", AMONG_COLD), "cold test (among cold)"),
+)
 
 
 def per_user_from_topk(path: Path, stage: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +77,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def _row(result: dict[str, Any]) -> list[str]:
     metrics = result["metrics"].get(result["model"], {})
     cells = [result["name"]]
-    for stage in ("valid", "test", COLD_START):
+    for stage, _ in TABLE_STAGES:
         cells += [_fmt(metrics.get(stage, {}).get(m)) for m in METRICS]
     train = result.get("train") or {}
     pretrain = result.get("pretrain") or {}
@@ -110,8 +117,8 @@ def experiments_table(paths: list[Path]) -> str:
     """Markdown table of every result file, in suite order; cold-start columns show "–" without a cold-start split."""
     results = sorted((json.loads(path.read_text()) for path in paths), key=lambda r: (r.get("order", 0), r["name"]))
     header = ["run"]
-    for stage in ("valid", "test", "cold test"):
-        header += [f"{stage} {m}" for m in METRICS]
+    for _, label in TABLE_STAGES:
+        header += [f"{label} {m}" for m in METRICS]
     header += [
         "train s/epoch",
         "epochs",
@@ -184,7 +191,9 @@ def experiments_sections(results_dir: Path) -> list[str]:
         "Runs of `python -m bench.ablations --suite <suite>` (each variant = params.yaml plus the shared budget and "
         "its overrides in bench/experiments.yaml; same split, seeds and budget within a table). Metrics @10, full "
         "ranking; with several seeds, metrics are the mean over seeds and `std` their standard deviation; cold "
-        "test = users whose test target is a held-out item (cold-start setting only); s/epoch = training part of "
+        "test = users whose test target is a held-out item (cold-start setting only, pipeline/data/cold_start.py), "
+        "ranked among all items or among the held-out test items only; `*_cold` rows without training "
+        "(content_knn_*, popularity, random_among_cold) are evaluate's reference rows on the cold split; s/epoch = training part of "
         "an epoch (validation excluded); peak RSS = the stage process's peak resident memory. The last column "
         "compares each row with the suite's SASRec row on the same split: paired over users, each user's NDCG@10 "
         "averaged over the seeds both rows share, 95% bootstrap CI and randomization p "

@@ -23,6 +23,7 @@ def _result(name: str, model: str, ndcg: float, cold: float | None = None) -> di
     stages = {"valid": {"HR@10": 0.3, "NDCG@10": ndcg, "MRR@10": 0.1}, "test": {"HR@10": 0.2, "NDCG@10": ndcg}}
     if cold is not None:
         stages["test_cold_start"] = {"HR@10": cold, "NDCG@10": cold / 2, "MRR@10": cold / 4}
+        stages["test_cold_among_cold"] = {"HR@10": 4 * cold, "NDCG@10": 2 * cold, "MRR@10": cold}
     return {
         "name": name,
         "model": model,
@@ -55,10 +56,10 @@ def test_table_has_one_row_per_run_with_cold_start_and_cost(tmp_path: Path) -> N
     assert len(lines) == 4
     sasrec, mp4sr = lines[2].split(" | "), lines[3].split(" | ")
     assert sasrec[0] == "| sasrec" and sasrec[2] == "0.1500" and sasrec[6] == "–"  # test MRR missing -> "–"
-    assert sasrec[7:10] == ["–", "–", "–"]  # no cold-start split
-    assert mp4sr[7:10] == ["0.0400", "0.0200", "0.0100"]
-    assert sasrec[10:] == ["41.3", "12", "1500", "–", "–", "–", "1", "–", "– |"]  # one seed, no paired row
-    assert mp4sr[13:16] == ["80.0", "9", "1700"]
+    assert sasrec[7:13] == ["–"] * 6  # no cold-start split
+    assert mp4sr[7:13] == ["0.0400", "0.0200", "0.0100", "0.1600", "0.0800", "0.0400"]  # all items, among cold
+    assert sasrec[13:] == ["41.3", "12", "1500", "–", "–", "–", "1", "–", "– |"]  # one seed, no paired row
+    assert mp4sr[16:19] == ["80.0", "9", "1700"]
 
 
 def test_pretraining_columns_are_empty_when_pretraining_was_off(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ def test_pretraining_columns_are_empty_when_pretraining_was_off(tmp_path: Path) 
     result["pretrain"] = {"enabled": False, "reason": "pretrain.enabled is false"}  # the marker's summary
     (tmp_path / "r.json").write_text(json.dumps(result))
     row = experiments_table([tmp_path / "r.json"]).strip().splitlines()[2].split(" | ")
-    assert row[13:16] == ["–", "–", "–"]
+    assert row[16:19] == ["–", "–", "–"]
 
 
 def test_rows_follow_suite_order_not_file_names(tmp_path: Path) -> None:
@@ -183,4 +184,4 @@ def test_table_shows_seeds_std_and_the_paired_difference(tmp_path: Path) -> None
     }
     (tmp_path / "r.json").write_text(json.dumps(result))
     row = experiments_table([tmp_path / "r.json"]).strip().splitlines()[2].split(" | ")
-    assert row[16:] == ["3", "0.0012", "+0.0040 [+0.0010, +0.0070] (+2.1%), p=0.010 |"]
+    assert row[19:] == ["3", "0.0012", "+0.0040 [+0.0010, +0.0070] (+2.1%), p=0.010 |"]

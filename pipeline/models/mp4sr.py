@@ -67,6 +67,9 @@ COLD_ID_TEMPERATURE = 0.1  # softmax temperature over the cosine similarities of
 COLD_ID_CHUNK = 4096  # cold items scored against the warm ones at once (bounds the (chunk, S) similarity matrix)
 MODALITIES: tuple[str, str] = ("text", "image")
 PHASES: tuple[str, ...] = ("pretrain", "train")
+COLD_OFFSETS: tuple[str, ...] = ("none", "validation")
+# cold_offset: validation searches these offsets (logits are cosines / tau, at most 2 / 0.07 ~ 28.6 apart)
+COLD_OFFSET_GRID: tuple[float, ...] = tuple(sorted((x / 4 for x in range(-40, 121)), key=abs))  # -10..30, step 0.25
 
 # ``model:`` keys that shape the pre-trained network or its training; the others are fine-tuning only. The
 # ``pretrain`` stage declares exactly these as DVC params; :func:`pipeline.pretrain.init_from_pretrained` checks them.
@@ -100,6 +103,15 @@ class MP4SRConfig:
     # Ranking only: a cold item's ID row = softmax-weighted mean of the ID rows of its k most content-similar warm
     # items (cosine of the adapted features); 0 = zero (content alone). Default for checkpoints that predate it.
     cold_id_neighbours: int = 0
+    # Extensions for the cold-start setting (not in the paper), each off by default:
+    # fine-tuning zeroes each item's ID embedding with this probability per batch, in inputs and candidates alike,
+    # so the content path learns to rank on its own (items without an ID are ranked by content alone)
+    id_dropout: float = 0.0
+    # "validation": a scalar added to the score of every item without training interactions, chosen after each
+    # fine-tuning epoch on valid NDCG@10 (grid COLD_OFFSET_GRID; the realistic valid population) | "none"
+    cold_offset: str = "none"
+    # fine-tuning leaves the pre-trained M2SE transformer (and its position embeddings) frozen, as UniSRec does
+    freeze_transformer: bool = False
 
 
 def _check_config(config: MP4SRConfig) -> None:
@@ -108,6 +120,10 @@ def _check_config(config: MP4SRConfig) -> None:
     for key in ("dropout", "adaptor_dropout"):
         if not 0.0 <= getattr(config, key) < 1.0:
             raise ValueError(f"model.{key} = {getattr(config, key)} must be in [0, 1)")
+    if not 0.0 <= config.id_dropout < 1.0:
+        raise ValueError(f"model.id_dropout = {config.id_dropout} must be in [0, 1) (0 = off)")
+    if config.cold_offset not in COLD_OFFSETS:
+        raise ValueError(f"model.cold_offset = {config.cold_offset!r} must be one of: {', '.join(COLD_OFFSETS)}")
     if config.cold_id_neighbours < 0:
         raise ValueError(f"model.cold_id_neighbours = {config.cold_id_neighbours} must be >= 0 (0 = off)")
     for key in ("mixup_max_prob", "item_drop_max"):
@@ -338,12 +354,46 @@ class MP4SR(nn.Module):
         self.mixup = ComplementaryMixup(config.mixup_max_prob)
         self.backbone.apply(lambda m: init_weights(m, INIT_STD))
         init_weights(self.id_emb, INIT_STD)
+        if config.cold_offset == "validation":  # only then: checkpoints without it load unchanged
+            self.register_buffer("cold_offset", torch.zeros(()))
 
     def set_phase(self, phase: str) -> None:
         """ "pretrain" (contrastive pre-training) or "train" (fine-tuning, the default)."""
         if phase not in PHASES:
             raise ValueError(f"MP4SR phase must be one of {PHASES}, got {phase!r}")
         self.phase = phase
+        self.backbone.requires_grad_(not (phase == "train" and self.config.freeze_transformer))
+
+    @property
+    def selects_on_validation(self) -> bool:
+        """True with ``cold_offset: validation`` while fine-tuning: :func:`pipeline.train.fit` then calls
+        :meth:`select_on_validation` after every epoch."""
+        return self.config.cold_offset == "validation" and self.phase == "train"
+
+    @torch.no_grad()
+    def select_on_validation(
+        self, input_ids: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor, batch_size: int
+    ) -> dict[str, float]:
+        """Extension ``cold_offset: validation``: the offset of :data:`COLD_OFFSET_GRID` (smallest magnitude first,
+        so ties keep the smaller one) that maximises valid NDCG@10 with ``exclude`` (U, N+1) masked; kept in the
+        ``cold_offset`` buffer. ``targets`` are the VALID targets; test targets are never passed here."""
+        was_training = self.training
+        self.eval()
+        self.cold_offset.zero_()
+        grid = torch.tensor(COLD_OFFSET_GRID, dtype=torch.float32, device=input_ids.device)  # (G,)
+        tables = self._item_tables()
+        items = self._candidates(tables)  # (N+1, 2D)
+        cold = (~self.seen).float()  # (N+1,)
+        gains = torch.zeros(len(grid), dtype=torch.float64)
+        for start in range(0, len(input_ids), batch_size):
+            ids = input_ids[start : start + batch_size]  # (b, L)
+            scores = self._queries(ids, tables) @ items.T  # (b, N+1)
+            gains += ndcg_at_10_per_offset(scores, cold, targets[start : start + batch_size],
+                                           exclude[start : start + batch_size], grid)
+        best = int(torch.argmax(gains))
+        self.cold_offset.fill_(float(grid[best]))
+        self.train(was_training)
+        return {"cold_offset": float(self.cold_offset)}
 
     @property
     def _uses_ids(self) -> bool:
@@ -362,8 +412,13 @@ class MP4SR(nn.Module):
         return tables[0], tables[1]
 
     def id_table(self) -> torch.Tensor:
-        """(N+1, D) ID embeddings; zero for padding and for items without training interactions (cold items)."""
-        return self.id_emb.weight * self.seen[:, None]  # (N+1, D)
+        """(N+1, D) ID embeddings; zero for padding and for items without training interactions (cold items), and
+        while fine-tuning with ``id_dropout`` > 0 for a random ``id_dropout`` share of the items (one draw per call,
+        i.e. per batch, shared by inputs and candidates)."""
+        keep = self.seen  # (N+1,)
+        if self.training and self.config.id_dropout > 0:
+            keep = keep & (torch.rand(keep.shape, device=keep.device) >= self.config.id_dropout)
+        return self.id_emb.weight * keep[:, None]  # (N+1, D)
 
     def _item_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-phase input/candidate tables: content (pre-training) or content + ID (fine-tuning)."""
@@ -452,9 +507,42 @@ class MP4SR(nn.Module):
         return torch.cat([F.normalize(text_tab, dim=-1), F.normalize(image_tab, dim=-1)], dim=-1)  # (N+1, 2D)
 
     def user_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) left-padded histories -> (B, 2D) ``[norm(h_text), norm(h_image)] / tau`` at the last position."""
-        return self._queries(input_ids, self._item_tables())  # (B, 2D)
+        """(B, L) left-padded histories -> (B, 2D) ``[norm(h_text), norm(h_image)] / tau`` at the last position;
+        with ``cold_offset: validation`` a last column of ones (B, 2D+1) picks up the items' offset column."""
+        queries = self._queries(input_ids, self._item_tables())  # (B, 2D)
+        if hasattr(self, "cold_offset"):
+            queries = torch.cat([queries, torch.ones_like(queries[:, :1])], dim=1)  # (B, 2D+1)
+        return queries
 
     def item_vectors(self) -> torch.Tensor:
-        """(N+1, 2D) ``[norm(e_text), norm(e_image)]`` (with ID embeddings when fine-tuning); row 0 = zeros."""
-        return self._candidates(self._item_tables())  # (N+1, 2D)
+        """(N+1, 2D) ``[norm(e_text), norm(e_image)]`` (with ID embeddings when fine-tuning); row 0 = zeros; with
+        ``cold_offset: validation`` (N+1, 2D+1), the last column = the offset on items without training
+        interactions (0 elsewhere and in pre-training)."""
+        items = self._candidates(self._item_tables())  # (N+1, 2D)
+        if hasattr(self, "cold_offset"):
+            cold = (~self.seen).float() * (self.cold_offset if self.phase == "train" else 0.0)  # (N+1,)
+            cold[0] = 0.0
+            items = torch.cat([items, cold[:, None]], dim=1)  # (N+1, 2D+1)
+        return items
+
+
+def ndcg_at_10_per_offset(
+    scores: torch.Tensor, cold: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor, grid: torch.Tensor
+) -> torch.Tensor:
+    """Summed NDCG@10 of ``scores + b * cold`` for every offset ``b`` of ``grid`` (G,).
+
+    ``scores`` (U, N+1), ``cold`` (N+1,) 1.0 for items without training interactions, ``targets`` (U,), ``exclude``
+    (U, N+1) bool items not ranked (the target never is). The target's rank is the number of ranked items scoring
+    strictly higher; NDCG@10 = 1 / log2(rank + 2) when rank < 10. Returns (G,) float64.
+    """
+    rows = torch.arange(len(targets), device=targets.device)  # (U,)
+    excluded = exclude.clone()
+    excluded[rows, targets] = False
+    margin = scores - scores[rows, targets][:, None]  # (U, N+1)
+    cold_margin = cold[None, :] - cold[targets][:, None]  # (U, N+1): -1, 0 or 1
+    out = torch.zeros(len(grid), dtype=torch.float64)
+    for g, offset in enumerate(grid.tolist()):
+        higher = ((margin + offset * cold_margin) > 0) & ~excluded  # (U, N+1)
+        rank = higher.sum(dim=1)  # (U,)
+        out[g] = torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2.0), 0.0).sum()
+    return out
