@@ -36,6 +36,8 @@ import yaml
 from bench.run_stage import StageRun, run_measured
 from pipeline.experiments import experiments_markdown, seed_averaged_paired
 from pipeline.io import write_json_atomic, write_text_atomic
+from pipeline.models.mp4sr import PRETRAIN_KEYS
+from pipeline.pretrain import PRETRAIN_MODELS
 from pipeline.report import PAIRED_KEY
 
 app = typer.Typer(add_completion=False)
@@ -90,10 +92,13 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str], referenc
     runs = []
     model_dir = out / "models"
     train_args = [*common, "--prepared", str(prepared), "--features", str(features), "--out", str(model_dir)]
-    if params["model"]["name"] == "mp4sr":
-        pre = out / "pretrain"
-        pre_args = [*common, "--prepared", str(prepared), "--features", str(features), "--out", str(pre)]
-        runs.append(_stage("pretrain", pre_args, env))
+    pre = pretrain_dir(params)
+    if pre is not None:
+        if not (pre / "pretrain.pt").exists():  # variants differing in fine-tuning only share one pre-training
+            pre_args = [*common, "--prepared", str(prepared), "--features", str(features), "--out", str(pre)]
+            runs.append(_stage("pretrain", pre_args, env))
+        else:
+            typer.echo(f"== {name}: pre-training shared with an earlier variant ({pre})", err=True)
         train_args += ["--pretrained", str(pre / "pretrain.pt")]
     if reference is not None:  # e.g. ODMT's init_from_baseline starts from the suite's SASRec at the same seed
         train_args += ["--baseline", str(reference)]
@@ -105,9 +110,23 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str], referenc
     return _run_record(out, params, stages)
 
 
+def pretrain_dir(params: dict[str, Any]) -> Path | None:
+    """Where a variant's pre-training lives: one folder per everything the pretrain stage reads (data, embed,
+    pretrain section, the model keys of ``PRETRAIN_KEYS``, seed, sequence length), shared by the variants that
+    differ in fine-tuning only; None for a model without pre-training."""
+    model = params["model"]
+    if model["name"] not in PRETRAIN_MODELS:
+        return None
+    data_section = {k: v for k, v in params["data"].items() if k != "max_seq_len"}
+    keys = {k: model.get(k) for k in PRETRAIN_KEYS}
+    identity = [data_section, params["embed"], params["pretrain"], keys, model["name"], params["train"]["seed"]]
+    return RUNS / "shared" / f"pretrain-{_key(*identity, params['data']['max_seq_len'])}"
+
+
 def _run_record(out: Path, params: dict[str, Any], stages: dict[str, Any]) -> dict[str, Any]:
     """One finished seed run under ``out``: its params identity, metrics and summaries, as stored in results."""
-    pretrain_summary = out / "pretrain" / "pretrain_summary.json"
+    pre = pretrain_dir(params)
+    pretrain_summary = (pre or out / "pretrain") / "pretrain_summary.json"
     return {
         "seed": params["train"]["seed"],
         "params_key": params_key(params),
@@ -254,6 +273,7 @@ def main(
             done[earlier["name"]] = earlier
     # Reference (SASRec) rows first: every other row needs their checkpoints.
     order = {name: i for i, name in enumerate(variants)}
+
     def is_reference(n: str) -> bool:
         return apply_overrides(base, _overrides(variants[n]))["model"]["name"] == "sasrec"
 

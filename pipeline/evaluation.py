@@ -106,8 +106,10 @@ def _subset_metrics(
     ks: list[int],
     cold: ColdItems | None,
 ) -> dict[str, dict[str, float]]:
-    mask = cold_mask(split, stage)  # (U,)
     out: dict[str, dict[str, float]] = {}
+    if cold is None and stage != "test":  # normal setting: only the (rare) naturally unseen test targets
+        return out
+    mask = cold_mask(split, stage)  # (U,)
     if not mask.any():  # never an empty subset: its metrics would be NaN
         return out
     out[subset_name(stage, COLD_START)] = metrics.compute(ranked.items, ranked.targets, ks, mask=mask)

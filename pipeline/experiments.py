@@ -107,8 +107,7 @@ def _seed_and_paired_cells(result: dict[str, Any]) -> list[str]:
     if paired is not None and result.get("reference") != result.get("name"):
         rel = f" ({100 * paired['relative']:+.1f}%)" if paired.get("relative") == paired.get("relative") else ""
         cell = (
-            f"{paired['diff']:+.4f} [{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]{rel}, "
-            f"p={paired['p_value']:.3f}"
+            f"{paired['diff']:+.4f} [{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]{rel}, p={paired['p_value']:.3f}"
         )
     return [str(len(seeds)) if seeds else "1", _fmt(std) if std is not None else "–", cell]
 
@@ -193,8 +192,9 @@ def experiments_sections(results_dir: Path) -> list[str]:
         "ranking; with several seeds, metrics are the mean over seeds and `std` their standard deviation; cold "
         "test = users whose test target is a held-out item (cold-start setting only, pipeline/data/cold_start.py), "
         "ranked among all items or among the held-out test items only; `*_cold` rows without training "
-        "(content_knn_*, popularity, random_among_cold) are evaluate's reference rows on the cold split; s/epoch = training part of "
-        "an epoch (validation excluded); peak RSS = the stage process's peak resident memory. The last column "
+        "(content_knn_*, popularity, random_among_cold) are evaluate's reference rows on the cold split; "
+        "s/epoch = training part of an epoch (validation excluded); peak RSS = the stage process's peak resident "
+        "memory. The last column "
         "compares each row with the suite's SASRec row on the same split: paired over users, each user's NDCG@10 "
         "averaged over the seeds both rows share, 95% bootstrap CI and randomization p "
         "(pipeline/significance.py).\n\n"

@@ -35,6 +35,8 @@ SUMMARY_NAME = "pretrain_summary.json"
 PRETRAIN_MODELS: tuple[str, ...] = ("mp4sr",)  # models with a pre-training phase
 KIND = "pretrain"
 ID_EMBEDDING_PREFIX = "id_emb."  # learned in fine-tuning only; never handed over
+# state-dict keys learned or chosen in fine-tuning only (MP4SR's ID embeddings and its cold_offset extension)
+FINE_TUNING_ONLY: tuple[str, ...] = (ID_EMBEDDING_PREFIX, "cold_offset")
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def pretrain(
         "model_name": registered_name(model),
         "model_config": asdict(model.config),
         "state_dict": {
-            k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(ID_EMBEDDING_PREFIX)
+            k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(FINE_TUNING_ONLY)
         },
         "num_items": int(model.num_items),
         "max_seq_len": int(max_seq_len),
@@ -150,7 +152,7 @@ def init_from_pretrained(model: nn.Module, path: Path) -> bool:
             f"but params say {ours.get(changed[0])!r}; run `dvc repro pretrain`"
         )
     missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
-    missing = [k for k in missing if not k.startswith(ID_EMBEDDING_PREFIX)]
+    missing = [k for k in missing if not k.startswith(FINE_TUNING_ONLY)]
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     log.info("fine-tuning from %s (pre-training epoch %d)", path, checkpoint["epoch"])

@@ -35,7 +35,12 @@ def sequences(rows: list[list[int]]) -> pl.DataFrame:
             "items": rows,
             "timestamps": [[10 * (j + 1) for j in range(len(r))] for r in rows],
         },
-        schema={"user_idx": pl.Int32, "user_id": pl.String, "items": pl.List(pl.Int32), "timestamps": pl.List(pl.Int64)},
+        schema={
+            "user_idx": pl.Int32,
+            "user_id": pl.String,
+            "items": pl.List(pl.Int32),
+            "timestamps": pl.List(pl.Int64),
+        },
     )
 
 
@@ -206,13 +211,16 @@ def test_popularity_cold_metrics_by_hand() -> None:
     result = evaluate_popularity(SPLIT, num_items=6, ks=[1, 2], cold=COLD)
     m = result.metrics()
     # training counts 1: 2, 2: 2, 3: 1, 4: 1, 5: 0, 6: 0. test: user 0 masks {1, 2, 3} -> 4, 5, 6; 6 at rank 3
-    assert m["test_cold_start"] == pytest.approx(dict.fromkeys(["HR@1", "NDCG@1", "MRR@1", "HR@2", "NDCG@2", "MRR@2"], 0.0))
+    assert m["test_cold_start"] == pytest.approx(
+        dict.fromkeys(["HR@1", "NDCG@1", "MRR@1", "HR@2", "NDCG@2", "MRR@2"], 0.0)
+    )
     # among cold test items only ({6}): the target is the only candidate
     assert m["test_cold_among_cold"]["HR@1"] == 1.0
     # warm test users 1, 2: user 1 masks {2, 3, 5} -> 1 (count 2), 4 (1), 6; target 4 at rank 2
     # user 2 masks {1, 4, 2} -> 3 (1), 5, 6; target 3 at rank 1
-    assert m["test_warm_start"] == pytest.approx({"HR@1": 0.5, "NDCG@1": 0.5, "MRR@1": 0.5, "HR@2": 1.0,
-                                                  "NDCG@2": (1 + 1 / np.log2(3)) / 2, "MRR@2": 0.75})
+    assert m["test_warm_start"] == pytest.approx(
+        {"HR@1": 0.5, "NDCG@1": 0.5, "MRR@1": 0.5, "HR@2": 1.0, "NDCG@2": (1 + 1 / np.log2(3)) / 2, "MRR@2": 0.75}
+    )
     # valid: user 1 (cold valid target 5) masks {2, 3}: 1 (2), 4 (1), then 5, 6 at 0 -> 5 at rank 3
     assert m["valid_cold_start"]["HR@2"] == 0.0 and m["valid_cold_among_cold"]["HR@1"] == 1.0
     assert "valid_warm_start" in m

@@ -227,7 +227,7 @@ def write_project(tmp_path: Path) -> tuple[Path, Path, Path]:
     params = tmp_path / "params.yaml"
     params.write_text(
         "evaluate:\n  ks: [2, 5]\n  batch_size: 4\n  popularity_baseline: true\n"
-        "  bootstrap_resamples: 300\n  bootstrap_seed: 0\n"
+        "  bootstrap_resamples: 300\n  bootstrap_seed: 0\n  knn_history: 10\n"
     )
     return params, prepared, models
 

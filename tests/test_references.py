@@ -65,8 +65,13 @@ def test_ablation_runner_writes_each_reference_as_its_own_row() -> None:
         "name": "sasrec_cold",
         "seeds": [42],
         "order": 4,
-        "metrics": {"sasrec": stage, "baseline": stage, "popularity": stage, "content_knn_text": stage,
-                    "random_among_cold": stage},
+        "metrics": {
+            "sasrec": stage,
+            "baseline": stage,
+            "popularity": stage,
+            "content_knn_text": stage,
+            "random_among_cold": stage,
+        },
     }
     refs = reference_results(row)
     assert [r["name"] for r in refs] == ["popularity_cold", "content_knn_text_cold", "random_among_cold_cold"]

@@ -216,14 +216,21 @@ def apply_cold_start(
         "valid_items": cold.valid.tolist(),
         "test_items": cold.test.tolist(),
     }
-    for name, pool, got in (("test", test_at >= 0, test_users), ("valid", valid_pool, valid_users)):
+    for name, got in (("test", test_users), ("valid", valid_users)):
         if len(got) < wanted:
             log.warning("cold start: only %d users can get a cold %s target (%d wanted)", len(got), name, wanted)
     log.info(
         "cold start: %d items held out (%d valid, %d test); %d cold test and %d cold valid targets of %d users "
         "(share %.3f); %d users dropped, drops %s",
-        len(cold), len(cold.valid), len(cold.test), len(test_users), len(valid_users), len(kept), target_share,
-        summary["users_dropped"], drops,
+        len(cold),
+        len(cold.valid),
+        len(cold.test),
+        len(test_users),
+        len(valid_users),
+        len(kept),
+        target_share,
+        summary["users_dropped"],
+        drops,
     )
     return rebuilt, drops, summary
 
@@ -244,9 +251,12 @@ def load_cold_items(prepared_dir: Path) -> ColdItems | None:
     if not summary.get("held_out_items"):
         return None
     if "valid_items" not in summary:
-        raise ValueError(f"{path}: a cold-start split from an older version (no valid/test item halves); rerun "
-                         "`dvc repro prepare`")
-    return ColdItems(np.asarray(summary["valid_items"], dtype=np.int64), np.asarray(summary["test_items"], dtype=np.int64))
+        raise ValueError(
+            f"{path}: a cold-start split from an older version (no valid/test item halves); rerun `dvc repro prepare`"
+        )
+    return ColdItems(
+        np.asarray(summary["valid_items"], dtype=np.int64), np.asarray(summary["test_items"], dtype=np.int64)
+    )
 
 
 def _seen(arrays: list[np.ndarray], targets: np.ndarray) -> np.ndarray:

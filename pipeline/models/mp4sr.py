@@ -388,8 +388,9 @@ class MP4SR(nn.Module):
         for start in range(0, len(input_ids), batch_size):
             ids = input_ids[start : start + batch_size]  # (b, L)
             scores = self._queries(ids, tables) @ items.T  # (b, N+1)
-            gains += ndcg_at_10_per_offset(scores, cold, targets[start : start + batch_size],
-                                           exclude[start : start + batch_size], grid)
+            gains += ndcg_at_10_per_offset(
+                scores, cold, targets[start : start + batch_size], exclude[start : start + batch_size], grid
+            )
         best = int(torch.argmax(gains))
         self.cold_offset.fill_(float(grid[best]))
         self.train(was_training)
