@@ -103,8 +103,8 @@ def test_recbole_reads_types_text_and_rows(tmp_path: Path) -> None:
     ("line", "problem"),
     [
         ("1m_1\tToy Story (1995)\t5", "expected 4 fields"),
-        ("1m_1\tToy Story (1995)\t5\t97830x", "not an integer in field `timestamp`"),
-        ("1m_1\tToy Story (1995)\t5\t978300760.5", "not an integer in field `timestamp`"),
+        ("1m_1\tToy Story (1995)\t5\t97830x", "not a number in field `timestamp`"),
+        ("1m_1\tToy Story (1995)\t5\t ", "not a number in field `timestamp`"),
         ("1m_1\tToy Story (1995)\tfive\t978300760", "not a number in field `rating`"),
         ("\tToy Story (1995)\t5\t978300760", "empty field `user_id`"),
     ],
