@@ -80,9 +80,10 @@ def read_ml1m_recbole(cfg: DataConfig) -> RawData:
         item_id=meta.frame["item_id"],
         title=typed_field(meta, "movie_title", " ", RECBOLE_FIX).fill_null(""),
         year=typed_field(meta, "release_year", " ", RECBOLE_FIX).cast(pl.Int32, strict=False),
-        genres=typed_field(meta, "genre", " ", RECBOLE_FIX).fill_null("").str.split(" ").list.eval(
-            pl.element().filter(pl.element() != "")
-        ),
+        genres=typed_field(meta, "genre", " ", RECBOLE_FIX)
+        .fill_null("")
+        .str.split(" ")
+        .list.eval(pl.element().filter(pl.element() != "")),
     )
     log.info("read %s interactions and %s items from %s", f"{files.interactions.height:,}", f"{items.height:,}", root)
     return RawData(

@@ -116,8 +116,9 @@ def require_fields(file: AtomicFile, wanted: dict[str, str], fix: str) -> None:
 def _first_bad(file: AtomicFile, bad: pl.Series, name: str, problem: str, fix: str) -> None:
     if bad.any():
         first = int(bad.arg_true()[0])
-        raise format_error(file.path, int(file.frame["line"][first]), f"{problem} in field `{name}`",
-                           file.frame[name][first], fix)  # fmt: skip
+        raise format_error(
+            file.path, int(file.frame["line"][first]), f"{problem} in field `{name}`", file.frame[name][first], fix
+        )
 
 
 def parse_timestamps(file: AtomicFile, name: str, fix: str) -> tuple[pl.Series, int, int]:
@@ -152,8 +153,10 @@ def typed_field(file: AtomicFile, name: str, separator: str, fix: str) -> pl.Ser
         return pl.select(pl.when(raw.str.len_bytes() > 0).then(raw)).to_series().alias(name)
     if kind == "float":
         return parse_floats(file, name, fix)
-    tokens = raw.str.split(separator).list.eval(pl.element().str.strip_chars()).list.eval(
-        pl.element().filter(pl.element().str.len_bytes() > 0)
+    tokens = (
+        raw.str.split(separator)
+        .list.eval(pl.element().str.strip_chars())
+        .list.eval(pl.element().filter(pl.element().str.len_bytes() > 0))
     )
     if kind == "token_seq":
         return tokens.alias(name)
@@ -188,18 +191,24 @@ def read_recbole_files(
         if spec.timestamp_field not in inter.types:
             key = where("timestamp_field")
             raise format_error(
-                inter.path, 1, f"no timestamp field `{spec.timestamp_field}` ({key}); fields: {', '.join(inter.types)}",
+                inter.path,
+                1,
+                f"no timestamp field `{spec.timestamp_field}` ({key}); fields: {', '.join(inter.types)}",
                 inter.header,
                 f"set {key} to the field holding each event's time, or to null to order each user's events by file "
                 "line (only if the file is chronological)",
-            )  # fmt: skip
+            )
         timestamp, fractional, subsecond = parse_timestamps(inter, spec.timestamp_field, fix)
         if fractional:
-            notes.append(f"{inter.path.name}: {fractional:,} timestamps had a fraction of a second and were floored; "
-                         "events within one second are ordered by file line")  # fmt: skip
+            notes.append(
+                f"{inter.path.name}: {fractional:,} timestamps had a fraction of a second and were floored; "
+                "events within one second are ordered by file line"
+            )
         if subsecond:
-            notes.append(f"{inter.path.name}: {subsecond:,} timestamps were in milliseconds (or finer) and were "
-                         "converted to whole seconds")  # fmt: skip
+            notes.append(
+                f"{inter.path.name}: {subsecond:,} timestamps were in milliseconds (or finer) and were "
+                "converted to whole seconds"
+            )
     if spec.rating_field is not None and spec.rating_field in inter.types:
         rating = parse_floats(inter, spec.rating_field, fix)
         _first_bad(inter, rating.is_null(), spec.rating_field, "not a number", fix)
@@ -225,12 +234,15 @@ def read_recbole_files(
         check_nonempty(items.path, items.frame, (spec.item_field,), fix)
         check_unique_ids(items.path, items.frame, spec.item_field, fix)
     else:
-        notes.append(f"{dataset}.item not found in {root}: items have no text (text features are masked); add "
-                     f"{dataset}.item with the items' features to use them")  # fmt: skip
+        notes.append(
+            f"{dataset}.item not found in {root}: items have no text (text features are masked); add "
+            f"{dataset}.item with the items' features to use them"
+        )
     present = [f"{dataset}.{s}" for s in NOT_READ if (root / f"{dataset}.{s}").is_file()]
     if present:
-        notes.append(f"{', '.join(present)} not read: this pipeline uses interactions (.inter) and item features "
-                     "(.item) only")  # fmt: skip
+        notes.append(
+            f"{', '.join(present)} not read: this pipeline uses interactions (.inter) and item features (.item) only"
+        )
     drops = Counter({"blank_line": inter.blank, "bad_timestamp": bad_timestamp})
     return RecboleFiles(inter_path=inter.path, interactions=interactions, items=items, drops=drops, notes=notes)
 
@@ -247,14 +259,20 @@ def _dataset_name(cfg: DataConfig) -> tuple[Path, str]:
         )
     root = Path(cfg.path)
     if not root.is_dir():
-        raise DataFormatError(f"data.source=recbole: data.path = {cfg.path!r} is not a folder. Fix: point data.path "
-                              "at the folder holding <dataset>.inter")  # fmt: skip
+        raise DataFormatError(
+            f"data.source=recbole: data.path = {cfg.path!r} is not a folder. Fix: point data.path "
+            "at the folder holding <dataset>.inter"
+        )
     dataset = cfg.recbole.dataset or root.resolve().name
     if not (root / f"{dataset}.inter").is_file():
         found = sorted(p.name for p in root.glob("*.inter"))
-        hint = f"; found {', '.join(found)}: set data.recbole.dataset to {found[0][: -len('.inter')]!r}" if found else ""
-        raise DataFormatError(f"data.source=recbole: no {dataset}.inter in {root}{hint}. Fix: set "
-                              "data.recbole.dataset to the name of the .inter file (without .inter)")  # fmt: skip
+        hint = (
+            f"; found {', '.join(found)}: set data.recbole.dataset to {found[0][: -len('.inter')]!r}" if found else ""
+        )
+        raise DataFormatError(
+            f"data.source=recbole: no {dataset}.inter in {root}{hint}. Fix: set "
+            "data.recbole.dataset to the name of the .inter file (without .inter)"
+        )
     return root, dataset
 
 
@@ -280,12 +298,16 @@ def text_fields(spec: RecboleConfig, item: AtomicFile) -> list[str]:
         names = [n for n, t in item.types.items() if t in ("token", "token_seq") and n != spec.item_field]
     for name in names:
         if name not in item.types or name == spec.item_field:
-            raise ConfigError(f"`data.recbole.text_fields` names {name!r}, which is not a feature field of "
-                              f"{item.path} (fields: {', '.join(item.types)})")  # fmt: skip
+            raise ConfigError(
+                f"`data.recbole.text_fields` names {name!r}, which is not a feature field of "
+                f"{item.path} (fields: {', '.join(item.types)})"
+            )
     for name in spec.text_labels:
         if name not in names:
-            raise ConfigError(f"`data.recbole.text_labels` labels {name!r}, which is not one of the text fields "
-                              f"({', '.join(names)}); add it to data.recbole.text_fields or remove the label")  # fmt: skip
+            raise ConfigError(
+                f"`data.recbole.text_labels` labels {name!r}, which is not one of the text fields "
+                f"({', '.join(names)}); add it to data.recbole.text_fields or remove the label"
+            )
     return names
 
 
@@ -311,8 +333,14 @@ def items_frame(files: RecboleFiles, spec: RecboleConfig) -> tuple[pl.DataFrame,
         pl.Series("title", title, dtype=pl.String),
         *attributes,
     )
-    notes = [f"{item.path.name}: field(s) {', '.join(skipped)} not kept as item attributes (names the pipeline "
-             "uses); they can still be text fields"] if skipped else []  # fmt: skip
+    notes = (
+        [
+            f"{item.path.name}: field(s) {', '.join(skipped)} not kept as item attributes (names the pipeline "
+            "uses); they can still be text fields"
+        ]
+        if skipped
+        else []
+    )
     return frame, notes
 
 
@@ -321,8 +349,13 @@ def read_recbole(cfg: DataConfig) -> RawData:
     root, dataset = _dataset_name(cfg)
     files = read_recbole_files(root, dataset, cfg.recbole, FIX, params="data.recbole", require_items=False)
     items, item_notes = items_frame(files, cfg.recbole)
-    log.info("read %s interactions and %s items of %s from %s", f"{files.interactions.height:,}",
-             f"{items.height:,}", dataset, root)  # fmt: skip
+    log.info(
+        "read %s interactions and %s items of %s from %s",
+        f"{files.interactions.height:,}",
+        f"{items.height:,}",
+        dataset,
+        root,
+    )
     return RawData(
         interactions=files.interactions.lazy(),
         items=items,
