@@ -129,7 +129,7 @@ def test_missing_timestamps_error_or_file_order(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("inter", "item", "match"),
     [
-        (["user_id\titem_id:token\ttimestamp:float", "u\ta\t1"], None, r"d.inter:1: bad header: field 'user_id' is not"),
+        (["user_id\titem_id:token\ttimestamp:float", "u\ta\t1"], None, r"d.inter:1: bad header: field 'user_id'"),
         (["user_id:token\titem_id:str\ttimestamp:float", "u\ta\t1"], None, r"type one of token, token_seq"),
         (["uid:token\titem_id:token\ttimestamp:float", "u\ta\t1"], None, r"no field `user_id` \(data.recbole.user_"),
         (INTER[:2] + ["5\tu1\ts1\tB01"], None, r"d.inter:3: expected 5 fields"),
