@@ -17,9 +17,17 @@ from pipeline.data.readers.recbole import read_recbole
 from pipeline.data.schema import INTERACTION_SCHEMA, DataFormatError
 
 CFG = DataConfig(
-    source="recbole", path=None, images_dir=None, min_rating=None, user_core=1, item_core=1, dedupe="user_item",
-    max_seq_len=50, cold_start_fraction=0.0, seed=0,
-)  # fmt: skip
+    source="recbole",
+    path=None,
+    images_dir=None,
+    min_rating=None,
+    user_core=1,
+    item_core=1,
+    dedupe="user_item",
+    max_seq_len=50,
+    cold_start_fraction=0.0,
+    seed=0,
+)
 
 # A Amazon-style RecBole data set, not named after MovieLens: other field order, extra fields, float timestamps
 # (one with a fraction), genres in a token_seq field named `categories`, a float_seq, a `.user` and a `.kg` file.
@@ -118,8 +126,11 @@ def test_missing_item_file_is_a_note_and_items_come_from_interactions(tmp_path: 
 
 def test_missing_timestamps_error_or_file_order(tmp_path: Path) -> None:
     root = write(tmp_path / "d", "d", ["user_id:token\titem_id:token", "u\ta", "u\tb", "v\ta"])
-    with pytest.raises(DataFormatError, match=r"d.inter:1: no timestamp field `timestamp` \(data.recbole.timestamp_"
-                       r"field\).*Fix: set data.recbole.timestamp_field .* or to null"):  # fmt: skip
+    with pytest.raises(
+        DataFormatError,
+        match=r"d.inter:1: no timestamp field `timestamp` \(data.recbole.timestamp_"
+        r"field\).*Fix: set data.recbole.timestamp_field .* or to null",
+    ):
         read_recbole(cfg(root))
     raw = read_recbole(cfg(root, timestamp_field=None))
     assert raw.interactions.collect()["timestamp"].to_list() == [1, 2, 3]
@@ -142,8 +153,9 @@ def test_missing_timestamps_error_or_file_order(tmp_path: Path) -> None:
         (INTER[:2], ["title:token", "x"], r"d.item:1: bad header: no field `item_id`"),
     ],
 )
-def test_bad_files_name_file_line_field_and_fix(tmp_path: Path, inter: list[str], item: list[str] | None,
-                                                match: str) -> None:  # fmt: skip
+def test_bad_files_name_file_line_field_and_fix(
+    tmp_path: Path, inter: list[str], item: list[str] | None, match: str
+) -> None:
     root = write(tmp_path / "d", "d", inter, item)
     with pytest.raises(DataFormatError, match=match) as err:
         read_recbole(cfg(root))
@@ -152,8 +164,11 @@ def test_bad_files_name_file_line_field_and_fix(tmp_path: Path, inter: list[str]
 
 def test_dataset_name_and_path_errors(tmp_path: Path) -> None:
     root = write(tmp_path / "folder", "Beauty", INTER, ITEM)
-    with pytest.raises(DataFormatError, match=r"no folder.inter .* found Beauty.inter: set data.recbole.dataset to "
-                       "'Beauty'"):  # fmt: skip
+    with pytest.raises(
+        DataFormatError,
+        match=r"no folder.inter .* found Beauty.inter: set data.recbole.dataset to "
+        "'Beauty'",
+    ):
         read_recbole(cfg(root))
     with pytest.raises(DataFormatError, match="needs data.path"):
         read_recbole(CFG)
