@@ -172,6 +172,8 @@ def test_dataset_name_and_path_errors(tmp_path: Path) -> None:
         read_recbole(cfg(root))
     with pytest.raises(DataFormatError, match="needs data.path"):
         read_recbole(CFG)
+    with pytest.raises(ConfigError, match=r"`data.recbole.dataset` = '../folder/Beauty' must be a file name"):
+        read_recbole(cfg(root, dataset="../folder/Beauty"))  # nothing is read outside data.path
 
 
 def test_recbole_section_must_keep_defaults_for_other_sources() -> None:

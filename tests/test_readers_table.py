@@ -206,6 +206,11 @@ def test_json_lines_items_with_list_text(tmp_path: Path) -> None:
             r"items.csv: no column 'id' \(`data.table.item_columns.id`\)",
         ),
         ({"interactions": None}, ConfigError, r"needs `data.table.interactions`"),
+        (
+            {"interactions": "events.parquet", "timestamp_unit": "iso"},
+            ConfigError,
+            r"'iso', but column 'ts' .* numbers",
+        ),
         ({"interactions": "nope/*.parquet"}, DataFormatError, r"no table files"),
         ({"interactions": "missing.csv"}, DataFormatError, r"missing.csv does not exist"),
         ({"item_columns": TableItemColumns(id="sku", text=[])}, ConfigError, r"at least one text column"),
@@ -219,6 +224,7 @@ def test_json_lines_items_with_list_text(tmp_path: Path) -> None:
 )
 def test_config_and_column_errors(tmp_path: Path, kw: dict, error: type, match: str) -> None:
     root = write(tmp_path, f"uid,sku,ts\nu,A,{T0}\n")
+    pl.DataFrame({"uid": ["u"], "sku": ["A"], "ts": [T0]}).write_parquet(root / "events.parquet")
     with pytest.raises(error, match=match):
         read_table(table(root, **kw))
 

@@ -196,7 +196,9 @@ def read_recbole_files(
                 f"no timestamp field `{spec.timestamp_field}` ({key}); fields: {', '.join(inter.types)}",
                 inter.header,
                 f"set {key} to the field holding each event's time, or to null to order each user's events by file "
-                "line (only if the file is chronological)",
+                "line (only if the file is chronological)"
+                if params
+                else fix,
             )
         timestamp, fractional, subsecond = parse_timestamps(inter, spec.timestamp_field, fix)
         if fractional:
@@ -264,6 +266,11 @@ def _dataset_name(cfg: DataConfig) -> tuple[Path, str]:
             "at the folder holding <dataset>.inter"
         )
     dataset = cfg.recbole.dataset or root.resolve().name
+    if Path(dataset).name != dataset or dataset in (".", ".."):
+        raise ConfigError(
+            f"`data.recbole.dataset` = {dataset!r} must be a file name without a folder (the files are read from "
+            "data.path): e.g. ml-1m for data.path/ml-1m.inter"
+        )
     if not (root / f"{dataset}.inter").is_file():
         found = sorted(p.name for p in root.glob("*.inter"))
         hint = (

@@ -191,6 +191,11 @@ def _timestamp_raw(expr: pl.Expr, dtype: pl.DataType, path: Path, column: str, t
     if dtype == pl.String:
         return expr
     if dtype.is_numeric():
+        if t.timestamp_unit == "iso":
+            raise ConfigError(
+                f"`data.table.timestamp_unit` = 'iso', but column {column!r} of {path} holds numbers ({dtype}); "
+                "set data.table.timestamp_unit: auto (or its unit: s, ms, us, ns)"
+            )
         return expr.cast(pl.Float64)
     if dtype == pl.Date or isinstance(dtype, pl.Datetime):
         if t.timestamp_unit != "auto":
