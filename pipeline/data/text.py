@@ -81,3 +81,23 @@ def compose_text(parts: list[pl.Expr], separator: str = ". ") -> pl.Expr:
 def labelled(label: str, expr: pl.Expr) -> pl.Expr:
     """``"<label>: <value>"``, or null when the value is null or empty."""
     return pl.when(expr.str.len_bytes() > 0).then(pl.lit(f"{label}: ") + expr).otherwise(None)
+
+
+def field_label(name: str) -> str:
+    """A column or field name as a text label: ``"release_year"`` -> ``"Release year"``."""
+    spaced = name.replace("_", " ").strip()
+    return spaced[:1].upper() + spaced[1:]
+
+
+def compose_fields(columns: list[str], labels: dict[str, str]) -> pl.Expr:
+    """Item text from String ``columns`` in order: ``"<first>. <Label>: <second>. ..."``.
+
+    A column's label is ``labels[column]`` when given (``""`` = no label), else none for the first column (the
+    title, as every reader puts it) and the column name as a label (:func:`field_label`) for the others. Empty
+    values are skipped; never null.
+    """
+    parts = []
+    for i, column in enumerate(columns):
+        label = labels.get(column, "" if i == 0 else field_label(column))
+        parts.append(labelled(label, pl.col(column)) if label else pl.col(column))
+    return compose_text(parts)

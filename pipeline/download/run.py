@@ -9,6 +9,8 @@ Layout under ``out`` (default ``data/raw/<dataset>[/<category>]``)::
     <out>/images/manifest.json                every image: ok/failed and why
 
 Re-running resumes: finished files are verified and skipped, partial ones continue where they stopped.
+
+:func:`download_table_images` is the same image step for your own item table (``data.source: table``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.config import DataConfig
 from pipeline.download import catalog
 from pipeline.download.http import (
     DownloadError,
@@ -124,7 +127,6 @@ def extract(archive: Path, out: Path) -> None:
 def _item_images(spec: catalog.Dataset, data_path: Path, images_dir: Path, opts: FetchOptions, workers: int,
                  progress: bool) -> ImageSummary:  # fmt: skip
     """Read the items with the data set's reader (image_ref = URL) and fetch their images."""
-    from pipeline.config import DataConfig
     from pipeline.data.readers.amazon2018 import read_amazon2018
     from pipeline.data.readers.amazon2023 import read_amazon2023
 
@@ -166,3 +168,20 @@ def download_dataset(cfg: DownloadConfig, *, progress: bool = True) -> DownloadS
     elif cfg.images:
         summary.messages.append(f"{spec.name} has no image URLs; --images ignored")
     return summary
+
+
+def download_table_images(data: DataConfig, opts: FetchOptions, workers: int, *, progress: bool = True) -> ImageSummary:
+    """Fetch the http(s) image URLs of a ``data.source: table`` item table into ``data.images_dir``.
+
+    Stored as ``<images_dir>/<item id>.<ext>``, the layout prepare looks up first, so the next ``dvc repro`` finds
+    them with no other change. Local paths in the image column are left alone (they are already on disk).
+    """
+    from pipeline.data.readers.table import read_table_items
+
+    if data.source != "table" or data.table.item_columns.image is None or data.images_dir is None:
+        raise DownloadError(
+            "python -m stages.download table fetches the image URLs of your item table: set data.source: table, "
+            "data.table.item_columns.image (the URL column) and data.images_dir (where to store them) in params.yaml"
+        )
+    items, _ = read_table_items(data)
+    return download_images(items, Path(data.images_dir), opts, workers, progress=progress)

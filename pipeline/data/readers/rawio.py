@@ -427,6 +427,11 @@ def epoch_seconds(raw: pl.Expr) -> pl.Expr:
         text.str.to_integer(strict=False),
         pl.when(as_float.is_finite()).then(as_float.floor()).cast(pl.Int64, strict=False),
     )
+    return seconds_by_magnitude(as_int)
+
+
+def seconds_by_magnitude(as_int: pl.Expr) -> pl.Expr:
+    """Integer epoch timestamps in s, ms, us or ns (decided per value by magnitude) as whole seconds."""
     magnitude = as_int.abs()
     return (
         pl.when(magnitude < _MS)
