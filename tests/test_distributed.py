@@ -30,7 +30,8 @@ from pipeline.data.splits import UserSplit
 from pipeline.models.sasrec import SASRec, SASRecConfig
 from pipeline.train import fit, seed_everything
 from pipeline.training_job import train_to_dir
-from stages.train import app
+from stages.prepare import app as prepare_app
+from stages.train import app as train_app
 from tests import test_odmt, test_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,28 +189,54 @@ def test_launcher_params_are_checked(tmp_path: Path) -> None:
         distributed.check_launcher(dataclasses.replace(cfg, launcher="torchrun", nproc=0), "baseline.train")
 
 
-def test_train_stage_relaunches_itself_under_torchrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`train.launcher: torchrun` + `train.nproc: 2`: the DVC stage's own command trains on 2 gloo ranks and
-    writes what one process writes (same weights at dropout 0)."""
+def test_train_stage_relaunches_itself_under_torchrun(
+    tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train.launcher: torchrun` + `train.nproc: 2` on the tiny ML-1M: the DVC stage's own command trains on 2 gloo
+    ranks and writes what one process writes (the same loss curve and, at dropout 0, the same weights)."""
+    _stage_under_torchrun_equals_one_process(tmp_path, tiny_params, monkeypatch, "cpu", WORLD, TOLERANCE)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_stage_under_torchrun_on_every_gpu(
+    tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NCCL, one rank per visible GPU (one GPU still exercises NCCL's collectives on CUDA tensors)."""
+    gpus = torch.cuda.device_count()
+    # CUDA's embedding backward sums with atomics (order not fixed): a looser tolerance than on CPU
+    _stage_under_torchrun_equals_one_process(
+        tmp_path, tiny_params, monkeypatch, "cuda", gpus, {"atol": 1e-4, "rtol": 1e-3}
+    )
+
+
+def _stage_under_torchrun_equals_one_process(
+    tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch, device: str, nproc: int, tolerance: dict
+) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv(distributed.EXTRA_ARGS_ENV, raising=False)
-    write_prepared(tmp_path / "prepared", test_train.cycle_split(num_users=40), test_train.NUM_ITEMS)
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["data"]["max_seq_len"] = test_train.MAX_LEN
-    raw["train"] |= {"epochs": 2, "device": "cpu", "batch_size": 16, "num_threads": 1}
+    prepared = tmp_path / "prepared"
+    done = CliRunner().invoke(prepare_app, ["--params", str(tiny_params), "--out", str(prepared)])
+    assert done.exit_code == 0, done.output
+    raw = yaml.safe_load(tiny_params.read_text())
+    raw["data"]["max_seq_len"] = 20
+    raw["train"] |= {"epochs": 2, "device": device, "batch_size": 8, "num_threads": 1}
     raw["model"] |= {"name": "sasrec", "hidden_dim": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.0}
-    states = {}
-    for launcher, nproc in (("none", 1), ("torchrun", WORLD)):
-        raw["train"] |= {"launcher": launcher, "nproc": nproc}
+    states, curves = {}, {}
+    for launcher, n in (("none", 1), ("torchrun", nproc)):
+        raw["train"] |= {"launcher": launcher, "nproc": n}
         params, out = tmp_path / f"{launcher}.yaml", tmp_path / launcher
         params.write_text(yaml.safe_dump(raw))
-        args = ["--params", str(params), "--prepared", str(tmp_path / "prepared"), "--features", str(tmp_path)]
-        result = CliRunner().invoke(app, [*args, "--out", str(out)])
+        args = ["--params", str(params), "--prepared", str(prepared), "--features", str(tmp_path)]
+        result = CliRunner().invoke(train_app, [*args, "--out", str(out)])
         assert result.exit_code == 0, result.output
-        assert json.loads((out / "dvclive" / "metrics.json").read_text())["step"] == 1
         summary = json.loads((out / "train_summary.json").read_text())
-        assert summary["epochs_run"] == 2
-        states[launcher] = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+        assert summary["epochs_run"] == 2 and summary["device"].startswith(device)
+        curve = (out / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]
+        curves[launcher] = [float(line.split("\t")[-1]) for line in curve]  # step, loss
+        states[launcher] = torch.load(out / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    assert len(curves["none"]) == 2
+    np.testing.assert_allclose(curves["torchrun"], curves["none"], **tolerance)
     for key, value in states["none"].items():
-        torch.testing.assert_close(states["torchrun"][key], value, **TOLERANCE, msg=key)
+        torch.testing.assert_close(states["torchrun"][key], value, **tolerance, msg=key)
