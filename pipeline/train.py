@@ -120,12 +120,10 @@ def fit(
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         train_seconds += seconds
         choice: dict[str, Any] = {}
-        valid: dict[str, float] = {}
-        if not main:
-            pass  # validation is rank 0's; its metrics arrive below
-        elif getattr(model, "selects_on_validation", False):  # e.g. ODMT's head_weights: validation (no test targets)
+        valid: dict[str, float] = {}  # validation is rank 0's; the other ranks get its metrics below
+        if main and getattr(model, "selects_on_validation", False):  # ODMT's head_weights: validation (no test targets)
             choice, valid = _select_on_validation(model, valid_inputs, split, train_cfg.batch_size, device)
-        else:
+        elif main:
             valid = validate(model, valid_inputs, split, train_cfg.batch_size, device)
         stop = main and valid[STOP_METRIC] <= best_score and bad_epochs + 1 >= train_cfg.patience
         choice, valid, stop = distributed.broadcast_object((choice, valid, stop))  # rank 0's, on every rank
@@ -278,7 +276,7 @@ def peak_rss_mb() -> float:
 
 def write_summary(path: Path, result: TrainResult, **extra: Any) -> None:
     """``train_summary.json``: best epoch and metrics, epochs run, speed, plus ``extra`` fields; atomic."""
-    per_step = ("history", "step_losses")  # per-epoch rows and per-step losses: in DVCLive, not the summary
+    per_step = ("history", "step_losses")  # per-epoch rows (in DVCLive) and per-step losses: not in the summary
     write_json_atomic(path, {k: v for k, v in asdict(result).items() if k not in per_step} | extra)
 
 

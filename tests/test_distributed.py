@@ -189,6 +189,7 @@ def test_launcher_params_are_checked(tmp_path: Path) -> None:
         distributed.check_launcher(dataclasses.replace(cfg, launcher="torchrun", nproc=0), "baseline.train")
 
 
+@pytest.mark.slow
 def test_train_stage_relaunches_itself_under_torchrun(
     tmp_path: Path, tiny_params: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
