@@ -141,6 +141,11 @@ class TrainConfig:
     # the optimizer in fp32); evaluation stays fp32. Required in params.yaml like every key; the default only
     # spares Python callers from spelling it out.
     precision: Literal["fp32", "bf16"] = "fp32"
+    # none: train in the stage's process | torchrun: the stage runs itself again under `python -m
+    # torch.distributed.run` with `nproc` processes per node (DistributedDataParallel, pipeline/distributed.py);
+    # batch_size stays the global batch. Required in params.yaml; the defaults spare Python callers.
+    launcher: Literal["none", "torchrun"] = "none"
+    nproc: int = 1  # processes per node with launcher torchrun (one per GPU); must be 1 with launcher none
 
 
 @dataclass(frozen=True)
@@ -327,6 +332,7 @@ RANGES: dict[str, Range] = {
     **{f"{s}.{k}": AT_LEAST_0 for s in ("train", "pretrain") for k in ("weight_decay", "patience")},
     **{f"{s}.{k}": POSITIVE for s in ("train", "pretrain") for k in ("lr", "grad_clip")},
     **dict.fromkeys(("train.seed", "train.num_threads"), AT_LEAST_0),
+    "train.nproc": AT_LEAST_1,
     **dict.fromkeys(("evaluate.batch_size", "evaluate.knn_history"), AT_LEAST_1),
     **dict.fromkeys(("recommend.k", "recommend.batch_size", "recommend.gallery_users"), AT_LEAST_1),
     "recommend.gallery_seed": AT_LEAST_0,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline import distributed
 from pipeline.checkpoint import registered_name
 from pipeline.config import TrainConfig
 from pipeline.data.splits import UserSplit
@@ -74,10 +75,13 @@ def pretrain(
     out_path: Path,
     live: Any = None,
 ) -> TrainResult:
-    """Pre-train ``model`` (best valid epoch kept), write ``out_path``, and leave the model in the fine-tune phase."""
+    """Pre-train ``model`` (best valid epoch kept), write ``out_path`` (rank 0 only under torchrun), and leave the
+    model in the fine-tune phase."""
     cfg = pretrain_train_config(pretrain_cfg, train_cfg)
     result = fit(model, split, cfg, max_seq_len, out_dir=None, live=live, phase="pretrain")
     model.set_phase("train")
+    if not distributed.is_main():
+        return result
     checkpoint = {
         "kind": KIND,
         "enabled": True,

@@ -5,6 +5,11 @@ has it, and ``model.on_epoch_start(epoch)`` before each epoch when it has that (
 
 Contract with models (see :mod:`pipeline.models.registry`): batches are left-padded and trimmed to their longest
 row, and evaluation inputs may be trimmed too, so a model's outputs must not depend on extra left padding.
+
+Under ``torchrun`` (:mod:`pipeline.distributed`) the same loop runs on every rank with the model in
+``DistributedDataParallel``: each rank trains on its slice of every global batch of ``train.batch_size`` users;
+validation, early stopping, the best-epoch weights, DVCLive and the checkpoint are rank 0's, and rank 0's valid
+metrics and stop decision are broadcast so that every rank runs the same epochs.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline import metrics, retrieval
+from pipeline import distributed, metrics, retrieval
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import TrainConfig
 from pipeline.data.dataset import NextItemDataset, collate, eval_inputs
 from pipeline.data.splits import UserSplit
-from pipeline.inference import item_table, resolve_device, user_queries
+from pipeline.inference import item_table, resolve_device, user_queries  # noqa: F401 (resolve_device: re-exported)
 from pipeline.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: losses, valid metrics, timings
     # what the model chose on validation at best_epoch (ODMT's fusion weights), and the valid metrics before it
     selected_on_validation: dict[str, Any] = field(default_factory=dict)
+    step_losses: list[float] = field(default_factory=list)  # the global batch's loss at every optimiser step
 
 
 def seed_everything(seed: int) -> None:
@@ -74,15 +80,21 @@ def fit(
     Early stopping: stop after ``train_cfg.patience`` epochs without a better valid NDCG@10. Writes
     ``out_dir/model.pt`` (see :func:`save_checkpoint`) unless ``out_dir`` is None. ``live`` is an optional
     ``dvclive.Live``; metrics of a phase other than "train" are logged under ``<phase>/``.
+
+    In a process group of several ranks (:func:`pipeline.distributed.session`) the model trains in DDP; only rank
+    0 validates, restores the best weights and writes ``out_dir`` (pass ``live`` on rank 0 only). Every rank
+    returns the same result (rank 0's metrics); the model of a rank > 0 keeps its last epoch's weights.
     """
     _check_train_config(train_cfg)
-    seed_everything(train_cfg.seed)
+    seed_everything(train_cfg.seed)  # the same on every rank: the same global batches
     if train_cfg.num_threads > 0:
         torch.set_num_threads(train_cfg.num_threads)
-    device = resolve_device(train_cfg.device)
+    device = distributed.device_for(train_cfg.device)
     model.to(device)
     if hasattr(model, "set_phase"):
         model.set_phase(phase)
+    trained = distributed.wrap(model, device)  # DDP over the process group, or the model itself
+    main = distributed.is_main()
     dataset = NextItemDataset(split, max_seq_len)
     loader = DataLoader(
         dataset,
@@ -98,19 +110,24 @@ def fit(
     best_score, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
     selected: dict[str, Any] = {}
     history: list[dict[str, float]] = []
+    step_losses: list[float] = []
     train_seconds, bad_epochs, stopped_early = 0.0, 0, False
     for epoch in range(1, train_cfg.epochs + 1):
         if hasattr(model, "on_epoch_start"):
             model.on_epoch_start(epoch)
         start, cpu_start = time.perf_counter(), time.process_time()
-        losses = _train_epoch(model, loader, optimizer, train_cfg, device, f"{phase} epoch {epoch}")
+        losses = _train_epoch(trained, loader, optimizer, train_cfg, device, f"{phase} epoch {epoch}", step_losses)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         train_seconds += seconds
         choice: dict[str, Any] = {}
-        if getattr(model, "selects_on_validation", False):  # e.g. ODMT's head_weights: validation (no test targets)
+        valid: dict[str, float] = {}  # validation is rank 0's; the other ranks get its metrics below
+        if main and getattr(model, "selects_on_validation", False):  # ODMT's head_weights: validation (no test targets)
             choice, valid = _select_on_validation(model, valid_inputs, split, train_cfg.batch_size, device)
-        else:
+        elif main:
             valid = validate(model, valid_inputs, split, train_cfg.batch_size, device)
+        stop = main and valid[STOP_METRIC] <= best_score and bad_epochs + 1 >= train_cfg.patience
+        choice, valid, stop = distributed.broadcast_object((choice, valid, stop))  # rank 0's, on every rank
+        distributed.broadcast_buffers(model)  # what rank 0 chose on validation (ODMT's head_weight)
         row = {**{f"train/{k}": v for k, v in losses.items()}, **{f"valid/{k}": v for k, v in valid.items()}}
         row |= {f"selected/{k}": float(v) for k, v in choice.get("choice", {}).items()}
         row |= {"epoch_seconds": seconds, "epoch_cpu_seconds": cpu_seconds}
@@ -129,10 +146,11 @@ def fit(
         if valid[STOP_METRIC] > best_score:
             best_score, best_epoch, best_valid, bad_epochs = valid[STOP_METRIC], epoch, valid, 0
             selected = choice  # the choice is part of the state (a buffer), restored with it
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            if main:
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-            if bad_epochs >= train_cfg.patience:
+            if stop:  # rank 0's decision: bad_epochs >= train_cfg.patience
                 log.info("early stop: no better valid %s for %d epochs", STOP_METRIC, bad_epochs)
                 stopped_early = True
                 break
@@ -149,8 +167,9 @@ def fit(
         sequences_per_second=len(dataset) * epochs_run / max(train_seconds, 1e-9),
         history=history,
         selected_on_validation=selected,
+        step_losses=step_losses,
     )
-    if out_dir is not None:
+    if out_dir is not None and main:
         save_checkpoint(out_dir / CHECKPOINT_NAME, model, max_seq_len, train_cfg, best_epoch, best_valid)
     return result
 
@@ -189,6 +208,7 @@ def _check_train_config(cfg: TrainConfig) -> None:
         raise ValueError("train.lr, train.weight_decay and train.grad_clip must be >= 0 (params.yaml)")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"train.precision = {cfg.precision!r} must be one of: {', '.join(PRECISIONS)} (params.yaml)")
+    distributed.check_launcher(cfg)
 
 
 def _train_epoch(
@@ -198,12 +218,22 @@ def _train_epoch(
     train_cfg: TrainConfig,
     device: torch.device,
     desc: str,
+    step_losses: list[float] | None = None,
 ) -> dict[str, float]:
-    """One pass over the loader; returns the mean of every loss component the model reports."""
+    """One pass over the loader; returns the mean of every loss component the model reports (of the global batch,
+    over all ranks) and appends each step's loss to ``step_losses``.
+
+    With several ranks each one takes its slice of every global batch (:func:`pipeline.distributed.shard`) and
+    weights its loss by its share of the batch's loss terms, times the world size: DDP's gradient mean is then the
+    gradient of the whole batch's loss. The logged values are the same shares summed over ranks."""
     model.train()
+    world, rank = distributed.world_size(), distributed.rank()
     sums: dict[str, torch.Tensor] = {}
-    batches = 0
-    for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, unit="batch")):
+    steps: list[torch.Tensor] = []
+    for step, batch in enumerate(tqdm(loader, desc=desc, leave=False, unit="batch", disable=rank > 0)):
+        share = 1.0
+        if world > 1:
+            batch, share = distributed.shard(batch, rank, world)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         # train.precision bf16: the forward under autocast (backward follows its dtypes); softmax stays fp32
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_cfg.precision == "bf16"):
@@ -214,14 +244,19 @@ def _train_epoch(
                 f"{desc}, batch {step}: loss is {loss.item()}; lower train.lr or set train.grad_clip"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (share * world) if world > 1 else loss).backward()  # DDP averages gradients over the ranks
         if train_cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
         for key, value in out.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().float()
-        batches += 1
-    return {key: float(total) / batches for key, total in sums.items()}
+            sums[key] = sums.get(key, 0.0) + value.detach().float() * share
+        steps.append(loss.detach().float() * share)
+    batches = len(steps)
+    names = list(sums)
+    totals = distributed.all_reduce_sum(torch.stack([*(sums[k] for k in names), *steps])).cpu()  # (K + steps,)
+    if step_losses is not None:
+        step_losses.extend(totals[len(names) :].tolist())
+    return {key: float(totals[i]) / batches for i, key in enumerate(names)}
 
 
 def validate(
@@ -241,7 +276,8 @@ def peak_rss_mb() -> float:
 
 def write_summary(path: Path, result: TrainResult, **extra: Any) -> None:
     """``train_summary.json``: best epoch and metrics, epochs run, speed, plus ``extra`` fields; atomic."""
-    write_json_atomic(path, {k: v for k, v in asdict(result).items() if k != "history"} | extra)
+    per_step = ("history", "step_losses")  # per-epoch rows (in DVCLive) and per-step losses: not in the summary
+    write_json_atomic(path, {k: v for k, v in asdict(result).items() if k not in per_step} | extra)
 
 
 def _log_live(live: Any, row: dict[str, float]) -> None:

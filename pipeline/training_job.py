@@ -4,6 +4,9 @@ Loads the catalog (the features the model needs) and the leave-one-out split, se
 pre-trained weights (MP4SR; a no-op otherwise), fits with DVCLive logging under ``<out>/dvclive`` and writes
 ``<out>/model.pt`` (with the fingerprint of the ``items.parquet`` it was trained on, :mod:`pipeline.checkpoint`) and
 ``<out>/train_summary.json``.
+
+Under ``torchrun`` every rank runs this with the same inputs, inside :func:`pipeline.distributed.session` (joined
+by the stage); only rank 0 logs to DVCLive and writes ``<out>``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from dvclive import Live
 
+from pipeline import distributed
 from pipeline.checkpoint import data_fingerprint, read_checkpoint, save_checkpoint, verify_data
 from pipeline.config import TrainConfig
 from pipeline.data.splits import load_split
@@ -25,7 +29,6 @@ from pipeline.train import (
     TrainResult,
     fit,
     peak_rss_mb,
-    resolve_device,
     seed_everything,
     write_summary,
 )
@@ -47,7 +50,7 @@ def train_to_dir(
     ``baseline``: the SASRec baseline's checkpoint, read only by a model configured to start from it (ODMT's
     ``init_from_baseline``)."""
     spec = registry.spec(model_name)
-    device = resolve_device(train_cfg.device)
+    device = distributed.device_for(train_cfg.device)
     catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
     split = load_split(prepared)
     fingerprint = data_fingerprint(prepared)  # of the data read now, before the (long) training
@@ -64,8 +67,10 @@ def train_to_dir(
             raise ValueError(f"{baseline}: a {checkpoint.get('model_name')} checkpoint; the baseline must be sasrec")
         model.init_id_head_from_sasrec(checkpoint["state_dict"], str(baseline))
     start = time.perf_counter()
-    with Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False) as live:
+    with distributed.main_only(lambda: Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False)) as live:
         result = fit(model, split, train_cfg, max_seq_len, None, live=live)  # None: the checkpoint is written here
+    if not distributed.is_main():
+        return result  # rank 0 writes the checkpoint and the summary
     best = (result.best_epoch, result.best_valid)  # fit has loaded the best epoch's weights back into the model
     save_checkpoint(out / CHECKPOINT_NAME, model, max_seq_len, train_cfg, *best, fingerprint=fingerprint)
     write_summary(

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline import distributed
 from pipeline.cli import cli_errors
 from pipeline.config import BASELINE_MODEL, DEFAULT_PARAMS, BaselineConfig, DataConfig, load_section
 from pipeline.training_job import train_to_dir
@@ -34,7 +35,11 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg: BaselineConfig = load_section(BaselineConfig, "baseline", params)
     max_seq_len = load_section(DataConfig, "data", params).max_seq_len
-    result = train_to_dir(BASELINE_MODEL, cfg.build(params), cfg.train, max_seq_len, prepared, features, out)
+    args = distributed.cli_args(params=params, prepared=prepared, features=features, out=out)
+    if distributed.relaunch(cfg.train, "stages.baseline", args, section="baseline.train"):  # ran under torchrun
+        return
+    with distributed.session(cfg.train.device):  # joins the process group when torchrun started this process
+        result = train_to_dir(BASELINE_MODEL, cfg.build(params), cfg.train, max_seq_len, prepared, features, out)
     best = (result.best_epoch, result.epochs_run, result.best_valid)
     log.info("baseline: best epoch %d of %d, valid %s -> %s", *best, out)
 

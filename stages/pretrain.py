@@ -13,13 +13,14 @@ from typing import Annotated
 import typer
 from dvclive import Live
 
+from pipeline import distributed
 from pipeline.cli import cli_errors
 from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
 from pipeline.models import registry
 from pipeline.pretrain import PRETRAIN_NAME, SUMMARY_NAME, PretrainConfig, pretrain, skip_reason, write_marker
-from pipeline.train import peak_rss_mb, resolve_device, seed_everything, write_summary
+from pipeline.train import peak_rss_mb, seed_everything, write_summary
 
 log = logging.getLogger("stages.pretrain")
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -40,24 +41,34 @@ def main(
     train_cfg: TrainConfig = load_section(TrainConfig, "train", params)
     max_seq_len = load_section(DataConfig, "data", params).max_seq_len
     reason = skip_reason(model_cfg.name, pretrain_cfg)
-    if reason is None:
+    if reason is None:  # train.launcher torchrun: pre-training runs under torchrun (a marker never does)
+        args = distributed.cli_args(params=params, prepared=prepared, features=features, out=out)
+        if distributed.relaunch(train_cfg, "stages.pretrain", args):
+            return
         spec = registry.spec(model_cfg.name, params)
         catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
         split = load_split(prepared)
-    with Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False) as live:  # exists even for a marker
+    live_dir = str(out / "dvclive")  # exists even for a marker
+    with (
+        distributed.session(train_cfg.device),
+        distributed.main_only(lambda: Live(dir=live_dir, dvcyaml=False, save_dvc_exp=False)) as live,
+    ):
         if reason is not None:
-            write_marker(out / PRETRAIN_NAME, reason)
+            if distributed.is_main():
+                write_marker(out / PRETRAIN_NAME, reason)
             return
         seed_everything(train_cfg.seed)  # before building: weight init is part of "same seed, same metrics"
         model = registry.build_model(model_cfg.name, model_cfg.build(params), catalog)
         start = time.perf_counter()
         result = pretrain(model, split, pretrain_cfg, train_cfg, max_seq_len, out / PRETRAIN_NAME, live=live)
+    if not distributed.is_main():
+        return
     write_summary(
         out / SUMMARY_NAME,
         result,
         enabled=True,
         model_name=model_cfg.name,
-        device=str(resolve_device(train_cfg.device)),
+        device=str(distributed.device_for(train_cfg.device)),
         total_seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(),
     )

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline import distributed
 from pipeline.cli import cli_errors
 from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
 from pipeline.training_job import train_to_dir
@@ -37,9 +38,15 @@ def main(
     model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
     max_seq_len = load_section(DataConfig, "data", params).max_seq_len
     config = model_cfg.build(params)
-    result = train_to_dir(
-        model_cfg.name, config, train_cfg, max_seq_len, prepared, features, out, pretrained, baseline
+    args = distributed.cli_args(
+        params=params, prepared=prepared, features=features, out=out, pretrained=pretrained, baseline=baseline
     )
+    if distributed.relaunch(train_cfg, "stages.train", args):  # train.launcher torchrun: it ran under torchrun
+        return
+    with distributed.session(train_cfg.device):  # joins the process group when torchrun started this process
+        result = train_to_dir(
+            model_cfg.name, config, train_cfg, max_seq_len, prepared, features, out, pretrained, baseline
+        )
     log.info("best epoch %d of %d: valid %s -> %s", result.best_epoch, result.epochs_run, result.best_valid, out)
 
 
