@@ -50,7 +50,13 @@ def main(
     split = load_split(prepared)
 
     def ranking(ckpt: dict) -> dict:
-        return {"ks": cfg.ks, "batch_size": cfg.batch_size, "max_seq_len": ckpt["max_seq_len"], "device": torch_device}
+        return {
+            "ks": cfg.ks,
+            "batch_size": cfg.batch_size,
+            "max_seq_len": ckpt["max_seq_len"],
+            "device": torch_device,
+            "index": cfg.index_config,
+        }
 
     result = evaluate_model(net, split, name=checkpoint["model_name"], **ranking(checkpoint))
     base = evaluate_model(base_net, split, name=BASELINE_RUN, **ranking(base_checkpoint))
