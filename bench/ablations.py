@@ -222,6 +222,7 @@ def main(
             done[earlier["name"]] = earlier
     # Reference (SASRec) rows first: every other row needs their checkpoints.
     order = {name: i for i, name in enumerate(variants)}
+
     def is_reference(n: str) -> bool:
         return apply_overrides(base, _overrides(variants[n]))["model"]["name"] == "sasrec"
 

@@ -80,7 +80,13 @@ def evaluate_vectors(
     flat = None if search_index.exact else faiss_index.build_index(item_vectors, faiss_index.FLAT, device)
     result = EvaluationResult(name=name, user_idx=split.user_idx, ks=ks)
     result.index = search_index.describe()
-    log.info("%s: faiss %s on %s built in %.2f s", name, search_index.factory, search_index.device, search_index.build_seconds)
+    log.info(
+        "%s: faiss %s on %s built in %.2f s",
+        name,
+        search_index.factory,
+        search_index.device,
+        search_index.build_seconds,
+    )
     for stage in stages:
         start = time.perf_counter()
         queries = queries_for(stage)  # (U, D)

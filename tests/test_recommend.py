@@ -96,7 +96,11 @@ def test_index_artifact_round_trips(project: dict[str, Path]) -> None:
     )
     manifest = json.loads((project["out"] / "index" / "manifest.json").read_text())
     assert manifest["model_name"] == "sasrec" and manifest["dim"] == 8 and manifest["num_items"] == 12
-    assert manifest["faiss_index"] == "IndexFlat" and manifest["index_kind"] == "flat" and manifest["metric"] == "inner_product"
+    assert (
+        manifest["faiss_index"] == "IndexFlat"
+        and manifest["index_kind"] == "flat"
+        and manifest["metric"] == "inner_product"
+    )
     assert manifest["faiss_factory"] == "Flat" and index.index.cpu.metric_type == faiss.METRIC_INNER_PRODUCT
     assert manifest["checkpoint_sha256"] == checkpoint["checksum"]
     assert manifest["params_hash"] == recommend.params_hash(checkpoint) and len(manifest["params_hash"]) == 64
