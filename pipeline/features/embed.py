@@ -237,18 +237,36 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
-def _encode_texts(encoder: TextEncoder, texts: list[str], want_tokens: bool) -> Iterator[tuple[list[int], Encoded]]:
-    """Yield (positions in ``texts``, outputs) per batch."""
-    positions = list(range(len(texts)))
-    for batch in _batches(positions, encoder.config.batch_size):
-        yield batch, encoder.encode([texts[i] for i in batch], want_tokens)
+def shard_batches(num_items: int, shard_size: int, batch_size: int) -> tuple[list[list[int]], list[int]]:
+    """Positions ``0..num_items-1`` in shards of ``shard_size``, each cut into batches of at most ``batch_size``.
+
+    Returns ``(batches, shard_of)``: the batches in order and the shard number of each; a batch never spans two
+    shards, so a shard is complete as soon as its last batch is encoded.
+    """
+    batches: list[list[int]] = []
+    shard_of: list[int] = []
+    for shard, start in enumerate(range(0, num_items, shard_size)):
+        positions = list(range(start, min(num_items, start + shard_size)))
+        for batch in _batches(positions, batch_size):
+            batches.append(batch)
+            shard_of.append(shard)
+    return batches, shard_of
+
+
+def _encode_texts(
+    encoder: TextEncoder, texts: list[str], batches: list[list[int]], want_tokens: bool
+) -> Iterator[tuple[int, list[int], Encoded | None]]:
+    """Yield (batch number, positions in ``texts`` encoded, outputs) per batch."""
+    for b, batch in enumerate(batches):
+        yield b, batch, encoder.encode([texts[i] for i in batch], want_tokens)
 
 
 def _encode_images(
-    encoder: ImageEncoder, paths: list[str], want_tokens: bool, corrupt: dict[int, str]
-) -> Iterator[tuple[list[int], Encoded]]:
-    """Decode the next batch in a thread pool while the current one is encoded; corrupt positions go to ``corrupt``."""
-    batches = list(_batches(list(range(len(paths))), encoder.config.batch_size))
+    encoder: ImageEncoder, paths: list[str], batches: list[list[int]], want_tokens: bool, corrupt: dict[int, str]
+) -> Iterator[tuple[int, list[int], Encoded | None]]:
+    """Decode the next batch in a thread pool while the current one is encoded; yield (batch number, positions
+    encoded, outputs or None when the whole batch was corrupt). Corrupt positions go to ``corrupt`` before the
+    batch is yielded."""
     with ThreadPoolExecutor(IO_WORKERS) as pool:
 
         def submit(batch: list[int]) -> list[Future]:
@@ -265,8 +283,7 @@ def _encode_images(
                 else:
                     good.append(pos)
                     pixels.append(tensor)
-            if good:
-                yield good, encoder.encode(torch.stack(pixels), want_tokens)  # (B, 3, H, W) in
+            yield b, good, (encoder.encode(torch.stack(pixels), want_tokens) if good else None)  # (B, 3, H, W) in
 
 
 def _dummy_output(encoder: Encoder, want_tokens: bool) -> Encoded:
@@ -284,9 +301,13 @@ def embed_modality(
     out_dir: Path,
     cache_dir: Path,
     store_tokens: bool,
-    shard_size: int = 1024,
+    shard_size: int = 256,
 ) -> dict[str, Any]:
-    """Encode one modality of every item (cache first), write its arrays, return its manifest entry."""
+    """Encode one modality of every item (cache first), write its arrays, return its manifest entry.
+
+    Items missing from the cache are encoded in shards of ``shard_size`` unique inputs (``embed.shard_size``);
+    each finished shard is written to the cache at once, so a killed run keeps every finished shard.
+    """
     start = time.perf_counter()
     n = len(items)
     item_ids = items["item_id"].to_list()
@@ -328,29 +349,33 @@ def embed_modality(
     if miss_keys:
         encoder.load()
         sources = [raw[rows_by_key[k][0] - 1] for k in miss_keys]  # one input per unique key
+        batches, shard_of = shard_batches(len(miss_keys), shard_size, encoder.config.batch_size)
         new_corrupt: dict[int, str] = {}
         if isinstance(encoder, TextEncoder):
-            stream = _encode_texts(encoder, sources, store_tokens)
+            stream = _encode_texts(encoder, sources, batches, store_tokens)
         else:
-            stream = _encode_images(encoder, sources, store_tokens, new_corrupt)
+            stream = _encode_images(encoder, sources, batches, store_tokens, new_corrupt)
         bar = tqdm(total=len(miss_keys), desc=f"embed {modality} ({encoder.name})", unit="item")
         try:
-            for positions, enc in stream:
-                keys = [miss_keys[p] for p in positions]
-                pooled = enc.pooled.numpy()  # (B, d)
-                tokens = enc.tokens.to(torch.float16).numpy() if store_tokens else None  # (B, T, dt)
-                tmask = enc.token_mask.numpy() if store_tokens else None  # (B, T)
-                cache.add(keys, pooled, tokens, tmask)
-                put(keys, pooled, tokens, tmask)
-                encoded += len(keys)
-                bar.update(encoded + len(new_corrupt) - bar.n)
-            bar.update(len(miss_keys) - bar.n)
-            for p, reason in new_corrupt.items():
-                cache.add_bad(miss_keys[p], reason)
-                corrupt[miss_keys[p]] = reason
+            for b, positions, enc in stream:
+                for p in batches[b]:
+                    if p in new_corrupt:  # goes into this shard, so a rerun does not decode it again
+                        cache.add_bad(miss_keys[p], new_corrupt[p])
+                        corrupt[miss_keys[p]] = new_corrupt[p]
+                if enc is not None:
+                    keys = [miss_keys[p] for p in positions]
+                    pooled = enc.pooled.numpy()  # (B, d)
+                    tokens = enc.tokens.to(torch.float16).numpy() if store_tokens else None  # (B, T, dt)
+                    tmask = enc.token_mask.numpy() if store_tokens else None  # (B, T)
+                    cache.add(keys, pooled, tokens, tmask)
+                    put(keys, pooled, tokens, tmask)
+                    encoded += len(keys)
+                if b + 1 == len(batches) or shard_of[b + 1] != shard_of[b]:
+                    cache.flush()  # the shard is finished: written (temp file + rename) before the next starts
+                bar.update(len(batches[b]))
         finally:
             bar.close()
-            cache.flush()  # whatever finished is kept, even when interrupted
+            cache.flush()  # an interrupted shard keeps what it finished (a SIGKILL loses at most this shard)
 
     if out.pooled is None:
         dummy = _dummy_output(encoder, store_tokens)
@@ -396,12 +421,14 @@ def embed_modality(
 
 
 def embed_items(
-    items_path: Path, out_dir: Path, cache_dir: Path, config: EmbedConfig, shard_size: int = 1024
+    items_path: Path, out_dir: Path, cache_dir: Path, config: EmbedConfig, shard_size: int | None = None
 ) -> dict[str, Any]:
     """Run the embed stage: features for every modality of ``items_path`` into ``out_dir``; returns the manifest.
 
-    ``cache_dir`` is the content cache (``data/cache/embeddings``); ``shard_size`` encoded items per cache shard.
+    ``cache_dir`` is the content cache (``data/cache/embeddings``); ``shard_size`` encoded items per cache shard
+    (None = ``config.shard_size``).
     """
+    shard_size = config.shard_size if shard_size is None else shard_size
     start = time.perf_counter()
     device = resolve_device(config.device)
     # Build every encoder first: config mistakes surface before any work is done.
