@@ -140,14 +140,22 @@ def evaluate_model(
     item_vectors = item_table(model)  # (N+1, D)
 
     def queries_for(stage: Stage) -> np.ndarray:
-        inputs = eval_inputs(split, stage, max_seq_len)  # (U, L)
-        # Batch users of similar length: batches are trimmed to their longest row, so less padding is computed.
-        order = np.argsort((inputs != 0).sum(axis=1), kind="stable")  # (U,)
-        queries = np.empty((len(inputs), item_vectors.shape[1]), dtype=np.float32)  # (U, D)
-        queries[order] = user_queries(model, inputs[order], batch_size, device)
-        return queries
+        return model_queries(model, split, stage, max_seq_len, batch_size, device)
 
     return evaluate_vectors(name, split, item_vectors, queries_for, ks, stages, index, device)
+
+
+def model_queries(
+    model: nn.Module, split: UserSplit, stage: Stage, max_seq_len: int, batch_size: int, device: torch.device | str
+) -> np.ndarray:
+    """(U, D) float32 query vectors of every user's ``stage`` input (history before the target), split order."""
+    inputs = eval_inputs(split, stage, max_seq_len)  # (U, L)
+    # Batch users of similar length: batches are trimmed to their longest row, so less padding is computed.
+    order = np.argsort((inputs != 0).sum(axis=1), kind="stable")  # (U,)
+    ordered = user_queries(model, inputs[order], batch_size, device)  # (U, D), users in `order`
+    queries = np.empty_like(ordered)
+    queries[order] = ordered
+    return queries
 
 
 def evaluate_heads(model: nn.Module, split: UserSplit, name: str, **kwargs: Any) -> list[EvaluationResult]:
