@@ -1,5 +1,6 @@
 """Embedding in shards (issue 14): every finished shard is in the content cache at once, so an embed run killed
-with SIGKILL resumes encoding only the items of unfinished shards, and ends with the same features."""
+with SIGKILL resumes encoding only the items of unfinished shards, and ends with the same features; under torchrun
+the processes split the shards between them."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.features.embed import embed_items, shard_batches
+from pipeline.features.ranks import SINGLE, Ranks
 from tests.fixtures import fake_encoder
 from tests.test_feature_cache import write_items
 
@@ -26,6 +29,15 @@ def test_batches_never_span_two_shards() -> None:
     batches, shard_of = shard_batches(10, shard_size=4, batch_size=3)
     assert batches == [[0, 1, 2], [3], [4, 5, 6], [7], [8, 9]] and shard_of == [0, 0, 1, 1, 2]
     assert shard_batches(0, 4, 3) == ([], [])
+
+
+def test_each_process_takes_every_world_th_shard_and_its_own_gpu() -> None:
+    second = Ranks(rank=1, world=3, local_rank=1)
+    assert [s for s in range(7) if second.owns(s)] == [1, 4] and not second.is_main and SINGLE.owns(5)
+    assert second.device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert second.device(torch.device("cuda", 0)) == torch.device("cuda", 0)  # an explicit device is kept
+    assert second.device(torch.device("cpu")) == torch.device("cpu")
+    assert SINGLE.device(torch.device("cuda")) == torch.device("cuda")
 
 
 def encoded_texts(log: Path) -> list[str]:
@@ -107,3 +119,32 @@ def test_each_shard_is_written_before_the_next_starts(tmp_path: Path, monkeypatc
     entry = embed_items(items, tmp_path / "out", cache, fake_encoder.config(shard_size=6, batch_size=4))
     assert seen == [0, 0, 1, 1, 2, 2, 3]  # shards of 6 = batches 4+2, 4+2, 4+2, 2
     assert len(shards_in(cache)) == 4 and entry["modalities"]["text"]["missing"] == 1
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_split_the_shards_and_match_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One process per device (CPU + gloo here): rank r encodes shards r, r+2, ...; rank 0 writes the outputs."""
+    texts = [f"movie {i}" for i in range(ITEMS)]
+    items = write_items(tmp_path / "items.parquet", texts)
+    out, cache, log = tmp_path / "features", tmp_path / "cache", tmp_path / "encoded.log"
+    env = os.environ | {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "FAKE_ENCODER_LOG": str(log)}
+    env.pop("FAKE_ENCODER_STALL_AFTER", None)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    script = ["-m", "tests.fixtures.fake_encoder", str(items), str(out), str(cache), str(SHARD)]
+    done = subprocess.run(launcher + script, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shards = [texts[s : s + SHARD] for s in range(0, ITEMS, SHARD)]
+    assert encoded_texts(Path(f"{log}.rank0")) == shards[0] + shards[2] + shards[4]
+    assert encoded_texts(Path(f"{log}.rank1")) == shards[1] + shards[3]
+    assert len(shards_in(cache)) == len(shards)
+    manifest = json.loads((out / "manifest.json").read_text())
+    text = manifest["modalities"]["text"]
+    assert manifest["device"].startswith("2 processes") and text["encoded"] == ITEMS and text["cache_hits"] == 0
+
+    fresh = tmp_path / "fresh"
+    fake_encoder.register_for(monkeypatch)
+    embed_items(items, fresh, tmp_path / "fresh-cache", fake_encoder.config(SHARD, BATCH))
+    for name in ("text.npy", "text_mask.npy", "text_tokens.npy", "text_tokens_mask.npy"):
+        np.testing.assert_array_equal(np.load(out / name), np.load(fresh / name), err_msg=name)
