@@ -261,3 +261,22 @@ def test_evaluate_stage_with_an_ivf_index_reports_recall_vs_flat(tmp_path: Path)
         assert info["recall_vs_flat"]["test"] == {"recall@2": 1.0, "recall@5": 1.0}  # one list: exhaustive
     assert metrics["index"]["popularity"]["kind"] == "flat"
     assert "Approximate search" in (out / "report.md").read_text()
+
+
+def test_recommend_stage_exports_the_index_kind_of_its_params(tmp_path: Path) -> None:
+    from stages.recommend import app
+    from tests.test_evaluate import write_project
+    from tests.test_recommend import RECOMMEND, stage_args
+
+    params, prepared, models = write_project(tmp_path)
+    raw = yaml.safe_load(params.read_text()) | {"recommend": RECOMMEND | {"index": "hnsw"}}
+    params.write_text(yaml.safe_dump(raw))
+    paths = {"params": params, "prepared": prepared, "models": models, "features": tmp_path / "features"}
+    paths["out"] = tmp_path / "recommendations"
+    result = CliRunner().invoke(app, stage_args(paths))
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((paths["out"] / "index" / "manifest.json").read_text())
+    assert manifest["index_kind"] == "hnsw" and manifest["faiss_factory"] == "HNSW8,Flat"
+    assert manifest["faiss_index"] == "IndexHNSWFlat" and manifest["index_params"]["ef_search"] == 16
+    code = CliRunner().invoke(app, [*stage_args(paths), "--user", "user0", "--json"])
+    assert code.exit_code == 0 and len(json.loads(code.stdout)) == RECOMMEND["k"]
