@@ -38,7 +38,7 @@ from pipeline.experiments import experiments_markdown, seed_averaged_paired
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.models.mp4sr import PRETRAIN_KEYS
 from pipeline.pretrain import PRETRAIN_MODELS
-from pipeline.report import PAIRED_KEY
+from pipeline.report import RESERVED_KEYS
 
 app = typer.Typer(add_completion=False)
 RUNS = Path("runs")
@@ -176,7 +176,7 @@ def aggregate(name: str, model: str, runs: list[dict[str, Any]]) -> dict[str, An
     mean: dict[str, Any] = {}
     std: dict[str, Any] = {}
     for run_name, stages in first["metrics"].items():
-        if run_name == PAIRED_KEY:
+        if run_name in RESERVED_KEYS:
             continue
         mean[run_name], std[run_name] = {}, {}
         for stage, values in stages.items():

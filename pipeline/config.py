@@ -124,6 +124,9 @@ class EmbedConfig:
     image_words: ImageWordsConfig = field(
         default_factory=lambda: ImageWordsConfig(vocabulary=None, top_k=15, prompt="a photo of {}.")
     )
+    # unique inputs per content-cache shard: each finished shard is written (atomic rename) before the next one
+    # starts, so a killed run loses at most one shard per modality and the next run encodes only the rest
+    shard_size: int = 256
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,40 @@ class BaselineConfig:
 BASELINE_MODEL = "sasrec"
 
 
+IndexKind = Literal["flat", "ivf", "hnsw"]
+
+
+@dataclass(frozen=True)
+class IvfConfig:
+    """FAISS ``IVF<nlist>,Flat``: k-means splits the items into ``nlist`` lists; a query scans ``nprobe`` of them."""
+
+    nlist: int  # lists; clamped to items // 39 on small catalogs (FAISS wants >= 39 training points per list)
+    nprobe: int  # lists scanned per query (more = slower, closer to exact); at most nlist
+    seed: int  # k-means seed (training sample and initial centroids): same seed, same index
+
+
+@dataclass(frozen=True)
+class HnswConfig:
+    """FAISS ``HNSW<m>,Flat``: a navigable small-world graph (CPU only in FAISS)."""
+
+    m: int  # neighbours per node (memory ~ 2 m ints per item; more = better recall, slower build)
+    ef_construction: int  # candidate list while building
+    ef_search: int  # candidate list while searching (raised to the k searched when smaller)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Which FAISS index ranks the items (pipeline.faiss_index); ``ivf``/``hnsw`` are read by their kind only."""
+
+    kind: IndexKind
+    ivf: IvfConfig
+    hnsw: HnswConfig
+
+
+DEFAULT_IVF = IvfConfig(nlist=1024, nprobe=16, seed=0)
+DEFAULT_HNSW = HnswConfig(m=32, ef_construction=200, ef_search=128)
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     ks: list[int]
@@ -190,6 +227,15 @@ class EvaluateConfig:
     bootstrap_seed: int = 0
     # cold-start setting: the content-kNN reference rows average the features of each history's last N items
     knn_history: int = 10
+    # FAISS index that ranks the model's and the baseline's items: flat (exact) | ivf | hnsw (approximate; the
+    # report adds their recall@K against flat). Required in params.yaml; defaults spare Python callers only.
+    index: IndexKind = "flat"
+    ivf: IvfConfig = DEFAULT_IVF
+    hnsw: HnswConfig = DEFAULT_HNSW
+
+    @property
+    def index_config(self) -> IndexConfig:
+        return IndexConfig(self.index, self.ivf, self.hnsw)
 
 
 @dataclass(frozen=True)
@@ -197,10 +243,16 @@ class RecommendConfig:
     """``recommend:``: the exported index, every user's top-K (stage `recommend`) and the gallery."""
 
     k: int  # items per user in recommendations/topk.parquet, and the CLI's default --k
-    index: Literal["flat"]  # FAISS index kind (pipeline.retrieval.INDEX_KINDS); flat = exact inner product
+    index: IndexKind  # FAISS index kind exported (pipeline.faiss_index); flat = exact inner product
     batch_size: int  # users per forward pass when encoding histories
     gallery_users: int  # test users shown in reports/gallery.html (a seeded sample)
     gallery_seed: int
+    ivf: IvfConfig = DEFAULT_IVF  # read when index: ivf (required in params.yaml like every key)
+    hnsw: HnswConfig = DEFAULT_HNSW  # read when index: hnsw
+
+    @property
+    def index_config(self) -> IndexConfig:
+        return IndexConfig(self.index, self.ivf, self.hnsw)
 
 
 @dataclass(frozen=True)
@@ -328,12 +380,16 @@ RANGES: dict[str, Range] = {
     "data.cold_target_share": Range(0, 1, low_open=True, high_open=True),
     **{f"embed.{m}.{k}": AT_LEAST_1 for m in ("text", "image") for k in ("batch_size", "max_tokens")},
     "embed.image_words.top_k": AT_LEAST_1,
+    "embed.shard_size": AT_LEAST_1,
     **{f"{s}.{k}": AT_LEAST_1 for s in ("train", "pretrain") for k in ("epochs", "batch_size")},
     **{f"{s}.{k}": AT_LEAST_0 for s in ("train", "pretrain") for k in ("weight_decay", "patience")},
     **{f"{s}.{k}": POSITIVE for s in ("train", "pretrain") for k in ("lr", "grad_clip")},
     **dict.fromkeys(("train.seed", "train.num_threads"), AT_LEAST_0),
     "train.nproc": AT_LEAST_1,
     **dict.fromkeys(("evaluate.batch_size", "evaluate.knn_history"), AT_LEAST_1),
+    **{f"{s}.{k}": AT_LEAST_1 for s in ("evaluate", "recommend") for k in ("ivf.nlist", "ivf.nprobe", "hnsw.m")},
+    **{f"{s}.{k}": AT_LEAST_1 for s in ("evaluate", "recommend") for k in ("hnsw.ef_construction", "hnsw.ef_search")},
+    **{f"{s}.ivf.seed": AT_LEAST_0 for s in ("evaluate", "recommend")},
     **dict.fromkeys(("recommend.k", "recommend.batch_size", "recommend.gallery_users"), AT_LEAST_1),
     "recommend.gallery_seed": AT_LEAST_0,
     **{f"model.{k}": AT_LEAST_1 for k in ("hidden_dim", "num_layers", "num_heads", "fusion_layers", "fusion_heads")},

@@ -18,7 +18,8 @@ import polars as pl
 import torch
 from torch import nn
 
-from pipeline import metrics, retrieval, significance
+from pipeline import faiss_index, metrics, retrieval, significance
+from pipeline.config import IndexConfig
 from pipeline.data.cold_start import ColdItems, cold_mask
 from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import Stage, UserSplit
@@ -54,6 +55,9 @@ class EvaluationResult:
     ks: list[int]
     stages: dict[str, StageResult] = field(default_factory=dict)
     subsets: dict[str, dict[str, float]] = field(default_factory=dict)  # metrics over user subsets (COLD_START)
+    # the index that ranked: SearchIndex.describe(), and for approximate kinds "recall_vs_flat"
+    # {stage: {"recall@k": ...}} and "exact_fallback_users" {stage: n} (pipeline.retrieval.SearchStats)
+    index: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """``{stage or subset: {metric: value}}``, the shape every report table reads."""
@@ -67,22 +71,42 @@ def evaluate_vectors(
     queries_for: Callable[[Stage], np.ndarray],
     ks: Sequence[int],
     stages: Sequence[Stage] = STAGES,
+    index: IndexConfig = faiss_index.FLAT,
+    device: torch.device | str = "cpu",
     cold: ColdItems | None = None,
 ) -> EvaluationResult:
     """Rank with ``queries_for(stage)`` (U, D) against ``item_vectors`` (N+1, D); the core of every evaluation.
 
+    ``index`` picks the FAISS index (:mod:`pipeline.faiss_index`, on ``device`` where FAISS can); an approximate
+    one is also compared with exact flat search on the same queries (``result.index["recall_vs_flat"]``).
     Per stage, the users whose target no training sequence holds get ``<stage>_cold_start`` metrics; with ``cold``
     (the cold-start setting's held-out items) also ``<stage>_warm_start`` and ``<stage>_cold_among_cold``.
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"evaluate.ks must be a non-empty list of positive integers, got {ks}")
-    index = retrieval.build_index(item_vectors)
+    search_index = faiss_index.build_index(item_vectors, index, device)
+    flat = None if search_index.exact else faiss_index.build_index(item_vectors, faiss_index.FLAT, device)
     result = EvaluationResult(name=name, user_idx=split.user_idx, ks=ks)
+    result.index = search_index.describe()
+    log.info(
+        "%s: faiss %s on %s built in %.2f s",
+        name,
+        search_index.factory,
+        search_index.device,
+        search_index.build_seconds,
+    )
     for stage in stages:
         start = time.perf_counter()
         queries = queries_for(stage)  # (U, D)
-        items, scores = retrieval.top_k(queries, item_vectors, split.history(stage), max(ks), index=index)
+        history, stats = split.history(stage), retrieval.SearchStats()
+        items, scores = retrieval.top_k(queries, item_vectors, history, max(ks), index=search_index, stats=stats)
+        if flat is not None:
+            exact_items, _ = retrieval.top_k(queries, item_vectors, history, max(ks), index=flat)
+            recall = faiss_index.recall_at_k(items, exact_items, ks)
+            result.index.setdefault("recall_vs_flat", {})[stage] = recall
+            result.index.setdefault("exact_fallback_users", {})[stage] = stats.exact_fallback
+            log.info("%s %s: %s recall vs flat %s", name, stage, search_index.factory, _fmt(recall))
         targets = split.target(stage)  # (U,)
         result.stages[stage] = StageResult(metrics.compute(items, targets, ks), items, scores, targets)
         result.subsets |= _subset_metrics(split, stage, result.stages[stage], queries, item_vectors, ks, cold)
@@ -134,6 +158,10 @@ def rank_among(queries: np.ndarray, item_vectors: np.ndarray, candidates: np.nda
     return mapped.astype(np.int64)
 
 
+def _fmt(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+
+
 def evaluate_model(
     model: nn.Module,
     split: UserSplit,
@@ -143,24 +171,34 @@ def evaluate_model(
     max_seq_len: int = 200,
     device: torch.device | str = "cpu",
     name: str = "model",
+    index: IndexConfig = faiss_index.FLAT,
     cold: ColdItems | None = None,
 ) -> EvaluationResult:
     """Score every user's history with ``model.user_vectors`` against ``model.item_vectors`` (full ranking).
 
     ``max_seq_len`` must be the length the model was trained with (the checkpoint's ``max_seq_len``). Users are
     fed to the model sorted by history length (results do not depend on left padding, see the registry contract).
+    ``index`` is the FAISS index that ranks (``evaluate.index``; default exact flat).
     """
     item_vectors = item_table(model)  # (N+1, D)
 
     def queries_for(stage: Stage) -> np.ndarray:
-        inputs = eval_inputs(split, stage, max_seq_len)  # (U, L)
-        # Batch users of similar length: batches are trimmed to their longest row, so less padding is computed.
-        order = np.argsort((inputs != 0).sum(axis=1), kind="stable")  # (U,)
-        queries = np.empty((len(inputs), item_vectors.shape[1]), dtype=np.float32)  # (U, D)
-        queries[order] = user_queries(model, inputs[order], batch_size, device)
-        return queries
+        return model_queries(model, split, stage, max_seq_len, batch_size, device)
 
-    return evaluate_vectors(name, split, item_vectors, queries_for, ks, stages, cold)
+    return evaluate_vectors(name, split, item_vectors, queries_for, ks, stages, index, device, cold=cold)
+
+
+def model_queries(
+    model: nn.Module, split: UserSplit, stage: Stage, max_seq_len: int, batch_size: int, device: torch.device | str
+) -> np.ndarray:
+    """(U, D) float32 query vectors of every user's ``stage`` input (history before the target), split order."""
+    inputs = eval_inputs(split, stage, max_seq_len)  # (U, L)
+    # Batch users of similar length: batches are trimmed to their longest row, so less padding is computed.
+    order = np.argsort((inputs != 0).sum(axis=1), kind="stable")  # (U,)
+    ordered = user_queries(model, inputs[order], batch_size, device)  # (U, D), users in `order`
+    queries = np.empty_like(ordered)
+    queries[order] = ordered
+    return queries
 
 
 def evaluate_heads(model: nn.Module, split: UserSplit, name: str, **kwargs: Any) -> list[EvaluationResult]:
@@ -215,11 +253,12 @@ def evaluate_popularity(
     """Most-popular baseline: every user gets the items with the most training interactions, history masked.
 
     Counts come from ``split.train`` for both stages (the valid targets are not counted for test, just as the
-    model is not retrained on them). Ties go to the smaller item index (see :mod:`pipeline.retrieval`).
+    model is not retrained on them). Ties go to the smaller item index (see :mod:`pipeline.retrieval`). Always
+    ranked by exact flat search, whatever ``evaluate.index`` says: one-dimensional counts are no ANN workload.
     """
     counts = training_counts(split, num_items)[:, None]  # (N+1, 1)
     queries = np.ones((len(split), 1), dtype=np.float32)  # (U, 1): score = count
-    return evaluate_vectors("popularity", split, counts, lambda stage: queries, ks, stages, cold)
+    return evaluate_vectors("popularity", split, counts, lambda stage: queries, ks, stages, cold=cold)
 
 
 def load_user_ids(prepared_dir: Path, split: UserSplit) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 ``recommendations/index/`` (declared as the DVC artifact ``recommendation-index`` in dvc.yaml):
 
-- ``items.faiss``: the FAISS inner-product index of the model's item vectors (:func:`pipeline.retrieval.build_index`:
-  FAISS id ``j`` is item ``j + 1``; the padding row is never indexed);
+- ``items.faiss``: the FAISS inner-product index of the model's item vectors, of kind ``recommend.index`` (flat |
+  ivf | hnsw, built by :func:`pipeline.faiss_index.build_index`, the same code ``evaluate`` ranks with: FAISS id
+  ``j`` is item ``j + 1``; the padding row is never indexed);
 - ``items.parquet``: ``row`` (the FAISS id), ``item_idx``, ``item_id`` (raw id), ``title``, ``text``, ``image_path``;
 - ``manifest.json``: model name, checkpoint checksum, params hash, data fingerprint, dim, item count, index type.
 
@@ -29,7 +30,8 @@ import polars as pl
 import torch
 from torch import nn
 
-from pipeline import retrieval
+from pipeline import faiss_index, retrieval
+from pipeline.config import IndexConfig
 from pipeline.data.dataset import left_pad
 from pipeline.inference import item_table, load_trained, user_queries
 from pipeline.io import staged_outputs, write_json_atomic
@@ -84,13 +86,18 @@ def params_hash(checkpoint: dict[str, Any]) -> str:
 
 
 def write_index(
-    out_dir: Path, vectors: np.ndarray, items: pl.DataFrame, checkpoint: dict[str, Any], kind: str = "flat"
+    out_dir: Path,
+    vectors: np.ndarray,
+    items: pl.DataFrame,
+    checkpoint: dict[str, Any],
+    index_config: IndexConfig = faiss_index.FLAT,
 ) -> dict[str, Any]:
     """Write ``items.faiss``, ``items.parquet`` and ``manifest.json`` into ``out_dir``; returns the manifest."""
     if len(vectors) != items.height + 1:
         raise ValueError(f"model has {len(vectors) - 1} item vectors but items.parquet has {items.height} items")
     out_dir.mkdir(parents=True, exist_ok=True)
-    index = retrieval.build_index(vectors, kind)
+    built = faiss_index.build_index(vectors, index_config)  # on the CPU: the artifact is a CPU index
+    index = built.cpu
     faiss.write_index(index, str(out_dir / FAISS_FILE))
     items.write_parquet(out_dir / ITEMS_FILE)
     manifest = {
@@ -102,8 +109,10 @@ def write_index(
         "max_seq_len": int(checkpoint["max_seq_len"]),
         "dim": int(index.d),
         "num_items": int(index.ntotal),
-        "index_kind": kind,
+        "index_kind": built.kind,
         "faiss_index": type(index).__name__,
+        "faiss_factory": built.factory,
+        "index_params": built.params,
         "metric": "inner_product",
         "rows": "FAISS id j = item_idx j + 1 = row j of items.parquet",
     }
@@ -113,7 +122,7 @@ def write_index(
 
 @dataclass
 class ItemIndex:
-    index: faiss.Index
+    index: faiss_index.SearchIndex  # the FAISS index read from items.faiss, with its kind (manifest index_kind)
     vectors: np.ndarray  # (N+1, D) float32 as stored in the index, row 0 = padding (zeros)
     items: pl.DataFrame  # the row table (item_rows)
     manifest: dict[str, Any]
@@ -147,7 +156,7 @@ def load_index(index_dir: Path) -> ItemIndex:
         )
     vectors = np.zeros((index.ntotal + 1, index.d), dtype=np.float32)  # (N+1, D)
     vectors[1:] = index.reconstruct_n(0, index.ntotal)
-    return ItemIndex(index, vectors, items, manifest)
+    return ItemIndex(faiss_index.wrap_loaded(index, manifest.get("index_kind", "flat")), vectors, items, manifest)
 
 
 class Recommender:
@@ -218,7 +227,14 @@ class Recommender:
 
 
 def export(
-    model_path: Path, features: Path, prepared: Path, out: Path, k: int, kind: str, batch_size: int, device: Any
+    model_path: Path,
+    features: Path,
+    prepared: Path,
+    out: Path,
+    k: int,
+    index_config: IndexConfig,
+    batch_size: int,
+    device: Any,
 ) -> tuple[Recommender, pl.DataFrame]:
     """The `recommend` stage's outputs, published together: ``out/index/`` and ``out/topk.parquet``.
 
@@ -228,7 +244,7 @@ def export(
     model, checkpoint, _ = load_trained(model_path, features, prepared, device)
     sequences = user_sequences(prepared)
     with staged_outputs(out, [INDEX_DIR, TOPK_FILE]) as stage:
-        write_index(stage / INDEX_DIR, item_table(model), item_rows(prepared), checkpoint, kind)
+        write_index(stage / INDEX_DIR, item_table(model), item_rows(prepared), checkpoint, index_config)
         recommender = Recommender(model, checkpoint, load_index(stage / INDEX_DIR), device, batch_size)
         topk = all_users_topk(recommender, sequences, k)
         topk.write_parquet(stage / TOPK_FILE)

@@ -66,7 +66,7 @@ def content_knn(
         histories = split.history(stage)
         return np.concatenate([history_means(t, histories, last) for t in tables], axis=1)  # (U, sum d)
 
-    return evaluate_vectors(knn_name(modalities), split, item_vectors, queries_for, ks, stages, cold)
+    return evaluate_vectors(knn_name(modalities), split, item_vectors, queries_for, ks, stages, cold=cold)
 
 
 def random_among_cold_metrics(num_candidates: int, ks: Sequence[int]) -> dict[str, float]:

@@ -129,6 +129,8 @@ def text_table(runs: Runs) -> str:
 
 
 PAIRED_KEY = "paired_vs_baseline"  # metrics.json entry of the model - baseline comparison
+INDEX_KEY = "index"  # metrics.json entry: the FAISS index that ranked each run (+ recall vs flat if approximate)
+RESERVED_KEYS = (PAIRED_KEY, INDEX_KEY)  # metrics.json entries that are not runs
 
 
 def paired_table(paired: Mapping[str, Mapping[str, Mapping[str, float]]], model: str, baseline: str) -> str:
@@ -176,13 +178,14 @@ def render_report(
     runs: Runs,
     *,
     paired: Mapping[str, Any] | None = None,
+    indexes: Mapping[str, Mapping[str, Any]] | None = None,
     num_items: int | None = None,
     stats: Mapping[str, Any] | None = None,
     checkpoint: Mapping[str, Any] | None = None,
     train_summary: Mapping[str, Any] | None = None,
     extra_sections: Sequence[str] = (),
 ) -> str:
-    """The markdown report: results table, data stats, model/train config, training summary, plots."""
+    """The markdown report: results table, index, data stats, model/train config, training summary, plots."""
     ranked = f" over all {num_items:,} items" if num_items else " over all items"
     parts = [
         "# Evaluation report\n",
@@ -191,6 +194,8 @@ def render_report(
         "## Results\n",
         markdown_table(runs),
     ]
+    if indexes:
+        parts.append(index_section(indexes))
     if paired is not None:
         parts.append(_paired_section(paired))
     if any(COLD_START in per_stage for per_stage in runs.values()):
@@ -210,6 +215,34 @@ def render_report(
     )
     parts.extend(extra_sections)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(p.rstrip("\n") + "\n" for p in parts))
+
+
+def index_section(indexes: Mapping[str, Mapping[str, Any]]) -> str:
+    """Which FAISS index ranked each run; for approximate ones their recall@K against exact flat search."""
+    groups: dict[str, list[str]] = {}
+    for run, info in indexes.items():
+        params = ", ".join(f"{k} {v}" for k, v in info.get("params", {}).items())
+        what = f"`{info['factory']}` ({info['kind']}{'; ' + params if params else ''}) on {info['device']}"
+        groups.setdefault(what, []).append(run)
+    lines = ["## Retrieval index\n"]
+    for what, names in groups.items():
+        lines.append(f"- FAISS {what}: {', '.join(f'`{n}`' for n in names)}")
+    approx = {run: info for run, info in indexes.items() if info.get("recall_vs_flat")}
+    if not approx:
+        lines.append("\nExact inner-product search: the metrics are those of a full ranking.")
+        return "\n".join(lines) + "\n"
+    lines.append(
+        "\nApproximate search (each user's history is still masked exactly). recall@k: the share of exact flat "
+        "search's top-k that the index's top-k holds, on the same queries; fallback users: users the index found "
+        "fewer than k unseen items for, re-ranked exactly.\n"
+    )
+    cols = list(next(iter(next(iter(approx.values()))["recall_vs_flat"].values())))
+    lines += ["| run | stage | " + " | ".join(cols) + " | fallback users |", "|---|---|" + "---|" * (len(cols) + 1)]
+    for run, info in approx.items():
+        for stage, recall in info["recall_vs_flat"].items():
+            fallback = info.get("exact_fallback_users", {}).get(stage, 0)
+            lines.append(f"| {run} | {stage} | " + " | ".join(_fmt(recall[c]) for c in cols) + f" | {fallback} |")
+    return "\n".join(lines) + "\n"
 
 
 def images_are_synthetic(stats: Mapping[str, Any]) -> bool:
@@ -409,9 +442,12 @@ def write_report(
     """
     paths = ReportPaths.under(out_dir)
     runs = runs_of([model_result, *baselines])
-    if PAIRED_KEY in runs:
-        raise ValueError(f"a run may not be named {PAIRED_KEY!r}: metrics.json keeps the paired comparison there")
-    write_json_atomic(paths.metrics, runs | ({PAIRED_KEY: paired["stages"]} if paired is not None else {}))
+    for reserved in RESERVED_KEYS:
+        if reserved in runs:
+            raise ValueError(f"a run may not be named {reserved!r}: metrics.json keeps another entry there")
+    indexes = {r.name: r.index for r in (model_result, *baselines) if r.index}
+    extra = ({PAIRED_KEY: paired["stages"]} if paired is not None else {}) | ({INDEX_KEY: indexes} if indexes else {})
+    write_json_atomic(paths.metrics, runs | extra)
     with atomic_path(paths.topk) as tmp:
         topk_frame(model_result, user_ids).write_parquet(tmp)
     plot_metrics_vs_k(paths.metrics_vs_k, runs)
@@ -422,6 +458,7 @@ def write_report(
     text = render_report(
         runs,
         paired=paired,
+        indexes=indexes,
         num_items=num_items,
         stats=stats,
         checkpoint=meta,

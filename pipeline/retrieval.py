@@ -15,6 +15,12 @@ dense numpy product (this happens with integer scores such as popularity counts,
 
 Tiny catalogs: if a user has fewer than ``k`` items left after masking, the row is padded with item ``-1`` and
 score ``-inf``; :func:`pipeline.metrics.compute` never counts a padding entry as a hit.
+
+Approximate indexes (IVF, HNSW; :mod:`pipeline.faiss_index`) are searched the same way, so the history is still
+masked exactly; only the candidates differ from flat. The tie re-ranking above assumes an exact list and is skipped
+for them, but a user for whom the index found fewer than ``k`` unseen items although the catalog holds enough (an
+IVF probe that mostly hits the history of a heavy user) is re-ranked exactly, and counted
+(:attr:`SearchStats.exact_fallback`).
 """
 
 from __future__ import annotations
@@ -22,28 +28,25 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import torch
 
+from pipeline.faiss_index import SearchIndex, build_index, check_item_vectors
+
 log = logging.getLogger(__name__)
 
 PAD_ITEM = -1
-INDEX_KINDS: tuple[str, ...] = ("flat",)
 
 
-def build_index(item_vectors: np.ndarray, kind: str = "flat") -> faiss.Index:
-    """An inner-product index over rows 1..N of ``item_vectors`` (N+1, D); FAISS id ``j`` is item ``j + 1``.
+@dataclass
+class SearchStats:
+    """What one :func:`top_k` call did besides searching the index (pass one in to have it filled)."""
 
-    Only ``"flat"`` (exact ``IndexFlatIP``) exists today; IVF/HNSW or GPU indexes for large catalogs plug in here.
-    """
-    if kind not in INDEX_KINDS:
-        raise ValueError(f"index kind {kind!r} is not supported; must be one of: {', '.join(INDEX_KINDS)}")
-    vectors = _check_items(item_vectors)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(np.ascontiguousarray(vectors[1:]))  # (N, D): padding row 0 is never indexed
-    return index
+    exact_fallback: int = 0  # users re-ranked exactly because an approximate index found < k unseen items
+    tie_reranked: int = 0  # users re-ranked exactly because of tied scores at the edge of an exact list
 
 
 def top_k(
@@ -52,21 +55,23 @@ def top_k(
     histories: Sequence[np.ndarray],
     k: int,
     *,
-    index: faiss.Index | None = None,
+    index: SearchIndex | faiss.Index | None = None,
     chunk_size: int = 256,
     num_threads: int | None = None,
+    stats: SearchStats | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best items per user by inner product, excluding item 0 and each user's ``histories[u]``.
 
     ``queries`` (U, D) float32, ``item_vectors`` (N+1, D) float32, ``histories`` U arrays of item indices (1..N;
-    0 is ignored as padding). ``index`` reuses a :func:`build_index` result for the same ``item_vectors``.
-    ``num_threads`` sets FAISS's OpenMP threads for the call; None = torch's thread count when that is lower
-    than FAISS's (a limit set with ``train.num_threads`` also holds here), else FAISS's default.
+    0 is ignored as padding). ``index`` is a :func:`pipeline.faiss_index.build_index` result (or a FAISS index read
+    from disk) over the same ``item_vectors``; None = exact flat. ``num_threads`` sets FAISS's OpenMP threads for
+    the call; None = torch's thread count when that is lower than FAISS's (a limit set with ``train.num_threads``
+    also holds here), else FAISS's default.
 
     Returns ``(items, scores)``: (U, k) int64 and (U, k) float32, best first, padded with -1 / -inf when fewer
     than ``k`` items remain (see the module docstring for the tie order).
     """
-    vectors = _check_items(item_vectors)
+    vectors = check_item_vectors(item_vectors)
     num_items = vectors.shape[0] - 1
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != vectors.shape[1]:
@@ -85,6 +90,9 @@ def top_k(
         index = build_index(vectors)
     elif index.ntotal != num_items or index.d != vectors.shape[1]:
         raise ValueError(f"index holds {index.ntotal} x {index.d} vectors; expected {num_items} x {vectors.shape[1]}")
+    exact = index.exact if isinstance(index, SearchIndex) else isinstance(index, faiss.IndexFlat)
+    stats = stats if stats is not None else SearchStats()
+    fallback = 0
 
     num_users = len(queries)
     out_items = np.full((num_users, k), PAD_ITEM, dtype=np.int64)  # (U, k)
@@ -98,11 +106,27 @@ def top_k(
             scores, ids = index.search(queries[rows], k_search)  # (C, k'), (C, k')
             items, kept, ambiguous = _drop_history(ids + 1, scores, [histories[r] for r in rows], k, num_items)
             out_items[rows], out_scores[rows] = items, kept
-            if k_search < num_items and ambiguous.any():
-                tied = rows[ambiguous]
-                log.debug("re-ranking %d users exactly: tied scores at the edge of the FAISS list", len(tied))
-                out_items[tied], out_scores[tied] = dense_top_k(queries[tied], vectors, [histories[r] for r in tied], k)
+            if exact:
+                redo = ambiguous if k_search < num_items else np.zeros(len(rows), dtype=bool)
+                stats.tie_reranked += int(redo.sum())
+            else:  # found fewer than k unseen items although the catalog has them
+                redo = items[:, -1] == PAD_ITEM  # (C,)
+                redo[redo] = [_unseen(histories[r], num_items) >= k for r in rows[redo]]
+                fallback += int(redo.sum())
+            if redo.any():
+                again = rows[redo]
+                log.debug("re-ranking %d users exactly (ties at the edge / too few candidates)", len(again))
+                out_items[again], out_scores[again] = dense_top_k(
+                    queries[again], vectors, [histories[r] for r in again], k
+                )
+    if fallback:
+        log.info("%d users re-ranked exactly: the approximate index found fewer than %d unseen items", fallback, k)
+    stats.exact_fallback += fallback
     return out_items, out_scores
+
+
+def _unseen(history: np.ndarray, num_items: int) -> int:
+    return num_items - len(np.unique(history[history > 0]))
 
 
 def dense_top_k(
@@ -166,17 +190,6 @@ def faiss_threads(num_threads: int | None) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
-
-
-def _check_items(item_vectors: np.ndarray) -> np.ndarray:
-    vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[0] < 2:
-        raise ValueError(
-            f"item vectors must be (N+1, D) with row 0 = padding and at least one item, got {vectors.shape}"
-        )
-    if not np.isfinite(vectors[1:]).all():
-        raise ValueError("item vectors contain NaN or inf; the model diverged (check the training log)")
-    return vectors
 
 
 def _check_histories(histories: list[np.ndarray], num_items: int) -> None:

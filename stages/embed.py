@@ -2,6 +2,7 @@
 
     python -m stages.embed --params params.yaml --items data/prepared/items.parquet \
         --out data/features --cache data/cache/embeddings
+    torchrun --nproc-per-node=4 -m stages.embed ...     # one process per GPU, each encoding its share of the shards
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import typer
 from pipeline.cli import cli_errors
 from pipeline.config import EmbedConfig, load_section
 from pipeline.features.embed import embed_items
+from pipeline.features.ranks import embed_session
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -30,7 +32,10 @@ def main(
     """Encode every item's text and image with the frozen encoders named in `embed`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_section(EmbedConfig, "embed", params)
-    manifest = embed_items(items, out, cache, config)
+    with embed_session() as ranks:  # several processes under torchrun (one per GPU), else one
+        manifest = embed_items(items, out, cache, config, ranks=ranks)
+    if manifest is None:  # not rank 0: rank 0 reports
+        return
     for modality, entry in manifest["modalities"].items():
         if entry["enabled"]:
             words = entry.get("image_words")

@@ -60,6 +60,7 @@ def main(
             "max_seq_len": ckpt["max_seq_len"],
             "device": torch_device,
             "cold": cold,
+            "index": cfg.index_config,
         }
 
     result = evaluate_model(net, split, name=checkpoint["model_name"], **ranking(checkpoint))

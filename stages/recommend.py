@@ -54,7 +54,7 @@ def main(
         cfg: RecommendConfig = load_section(RecommendConfig, "recommend", params)
         torch_device = resolve_device(device)
         base, base_checkpoint, _ = load_trained(baseline, features, prepared, torch_device)  # fail before writing
-        rec, _ = export(model, features, prepared, out, k, cfg.index, cfg.batch_size, torch_device)
+        rec, _ = export(model, features, prepared, out, k, cfg.index_config, cfg.batch_size, torch_device)
         runs = [
             (rec.checkpoint["model_name"], rec.model, rec.max_seq_len),
             ("baseline", base, base_checkpoint["max_seq_len"]),

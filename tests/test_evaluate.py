@@ -134,7 +134,9 @@ def test_write_report_files(tmp_path: Path) -> None:
     )
 
     metrics = json.loads(paths.metrics.read_text())
-    assert list(metrics) == ["nextid", "popularity"]
+    assert list(metrics) == ["nextid", "popularity", "index"]
+    flat = {"kind": "flat", "factory": "Flat", "params": {}, "device": "cpu"}
+    assert metrics["index"] == {"nextid": flat, "popularity": flat}
     assert set(metrics["nextid"]) == {"valid", "test"}
     assert set(metrics["popularity"]["test"]) == {f"{m}@{k}" for m in ("HR", "NDCG", "MRR") for k in (1, 3)}
     assert metrics["nextid"]["valid"]["HR@1"] == 1.0
@@ -146,6 +148,7 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert "Model config:\n\n| key | value |\n|---|---|\n| hidden_dim | 9 |" in text
     assert "Train config:\n\n| key | value |\n|---|---|\n| lr | 0.001 |" in text
     assert "| best_epoch | 2 |" in text and "state_dict" not in text
+    assert "- FAISS `Flat` (flat) on cpu: `nextid`, `popularity`" in text and "Exact inner-product search" in text
 
     topk = pl.read_parquet(paths.topk)
     assert topk.columns == ["user_idx", "user_id", "stage", "items", "scores", "target"]
@@ -227,7 +230,8 @@ def write_project(tmp_path: Path) -> tuple[Path, Path, Path]:
     params = tmp_path / "params.yaml"
     params.write_text(
         "evaluate:\n  ks: [2, 5]\n  batch_size: 4\n  popularity_baseline: true\n"
-        "  bootstrap_resamples: 300\n  bootstrap_seed: 0\n  knn_history: 10\n"
+        "  bootstrap_resamples: 300\n  bootstrap_seed: 0\n  knn_history: 10\n  index: flat\n"
+        "  ivf: {nlist: 4, nprobe: 2, seed: 0}\n  hnsw: {m: 8, ef_construction: 40, ef_search: 16}\n"
     )
     return params, prepared, models
 
@@ -261,7 +265,7 @@ def test_evaluate_stage_cli(tmp_path: Path) -> None:
     assert "sasrec - baseline (paired over users" in result.output
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"sasrec", "baseline", "popularity", "paired_vs_baseline"}
+    assert set(metrics) == {"sasrec", "baseline", "popularity", "paired_vs_baseline", "index"}
     paired = metrics["paired_vs_baseline"]
     assert set(paired) == {"valid", "test"} and set(paired["test"]) == set(metrics["sasrec"]["test"])
     for stage in ("valid", "test"):

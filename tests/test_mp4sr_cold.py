@@ -84,7 +84,7 @@ def test_cold_offset_is_chosen_on_validation_only_and_moves_only_cold_scores() -
     assert selected["choice"]["cold_offset"] == offset != 0.0  # the 6 cold valid targets pull it up
     other, other_selected = trained(cold_split(test_shift=5))  # other test targets: same choice, same weights
     assert float(other.cold_offset) == offset and other_selected == selected
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True))
     model.eval()
     with torch.no_grad():
         users, items = model.user_vectors(batch()["input_ids"]), model.item_vectors()  # (B, 2D+1), (N+1, 2D+1)

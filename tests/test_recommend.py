@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import faiss
 import numpy as np
 import polars as pl
 import pytest
@@ -21,7 +22,15 @@ from stages.recommend import app
 from tests.test_evaluate import write_project
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RECOMMEND = {"k": 4, "index": "flat", "batch_size": 3, "gallery_users": 5, "gallery_seed": 0}
+RECOMMEND = {
+    "k": 4,
+    "index": "flat",
+    "batch_size": 3,
+    "gallery_users": 5,
+    "gallery_seed": 0,
+    "ivf": {"nlist": 4, "nprobe": 2, "seed": 0},
+    "hnsw": {"m": 8, "ef_construction": 40, "ef_search": 16},
+}
 
 
 @pytest.fixture
@@ -87,7 +96,12 @@ def test_index_artifact_round_trips(project: dict[str, Path]) -> None:
     )
     manifest = json.loads((project["out"] / "index" / "manifest.json").read_text())
     assert manifest["model_name"] == "sasrec" and manifest["dim"] == 8 and manifest["num_items"] == 12
-    assert manifest["faiss_index"] == "IndexFlatIP" and manifest["index_kind"] == "flat"
+    assert (
+        manifest["faiss_index"] == "IndexFlat"
+        and manifest["index_kind"] == "flat"
+        and manifest["metric"] == "inner_product"
+    )
+    assert manifest["faiss_factory"] == "Flat" and index.index.cpu.metric_type == faiss.METRIC_INNER_PRODUCT
     assert manifest["checkpoint_sha256"] == checkpoint["checksum"]
     assert manifest["params_hash"] == recommend.params_hash(checkpoint) and len(manifest["params_hash"]) == 64
     assert manifest["data_fingerprint"] == checkpoint["data_fingerprint"]
@@ -112,7 +126,8 @@ def test_dvc_yaml_declares_the_index_artifact_and_the_checkpoint_deps() -> None:
     [
         ({"top": 3}, "unknown key `recommend.top`"),
         ({"k": 0}, "`recommend.k` = 0 must be >= 1"),
-        ({"index": "ivf"}, "flat"),
+        ({"index": "annoy"}, "'flat', 'ivf', 'hnsw'"),
+        ({"ivf": {"nlist": 0, "nprobe": 1, "seed": 0}}, "`recommend.ivf.nlist` = 0 must be >= 1"),
     ],
 )
 def test_recommend_params_are_strict(tmp_path: Path, change: dict, message: str) -> None:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import retrieval
+from pipeline import faiss_index, retrieval
+from pipeline.config import DEFAULT_HNSW, DEFAULT_IVF, IndexConfig
 
 
 def brute_force(queries: np.ndarray, items: np.ndarray, histories: list[np.ndarray], k: int):
@@ -88,7 +89,7 @@ def test_dense_reference_agrees() -> None:
 def test_reuses_index_and_restores_faiss_threads() -> None:
     queries, items, histories = random_case(4)
     before = faiss.omp_get_max_threads()
-    index = retrieval.build_index(items)
+    index = faiss_index.build_index(items)
     got, _ = retrieval.top_k(queries, items, histories, k=5, index=index, num_threads=1)
     np.testing.assert_array_equal(got, brute_force(queries, items, histories, 5)[0])
     assert faiss.omp_get_max_threads() == before
@@ -106,5 +107,5 @@ def test_bad_inputs_raise_clear_errors() -> None:
     bad[3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         retrieval.top_k(queries, bad, histories, k=5)
-    with pytest.raises(ValueError, match="not supported"):
-        retrieval.build_index(items, kind="hnsw")
+    with pytest.raises(ValueError, match="not supported; must be one of: flat, ivf, hnsw"):
+        faiss_index.build_index(items, IndexConfig("annoy", DEFAULT_IVF, DEFAULT_HNSW))  # type: ignore[arg-type]

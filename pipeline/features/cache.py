@@ -10,9 +10,11 @@ directory, so one directory only ever holds vectors of one shape::
                                       [tokens (S, T, dt) float16, token_mask (S, T) bool],
                                       bad_keys, bad_reasons: inputs that could not be decoded (corrupt images)
 
-A run appends new shards every ``shard_size`` encoded items, so an interrupted run keeps what it finished and the
-next run encodes only the rest. Shards are written to a temporary file and renamed, so a half-written shard is
-never seen under a ``shard-*`` name; an unreadable shard is logged and skipped (its items are simply re-encoded).
+A run appends a new shard every ``shard_size`` encoded items (``embed.shard_size``; the embed stage also ends a
+shard where its own shard of inputs ends), so an interrupted run, even one killed with SIGKILL, keeps every shard
+it finished and the next run encodes only the rest. Shards are written to a temporary file and renamed, so a
+half-written shard is never seen under a ``shard-*`` name; an unreadable shard is logged and skipped (its items are
+simply re-encoded).
 """
 
 from __future__ import annotations
@@ -180,6 +182,7 @@ class EmbeddingCache:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(self.dir)  # the rename itself survives a crash of the machine, not only of the process
         for row, key in enumerate(keys):
             self._index_row(key, path, row, "tokens" in arrays)
         self.bad.update(self._bad_buffer)
@@ -204,3 +207,17 @@ class EmbeddingCache:
                     tmp.unlink()
             except OSError:
                 continue
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory entry (a rename) to disk where the OS allows opening directories (not Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

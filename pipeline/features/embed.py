@@ -48,6 +48,7 @@ from pipeline.features.encoders import (
     resolve_device,
     sha256_json,
 )
+from pipeline.features.ranks import SINGLE, Ranks
 from pipeline.io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -237,18 +238,36 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
-def _encode_texts(encoder: TextEncoder, texts: list[str], want_tokens: bool) -> Iterator[tuple[list[int], Encoded]]:
-    """Yield (positions in ``texts``, outputs) per batch."""
-    positions = list(range(len(texts)))
-    for batch in _batches(positions, encoder.config.batch_size):
-        yield batch, encoder.encode([texts[i] for i in batch], want_tokens)
+def shard_batches(num_items: int, shard_size: int, batch_size: int) -> tuple[list[list[int]], list[int]]:
+    """Positions ``0..num_items-1`` in shards of ``shard_size``, each cut into batches of at most ``batch_size``.
+
+    Returns ``(batches, shard_of)``: the batches in order and the shard number of each; a batch never spans two
+    shards, so a shard is complete as soon as its last batch is encoded.
+    """
+    batches: list[list[int]] = []
+    shard_of: list[int] = []
+    for shard, start in enumerate(range(0, num_items, shard_size)):
+        positions = list(range(start, min(num_items, start + shard_size)))
+        for batch in _batches(positions, batch_size):
+            batches.append(batch)
+            shard_of.append(shard)
+    return batches, shard_of
+
+
+def _encode_texts(
+    encoder: TextEncoder, texts: list[str], batches: list[list[int]], want_tokens: bool
+) -> Iterator[tuple[int, list[int], Encoded | None]]:
+    """Yield (batch number, positions in ``texts`` encoded, outputs) per batch."""
+    for b, batch in enumerate(batches):
+        yield b, batch, encoder.encode([texts[i] for i in batch], want_tokens)
 
 
 def _encode_images(
-    encoder: ImageEncoder, paths: list[str], want_tokens: bool, corrupt: dict[int, str]
-) -> Iterator[tuple[list[int], Encoded]]:
-    """Decode the next batch in a thread pool while the current one is encoded; corrupt positions go to ``corrupt``."""
-    batches = list(_batches(list(range(len(paths))), encoder.config.batch_size))
+    encoder: ImageEncoder, paths: list[str], batches: list[list[int]], want_tokens: bool, corrupt: dict[int, str]
+) -> Iterator[tuple[int, list[int], Encoded | None]]:
+    """Decode the next batch in a thread pool while the current one is encoded; yield (batch number, positions
+    encoded, outputs or None when the whole batch was corrupt). Corrupt positions go to ``corrupt`` before the
+    batch is yielded."""
     with ThreadPoolExecutor(IO_WORKERS) as pool:
 
         def submit(batch: list[int]) -> list[Future]:
@@ -265,8 +284,7 @@ def _encode_images(
                 else:
                     good.append(pos)
                     pixels.append(tensor)
-            if good:
-                yield good, encoder.encode(torch.stack(pixels), want_tokens)  # (B, 3, H, W) in
+            yield b, good, (encoder.encode(torch.stack(pixels), want_tokens) if good else None)  # (B, 3, H, W) in
 
 
 def _dummy_output(encoder: Encoder, want_tokens: bool) -> Encoded:
@@ -277,6 +295,51 @@ def _dummy_output(encoder: Encoder, want_tokens: bool) -> Encoded:
     return encoder.encode(encoder.preprocess(Image.new("RGB", (224, 224))).unsqueeze(0), want_tokens)
 
 
+def _encode_missing(
+    modality: str,
+    encoder: Encoder,
+    keys: list[str],
+    sources: list[str],
+    cache: EmbeddingCache,
+    store_tokens: bool,
+    shard_size: int,
+    ranks: Ranks,
+) -> None:
+    """Encode this process's shards of ``sources`` (cache keys ``keys``) into ``cache``, one flushed shard at a time.
+
+    Corrupt images are recorded in the shard too, so a rerun counts them without decoding them again.
+    """
+    batches, shard_of = shard_batches(len(keys), shard_size, encoder.config.batch_size)
+    mine = [b for b, shard in enumerate(shard_of) if ranks.owns(shard)]
+    batches, shard_of = [batches[b] for b in mine], [shard_of[b] for b in mine]
+    if not batches:
+        return
+    encoder.load()
+    corrupt: dict[int, str] = {}
+    if isinstance(encoder, TextEncoder):
+        stream = _encode_texts(encoder, sources, batches, store_tokens)
+    else:
+        stream = _encode_images(encoder, sources, batches, store_tokens, corrupt)
+    total = sum(len(batch) for batch in batches)
+    bar = tqdm(total=total, desc=f"embed {modality} ({encoder.name})", unit="item", disable=not ranks.is_main)
+    try:
+        for b, positions, enc in stream:
+            for p in batches[b]:
+                if p in corrupt:
+                    cache.add_bad(keys[p], corrupt[p])
+            if enc is not None:
+                pooled = enc.pooled.numpy()  # (B, d)
+                tokens = enc.tokens.to(torch.float16).numpy() if store_tokens else None  # (B, T, dt)
+                tmask = enc.token_mask.numpy() if store_tokens else None  # (B, T)
+                cache.add([keys[p] for p in positions], pooled, tokens, tmask)
+            if b + 1 == len(batches) or shard_of[b + 1] != shard_of[b]:
+                cache.flush()  # the shard is finished: written (temp file + rename) before the next starts
+            bar.update(len(batches[b]))
+    finally:
+        bar.close()
+        cache.flush()  # an interrupted shard keeps what it finished (a SIGKILL loses at most this shard)
+
+
 def embed_modality(
     modality: str,
     encoder: Encoder,
@@ -284,9 +347,16 @@ def embed_modality(
     out_dir: Path,
     cache_dir: Path,
     store_tokens: bool,
-    shard_size: int = 1024,
-) -> dict[str, Any]:
-    """Encode one modality of every item (cache first), write its arrays, return its manifest entry."""
+    shard_size: int = 256,
+    ranks: Ranks = SINGLE,
+) -> dict[str, Any] | None:
+    """Encode one modality of every item (cache first), write its arrays, return its manifest entry.
+
+    Items missing from the cache are encoded in shards of ``shard_size`` unique inputs (``embed.shard_size``);
+    each finished shard is written to the cache at once, so a killed run keeps every finished shard. With several
+    processes (``ranks``, :mod:`pipeline.features.ranks`) each encodes its share of the shards, and only rank 0
+    assembles the outputs from the cache and returns the entry (the others return None).
+    """
     start = time.perf_counter()
     n = len(items)
     item_ids = items["item_id"].to_list()
@@ -306,51 +376,38 @@ def embed_modality(
     for i, digest in enumerate(inputs.digests):
         if digest is not None:
             rows_by_key.setdefault(item_key(identity_hash, digest), []).append(i + 1)
+    known_bad = {k for k in rows_by_key if k in cache.bad}
+    miss_keys = [k for k in rows_by_key if not cache.has(k, store_tokens) and k not in known_bad]
+    cache_hits = sum(len(v) for k, v in rows_by_key.items() if k not in miss_keys)
+    ranks.barrier()  # every process has read the cache before any writes to it: they agree on what is missing
+
+    if miss_keys:
+        sources = [raw[rows_by_key[k][0] - 1] for k in miss_keys]  # one input per unique key
+        _encode_missing(modality, encoder, miss_keys, sources, cache, store_tokens, shard_size, ranks)
+    ranks.barrier()  # every process's shards are in the cache
+    if not ranks.is_main:
+        return None
+    if ranks.world > 1:  # read the shards the other processes wrote
+        cache = EmbeddingCache(cache_dir, modality, encoder.name, identity, identity_hash, shard_size=shard_size)
     corrupt: dict[str, str] = {k: cache.bad[k] for k in rows_by_key if k in cache.bad}  # key -> reason
     hit_keys = [k for k in rows_by_key if cache.has(k, store_tokens)]
-    miss_keys = [k for k in rows_by_key if not cache.has(k, store_tokens) and k not in corrupt]
-    cache_hits = sum(len(rows_by_key[k]) for k in [*hit_keys, *corrupt])
+    lost = [k for k in rows_by_key if k not in corrupt and not cache.has(k, store_tokens)]
+    if lost:
+        raise RuntimeError(
+            f"{len(lost)} {modality} input(s) are not in the embedding cache {cache.dir} after encoding (e.g. item "
+            f"{item_ids[rows_by_key[lost[0]][0] - 1]!r}); was a shard removed meanwhile? Rerun `dvc repro embed`."
+        )
+    encoded = sum(1 for k in miss_keys if k not in corrupt)
 
     out = _Outputs(out_dir, modality, n + 1, store_tokens)
     mask = np.zeros(n + 1, dtype=bool)  # (N+1,)
-
-    def put(keys: list[str], pooled: np.ndarray, tokens: np.ndarray | None, tmask: np.ndarray | None) -> None:
+    for positions, pooled, tokens, tmask in cache.read(hit_keys, store_tokens):
+        keys = [hit_keys[p] for p in positions]
         counts = [len(rows_by_key[k]) for k in keys]
         item_rows = np.array([r for k in keys for r in rows_by_key[k]], dtype=np.int64)
         rep = np.repeat(np.arange(len(keys)), counts)
         out.put(item_rows, pooled[rep], None if tokens is None else tokens[rep], None if tmask is None else tmask[rep])
         mask[item_rows] = True
-
-    for positions, pooled, tokens, tmask in cache.read(hit_keys, store_tokens):
-        put([hit_keys[p] for p in positions], pooled, tokens, tmask)
-
-    encoded = 0
-    if miss_keys:
-        encoder.load()
-        sources = [raw[rows_by_key[k][0] - 1] for k in miss_keys]  # one input per unique key
-        new_corrupt: dict[int, str] = {}
-        if isinstance(encoder, TextEncoder):
-            stream = _encode_texts(encoder, sources, store_tokens)
-        else:
-            stream = _encode_images(encoder, sources, store_tokens, new_corrupt)
-        bar = tqdm(total=len(miss_keys), desc=f"embed {modality} ({encoder.name})", unit="item")
-        try:
-            for positions, enc in stream:
-                keys = [miss_keys[p] for p in positions]
-                pooled = enc.pooled.numpy()  # (B, d)
-                tokens = enc.tokens.to(torch.float16).numpy() if store_tokens else None  # (B, T, dt)
-                tmask = enc.token_mask.numpy() if store_tokens else None  # (B, T)
-                cache.add(keys, pooled, tokens, tmask)
-                put(keys, pooled, tokens, tmask)
-                encoded += len(keys)
-                bar.update(encoded + len(new_corrupt) - bar.n)
-            bar.update(len(miss_keys) - bar.n)
-            for p, reason in new_corrupt.items():
-                cache.add_bad(miss_keys[p], reason)
-                corrupt[miss_keys[p]] = reason
-        finally:
-            bar.close()
-            cache.flush()  # whatever finished is kept, even when interrupted
 
     if out.pooled is None:
         dummy = _dummy_output(encoder, store_tokens)
@@ -396,38 +453,58 @@ def embed_modality(
 
 
 def embed_items(
-    items_path: Path, out_dir: Path, cache_dir: Path, config: EmbedConfig, shard_size: int = 1024
-) -> dict[str, Any]:
+    items_path: Path,
+    out_dir: Path,
+    cache_dir: Path,
+    config: EmbedConfig,
+    shard_size: int | None = None,
+    ranks: Ranks = SINGLE,
+) -> dict[str, Any] | None:
     """Run the embed stage: features for every modality of ``items_path`` into ``out_dir``; returns the manifest.
 
-    ``cache_dir`` is the content cache (``data/cache/embeddings``); ``shard_size`` encoded items per cache shard.
+    ``cache_dir`` is the content cache (``data/cache/embeddings``); ``shard_size`` encoded items per cache shard
+    (None = ``config.shard_size``). ``ranks``: this process's place among several (one per GPU, under torchrun:
+    :func:`pipeline.features.ranks.embed_session`); each encodes its share of the shards and rank 0 alone writes
+    ``out_dir`` and returns the manifest (the others return None).
     """
+    shard_size = config.shard_size if shard_size is None else shard_size
     start = time.perf_counter()
-    device = resolve_device(config.device)
+    device = ranks.device(resolve_device(config.device))
     # Build every encoder first: config mistakes surface before any work is done.
     encoders = {m: build_encoder(getattr(config, m), m, device) for m in MODALITIES}
     words = ImageWords(config, encoders["text"], device) if config.image_words.vocabulary is not None else None
     items = read_items(items_path, need_images=encoders["image"] is not None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # no manifest until every file below is complete
-    for leftover in out_dir.glob(".tmp-*"):  # temporaries of an interrupted run
-        leftover.unlink(missing_ok=True)
-    if words is None:
-        (out_dir / WORDS_FILE).unlink(missing_ok=True)
+    if ranks.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # no manifest until every file below is complete
+        for leftover in out_dir.glob(".tmp-*"):  # temporaries of an interrupted run
+            leftover.unlink(missing_ok=True)
+        if words is None:
+            (out_dir / WORDS_FILE).unlink(missing_ok=True)
     logger.info("embed: %d items from %s on %s", len(items), items_path, device)
 
     modalities: dict[str, Any] = {}
     for modality, encoder in encoders.items():
         if encoder is None:
-            for name in feature_files(modality).values():
-                (out_dir / name).unlink(missing_ok=True)
+            if ranks.is_main:
+                for name in feature_files(modality).values():
+                    (out_dir / name).unlink(missing_ok=True)
             modalities[modality] = {"enabled": False, "encoder": "none"}
             logger.info("embed %s: disabled (embed.%s.name = none)", modality, modality)
             continue
         as_words = modality == "image" and words is not None  # image tokens are then the words, not CLIP patches
         m = embed_modality(
-            modality, encoder, items, out_dir, cache_dir, config.store_tokens and not as_words, shard_size=shard_size
+            modality,
+            encoder,
+            items,
+            out_dir,
+            cache_dir,
+            config.store_tokens and not as_words,
+            shard_size=shard_size,
+            ranks=ranks,
         )
+        if m is None:  # another process than rank 0: its shards are in the cache
+            continue
         if as_words:
             m = words.write(m, items, out_dir, cache_dir, config.store_tokens, feature_files(modality))
         elif modality == "image":
@@ -444,6 +521,8 @@ def embed_items(
             m["seconds"],
         )
 
+    if not ranks.is_main:
+        return None
     manifest = {
         "version": MANIFEST_VERSION,
         "num_items": len(items),
@@ -452,7 +531,7 @@ def embed_items(
         "params_hash": sha256_json(asdict(config)),
         "params": asdict(config),
         "store_tokens": config.store_tokens,
-        "device": str(device),
+        "device": str(device) if ranks.world == 1 else f"{ranks.world} processes ({device} on rank 0)",
         "torch": torch.__version__,
         "seconds": round(time.perf_counter() - start, 3),
         "modalities": modalities,
