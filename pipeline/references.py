@@ -9,7 +9,8 @@
   ``C`` candidates (only in the ``*_cold_among_cold`` columns, the only ones where "random among cold" is defined).
 
 Popularity (:func:`pipeline.evaluation.evaluate_popularity`) is the third reference: held-out items have no
-training interactions, so it never ranks a cold target above a warm item.
+training interactions, so it never ranks a cold target above a warm item, and among the held-out items alone it is
+one tie (not reported: the tie order would be the item index, i.e. first appearance in the whole log).
 """
 
 from __future__ import annotations

@@ -214,16 +214,25 @@ def test_popularity_cold_metrics_by_hand() -> None:
     assert m["test_cold_start"] == pytest.approx(
         dict.fromkeys(["HR@1", "NDCG@1", "MRR@1", "HR@2", "NDCG@2", "MRR@2"], 0.0)
     )
-    # among cold test items only ({6}): the target is the only candidate
-    assert m["test_cold_among_cold"]["HR@1"] == 1.0
+    # among cold test items only: every held-out item ties at 0 interactions, so popularity reports nothing there
+    assert "test_cold_among_cold" not in m and "valid_cold_among_cold" not in m
     # warm test users 1, 2: user 1 masks {2, 3, 5} -> 1 (count 2), 4 (1), 6; target 4 at rank 2
     # user 2 masks {1, 4, 2} -> 3 (1), 5, 6; target 3 at rank 1
     assert m["test_warm_start"] == pytest.approx(
         {"HR@1": 0.5, "NDCG@1": 0.5, "MRR@1": 0.5, "HR@2": 1.0, "NDCG@2": (1 + 1 / np.log2(3)) / 2, "MRR@2": 0.75}
     )
     # valid: user 1 (cold valid target 5) masks {2, 3}: 1 (2), 4 (1), then 5, 6 at 0 -> 5 at rank 3
-    assert m["valid_cold_start"]["HR@2"] == 0.0 and m["valid_cold_among_cold"]["HR@1"] == 1.0
+    assert m["valid_cold_start"]["HR@2"] == 0.0
     assert "valid_warm_start" in m
+
+
+def test_model_cold_among_cold_by_hand() -> None:
+    vectors = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [6.0], [5.0]], dtype=np.float32)  # item 5 > 6 > 4 ...
+    result = evaluate_vectors("x", SPLIT, vectors, lambda stage: np.ones((3, 1), dtype=np.float32), [1], cold=COLD)
+    m = result.metrics()
+    assert m["test_cold_start"]["HR@1"] == 0.0  # user 0 (target 6): 5 scores higher among all unseen items
+    assert m["test_cold_among_cold"]["HR@1"] == 1.0  # ... but 6 is the only cold-test candidate
+    assert m["valid_cold_start"]["HR@1"] == 1.0  # user 1 (target 5): the best unseen item
 
 
 def test_rank_among_ranks_only_the_candidates_with_the_full_ranking_tie_order() -> None:
