@@ -13,17 +13,10 @@ from pipeline.data.splits import UserSplit
 from pipeline.models.mp4sr import MP4SR, ndcg_at_10_per_offset
 from pipeline.train import fit
 from tests.test_mp4sr import CONFIG, N_ITEMS, batch, make_catalog, make_model
+from tests.test_mp4sr import one_thread as one_thread  # autouse: tiny tensors run fastest on one thread
 from tests.test_train import train_cfg
 
 COLD = (29, 30)  # items without training interactions in the catalog below
-
-
-@pytest.fixture(autouse=True)
-def one_thread():  # noqa: ANN201
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_id_dropout_zeroes_a_share_of_the_ids_in_training_only() -> None:
