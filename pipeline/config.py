@@ -396,7 +396,7 @@ RANGES: dict[str, Range] = {
     "model.num_experts": AT_LEAST_1,
     **dict.fromkeys(("model.dropout", "model.adaptor_dropout", "model.id_dropout"), FRACTION),
     **dict.fromkeys(("model.mixup_max_prob", "model.item_drop_max"), PROBABILITY),
-    **dict.fromkeys(("model.temperature", "model.distill_temperature"), POSITIVE),
+    **dict.fromkeys(("model.temperature", "model.distill_temperature", "model.cold_offset_weight"), POSITIVE),
     **{f"model.{k}": AT_LEAST_0 for k in ("distill_weight", "distill_ramp_epochs", "cm_weight", "cold_id_neighbours")},
     **{f"model.head_weight_{m}": AT_LEAST_0 for m in ("id", "text", "image")},
 }

@@ -48,14 +48,23 @@ def test_ndcg_per_offset_by_hand() -> None:
     gains = ndcg_at_10_per_offset(scores, cold, torch.tensor([3]), exclude, torch.tensor([0.0, 1.5, 2.5]))
     # offset 0: items 1 and 2 score higher (rank 2); 1.5: item 1 only (rank 1); 2.5: none (rank 0)
     assert gains.tolist() == pytest.approx([1 / np.log2(4), 1 / np.log2(3), 1.0])
+    weighted = ndcg_at_10_per_offset(scores, cold, torch.tensor([3]), exclude, torch.tensor([0.0]), torch.tensor([3.0]))
+    assert weighted.tolist() == pytest.approx([3 / np.log2(4)])
 
 
-def cold_split(test_shift: int = 0) -> UserSplit:
-    """24 users over items 1..28 in training; items 29/30 are some users' valid targets (cold-validation items)."""
+def test_the_weight_of_cold_targets_moves_the_chosen_offset() -> None:
+    plain, _ = trained(cold_split())  # 6 of 24 valid targets are cold: a large offset pays
+    warm_only, _ = trained(cold_split(), cold_offset_weight=1e-3)  # cold targets barely count
+    assert float(warm_only.cold_offset) < float(plain.cold_offset)
+
+
+def cold_split(test_shift: int = 0, cold_users: int = 6) -> UserSplit:
+    """24 users over items 1..28 in training; items 29/30 are the valid targets of the first ``cold_users`` users
+    (cold-validation items)."""
     rng = np.random.default_rng(0)
     seqs = [rng.choice(np.arange(1, 29), size=int(rng.integers(5, 11)), replace=False) for _ in range(24)]
     valid = np.array([s[-2] for s in seqs])
-    valid[:6] = [29, 30, 29, 30, 29, 30]
+    valid[:cold_users] = [29, 30] * (cold_users // 2) + [29] * (cold_users % 2)
     return UserSplit(
         user_idx=np.arange(24),
         train=[s[:-2] for s in seqs],
@@ -64,9 +73,9 @@ def cold_split(test_shift: int = 0) -> UserSplit:
     )
 
 
-def trained(split: UserSplit) -> tuple[MP4SR, dict]:
+def trained(split: UserSplit, **config: float) -> tuple[MP4SR, dict]:
     torch.manual_seed(0)
-    model = MP4SR(dataclasses.replace(CONFIG, cold_offset="validation"), make_catalog(unseen=COLD))
+    model = MP4SR(dataclasses.replace(CONFIG, cold_offset="validation", **config), make_catalog(unseen=COLD))
     result = fit(model, split, train_cfg(seed=3, epochs=2, batch_size=8, lr=1e-2), 12, out_dir=None)
     return model, result.selected_on_validation
 

@@ -110,6 +110,9 @@ class MP4SRConfig:
     # "validation": a scalar added to the score of every item without training interactions, chosen after each
     # fine-tuning epoch on valid NDCG@10 (grid COLD_OFFSET_GRID; the realistic valid population) | "none"
     cold_offset: str = "none"
+    # weight of a valid user whose target has no training interactions in that choice: 1 = the realistic population;
+    # (1 - share) / share weighs cold and warm targets equally (new items must surface, at the warm users' cost)
+    cold_offset_weight: float = 1.0
     # fine-tuning leaves the pre-trained M2SE transformer (and its position embeddings) frozen, as UniSRec does
     freeze_transformer: bool = False
 
@@ -122,6 +125,8 @@ def _check_config(config: MP4SRConfig) -> None:
             raise ValueError(f"model.{key} = {getattr(config, key)} must be in [0, 1)")
     if not 0.0 <= config.id_dropout < 1.0:
         raise ValueError(f"model.id_dropout = {config.id_dropout} must be in [0, 1) (0 = off)")
+    if config.cold_offset_weight <= 0:
+        raise ValueError(f"model.cold_offset_weight = {config.cold_offset_weight} must be > 0 (1 = no reweighting)")
     if config.cold_offset not in COLD_OFFSETS:
         raise ValueError(f"model.cold_offset = {config.cold_offset!r} must be one of: {', '.join(COLD_OFFSETS)}")
     if config.cold_id_neighbours < 0:
@@ -375,8 +380,9 @@ class MP4SR(nn.Module):
         self, input_ids: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor, batch_size: int
     ) -> dict[str, float]:
         """Extension ``cold_offset: validation``: the offset of :data:`COLD_OFFSET_GRID` (smallest magnitude first,
-        so ties keep the smaller one) that maximises valid NDCG@10 with ``exclude`` (U, N+1) masked; kept in the
-        ``cold_offset`` buffer. ``targets`` are the VALID targets; test targets are never passed here."""
+        so ties keep the smaller one) that maximises valid NDCG@10 with ``exclude`` (U, N+1) masked, a user with a
+        cold target counting ``cold_offset_weight`` times; kept in the ``cold_offset`` buffer. ``targets`` are the
+        VALID targets; test targets are never passed here."""
         was_training = self.training
         self.eval()
         self.cold_offset.zero_()
@@ -388,8 +394,10 @@ class MP4SR(nn.Module):
         for start in range(0, len(input_ids), batch_size):
             ids = input_ids[start : start + batch_size]  # (b, L)
             scores = self._queries(ids, tables) @ items.T  # (b, N+1)
+            batch_targets = targets[start : start + batch_size]  # (b,)
+            weights = 1.0 + (self.config.cold_offset_weight - 1.0) * cold[batch_targets].double()  # (b,)
             gains += ndcg_at_10_per_offset(
-                scores, cold, targets[start : start + batch_size], exclude[start : start + batch_size], grid
+                scores, cold, batch_targets, exclude[start : start + batch_size], grid, weights
             )
         best = int(torch.argmax(gains))
         self.cold_offset.fill_(float(grid[best]))
@@ -528,9 +536,14 @@ class MP4SR(nn.Module):
 
 
 def ndcg_at_10_per_offset(
-    scores: torch.Tensor, cold: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor, grid: torch.Tensor
+    scores: torch.Tensor,
+    cold: torch.Tensor,
+    targets: torch.Tensor,
+    exclude: torch.Tensor,
+    grid: torch.Tensor,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Summed NDCG@10 of ``scores + b * cold`` for every offset ``b`` of ``grid`` (G,).
+    """Summed (``weights`` (U,): weighted) NDCG@10 of ``scores + b * cold`` for every offset ``b`` of ``grid`` (G,).
 
     ``scores`` (U, N+1), ``cold`` (N+1,) 1.0 for items without training interactions, ``targets`` (U,), ``exclude``
     (U, N+1) bool items not ranked (the target never is). The target's rank is the number of ranked items scoring
@@ -545,5 +558,6 @@ def ndcg_at_10_per_offset(
     for g, offset in enumerate(grid.tolist()):
         higher = ((margin + offset * cold_margin) > 0) & ~excluded  # (U, N+1)
         rank = higher.sum(dim=1)  # (U,)
-        out[g] = torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2.0), 0.0).sum()
+        gain = torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2.0), 0.0)  # (U,)
+        out[g] = (gain if weights is None else gain * weights).sum()
     return out
