@@ -202,14 +202,15 @@ REFERENCE_RUNS = ("popularity", "random_among_cold")  # plus every content_knn_*
 def reference_results(row: dict[str, Any]) -> list[dict[str, Any]]:
     """The training-free rows in a SASRec row's evaluation (popularity; in the cold-start setting the content-kNN
     and random-among-cold references) as result rows of their own, named ``<run><suffix>`` where the SASRec row is
-    ``sasrec<suffix>`` (e.g. ``content_knn_text_cold`` from ``sasrec_cold``); no training cost columns."""
+    ``sasrec<suffix>`` (e.g. ``content_knn_text_cold`` from ``sasrec_cold``; ``random_among_cold`` keeps its
+    name); no training cost columns."""
     suffix = row["name"][len("sasrec") :] if row["name"].startswith("sasrec") else f"_{row['name']}"
     out = []
     for run_name in row["metrics"]:
         if run_name in REFERENCE_RUNS or run_name.startswith("content_knn_"):
             out.append(
                 {
-                    "name": f"{run_name}{suffix}",
+                    "name": run_name if run_name.endswith(suffix) else f"{run_name}{suffix}",
                     "model": run_name,
                     "seeds": row["seeds"][:1],
                     "metrics": {run_name: row["metrics"][run_name]},

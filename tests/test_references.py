@@ -74,5 +74,5 @@ def test_ablation_runner_writes_each_reference_as_its_own_row() -> None:
         },
     }
     refs = reference_results(row)
-    assert [r["name"] for r in refs] == ["popularity_cold", "content_knn_text_cold", "random_among_cold_cold"]
+    assert [r["name"] for r in refs] == ["popularity_cold", "content_knn_text_cold", "random_among_cold"]
     assert all(r["metrics"] == {r["model"]: stage} and r["train"] is None for r in refs)
