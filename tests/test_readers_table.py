@@ -20,19 +20,9 @@ from pipeline.data.schema import INTERACTION_SCHEMA, DataFormatError
 from pipeline.download.http import DownloadError, FetchOptions
 from pipeline.download.run import download_table_images
 from tests.test_download import Loopback, _jpeg
+from tests.test_prepare import CFG as PREPARE_CFG
 
-CFG = DataConfig(
-    source="table",
-    path=None,
-    images_dir=None,
-    min_rating=None,
-    user_core=3,
-    item_core=1,
-    dedupe="user_item",
-    max_seq_len=50,
-    cold_start_fraction=0.0,
-    seed=0,
-)
+CFG = dataclasses.replace(PREPARE_CFG, source="table")
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 ITEMS_CSV = "sku,name,brand\nA,Red Shoe,Nike\nB,Blue Hat,\nC,Green Bag,Acme\n"
 
