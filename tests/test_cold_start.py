@@ -21,7 +21,7 @@ from pipeline.data.cold_start import (
     cold_valid_mask,
     load_cold_items,
 )
-from pipeline.data.prepare import prepare
+from pipeline.data.prepare import prepare, validate_config
 from pipeline.data.splits import UserSplit, leave_one_out, load_split
 from pipeline.evaluation import evaluate_popularity, evaluate_vectors, rank_among
 
@@ -171,7 +171,7 @@ CFG = DataConfig(
 
 def test_prepare_writes_the_cold_start_split(tmp_path: Path, tiny_ml1m_dir: Path) -> None:
     cfg = dataclasses.replace(CFG, path=str(tiny_ml1m_dir))
-    normal = prepare(dataclasses.replace(cfg, cold_start_fraction=0.0), tmp_path / "normal")
+    normal = prepare(dataclasses.replace(cfg, cold_start_fraction=0.0, cold_target_share=None), tmp_path / "normal")
     stats = prepare(cfg, tmp_path / "cold")
     assert stats["items"] == normal["items"]  # held-out items stay in the catalog (they have content)
     assert stats["input_rows"] == stats["interactions"] + sum(stats["dropped"].values())
@@ -247,3 +247,8 @@ def test_cold_subsets_only_where_targets_are_cold() -> None:
     vectors = np.arange(7, dtype=np.float32)[:, None]
     result = evaluate_vectors("x", warm, vectors, lambda stage: np.ones((3, 1), dtype=np.float32), [1], cold=COLD)
     assert set(result.metrics()) == {"valid", "test"}
+
+
+def test_a_target_share_without_held_out_items_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="cold_target_share` = 0.2 is read only in the cold-start setting"):
+        validate_config(dataclasses.replace(CFG, cold_start_fraction=0.0, cold_target_share=0.2))

@@ -116,3 +116,8 @@ def test_frozen_transformer_keeps_the_backbone_while_the_rest_fine_tunes() -> No
 def test_checkpoints_without_the_offset_load_unchanged() -> None:
     assert "cold_offset" not in make_model().state_dict()  # default cold_offset: none adds no state
     assert make_model().item_vectors().shape == (N_ITEMS + 1, 2 * CONFIG.hidden_dim)
+
+
+def test_a_cold_offset_weight_without_the_offset_is_an_error() -> None:
+    with pytest.raises(ValueError, match="cold_offset_weight = 3.0 is read only with model.cold_offset: validation"):
+        make_model(config=dataclasses.replace(CONFIG, cold_offset_weight=3.0))

@@ -146,9 +146,11 @@ def apply_cold_start(
     test_at = np.full(len(items), -1)  # position of each user's cold test target candidate; -1 = not eligible
     valid_at = np.full(len(items), -1)
     held_out_interactions = 0
+    warm_masks = []  # per user (len,) bool: the positions of non-held-out items
     for u, s in enumerate(items):
         ct, cv = is_test_item[s], is_valid_item[s]
         warm = ~(ct | cv)
+        warm_masks.append(warm)
         held_out_interactions += int((~warm).sum())
         warm_before = np.concatenate([[0], np.cumsum(warm)])[:-1]  # warm items strictly before each position
         if ct.any():
@@ -173,7 +175,7 @@ def apply_cold_start(
 
     kept_rows, kept_users = [], []
     for u, s in enumerate(items):
-        held = is_test_item[s] | is_valid_item[s]
+        held = ~warm_masks[u]
         if role[u] == 1:
             t = test_at[u]
             keep = ~held & (np.arange(len(s)) < t)

@@ -82,6 +82,12 @@ def validate_config(cfg: DataConfig) -> None:
         raise ConfigError(f"`data.min_rating` = {cfg.min_rating} must be a finite number or null")
     check_fraction(cfg.cold_start_fraction)
     check_share(cfg.cold_target_share)
+    if cfg.cold_target_share is not None and cfg.cold_start_fraction == 0.0:
+        raise ConfigError(
+            f"`data.cold_target_share` = {cfg.cold_target_share} is read only in the cold-start setting, but "
+            "data.cold_start_fraction is 0, so it would be ignored; set data.cold_start_fraction (e.g. 0.1) or put "
+            "data.cold_target_share back to null"
+        )
     for section, default, reader in (("recbole", RecboleConfig(), "recbole"), ("table", TableConfig(), "table")):
         if cfg.source != reader and getattr(cfg, section) != default:
             raise ConfigError(

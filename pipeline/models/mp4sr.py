@@ -127,6 +127,11 @@ def _check_config(config: MP4SRConfig) -> None:
         raise ValueError(f"model.id_dropout = {config.id_dropout} must be in [0, 1) (0 = off)")
     if config.cold_offset_weight <= 0:
         raise ValueError(f"model.cold_offset_weight = {config.cold_offset_weight} must be > 0 (1 = no reweighting)")
+    if config.cold_offset == "none" and config.cold_offset_weight != 1.0:
+        raise ValueError(
+            f"model.cold_offset_weight = {config.cold_offset_weight} is read only with model.cold_offset: validation "
+            "(it is 'none', so the weight would be ignored); set cold_offset: validation or put the weight back to 1.0"
+        )
     if config.cold_offset not in COLD_OFFSETS:
         raise ValueError(f"model.cold_offset = {config.cold_offset!r} must be one of: {', '.join(COLD_OFFSETS)}")
     if config.cold_id_neighbours < 0:
