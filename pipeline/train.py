@@ -121,6 +121,7 @@ def fit(
         train_seconds += seconds
         choice: dict[str, Any] = {}
         valid: dict[str, float] = {}  # validation is rank 0's; the other ranks get its metrics below
+        valid_start = time.perf_counter()
         if main and getattr(model, "selects_on_validation", False):  # ODMT's head_weights: validation (no test targets)
             choice, valid = _select_on_validation(model, valid_inputs, split, train_cfg.batch_size, device)
         elif main:
@@ -131,6 +132,7 @@ def fit(
         row = {**{f"train/{k}": v for k, v in losses.items()}, **{f"valid/{k}": v for k, v in valid.items()}}
         row |= {f"selected/{k}": float(v) for k, v in choice.get("choice", {}).items()}
         row |= {"epoch_seconds": seconds, "epoch_cpu_seconds": cpu_seconds}
+        row["valid_seconds"] = time.perf_counter() - valid_start  # validation (and choices made on it), rank 0
         row["sequences_per_second"] = len(dataset) / seconds
         history.append(row)
         _log_live(live, {f"{prefix}{k}": v for k, v in row.items()})
