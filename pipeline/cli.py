@@ -4,14 +4,20 @@ A stage that fails prints ``error: <what, where, fix>`` on stderr and exits with
 environment re-raises instead, so the full traceback is shown. Errors of the tool's own kinds (``ConfigError``,
 ``DataFormatError``, and ``ValueError``/``OSError`` which the library raises with a full message) print their
 message alone; any other exception is printed with its type, as it is most likely a bug to report.
+
+Also what every stage shares: ``setup_logging()`` (one log format) and typer option types for the options that
+several stages declare alike, used as ``prepared: cli.Prepared = Path("data/prepared")`` or
+``params: cli.params("only `evaluate`") = DEFAULT_PARAMS``. Defaults stay in each stage, beside its dvc.yaml path.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import click
 import typer
@@ -19,6 +25,32 @@ import typer
 DEBUG_ENV = "MMREC_DEBUG"
 F = TypeVar("F", bound=Callable[..., Any])
 _EXPECTED = (ValueError, OSError, KeyError, LookupError)  # ConfigError and DataFormatError are ValueErrors
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+QUIET_FORMAT = "%(levelname)s %(message)s"  # a query printed to the terminal: warnings only, no timestamps
+
+Prepared = Annotated[Path, typer.Option(help="prepare stage output")]
+Features = Annotated[Path, typer.Option(help="embed stage output")]
+Model = Annotated[Path, typer.Option(help="train stage checkpoint")]
+Baseline = Annotated[Path, typer.Option(help="baseline stage checkpoint")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+
+
+def params(reads: str) -> Any:
+    """The ``--params`` option of a stage that reads the sections ``reads`` of the params file."""
+    return Annotated[Path, typer.Option(help=f"params file; reads {reads}")]
+
+
+def out(writes: str) -> Any:
+    """The ``--out`` option of a stage that writes ``writes`` there."""
+    return Annotated[Path, typer.Option(help=f"output directory: {writes}")]
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Configure the root logger once per stage: INFO with timestamps, or WARNING alone for a terminal query.
+
+    Like ``logging.basicConfig`` it leaves a logger that already has handlers (pytest's capture) as it is.
+    """
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format=QUIET_FORMAT if quiet else LOG_FORMAT)
 
 
 def debug_enabled() -> bool:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
-from pipeline import distributed
-from pipeline.cli import cli_errors
+from pipeline import cli, distributed
+from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import BASELINE_MODEL, DEFAULT_PARAMS, BaselineConfig, DataConfig, load_section
 from pipeline.training_job import train_to_dir
 
@@ -26,13 +25,13 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 @cli_errors
 def main(
-    params: Annotated[Path, typer.Option(help="params file (baseline, data.max_seq_len)")] = DEFAULT_PARAMS,
-    prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
-    features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
-    out: Annotated[Path, typer.Option(help="model.pt, train_summary.json, dvclive/")] = Path("models/baseline"),
+    params: cli.params("baseline, data.max_seq_len") = DEFAULT_PARAMS,
+    prepared: cli.Prepared = Path("data/prepared"),
+    features: cli.Features = Path("data/features"),
+    out: cli.out("model.pt, train_summary.json, dvclive/") = Path("models/baseline"),
 ) -> None:
     """Train SASRec with `baseline.train` and `baseline.model`; keep the epoch with the best valid NDCG@10."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     cfg: BaselineConfig = load_section(BaselineConfig, "baseline", params)
     max_seq_len = load_section(DataConfig, "data", params).max_seq_len
     args = distributed.cli_args(params=params, prepared=prepared, features=features, out=out)

@@ -16,7 +16,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import cli_errors
+from pipeline import cli
+from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, DataConfig, load_section
 from pipeline.download import DownloadConfig, DownloadError, FetchOptions, download_dataset
 from pipeline.download.catalog import BASE_URL_ENV, CATALOG
@@ -43,10 +44,10 @@ def main(
     base_url: Annotated[
         str | None, typer.Option(help=f"mirror for the catalogue's base URL (or {BASE_URL_ENV})")
     ] = None,
-    params: Annotated[Path, typer.Option(help="read when DATASET is omitted (section `download`)")] = DEFAULT_PARAMS,
+    params: cli.params("`download` when DATASET is omitted, `data` for `table`") = DEFAULT_PARAMS,
 ) -> None:
     """Download one data set; finished files are kept, so an interrupted run resumes where it stopped."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     if dataset == "table":  # the image URLs of your own item table (params.yaml `data:`)
         _table_images(load_section(DataConfig, "data", params), FetchOptions(timeout=timeout, retries=retries), workers)
         return

@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipeline.cli import cli_errors
+from pipeline import cli
+from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import EmbedConfig, load_section
 from pipeline.features.embed import embed_items
 from pipeline.features.ranks import embed_session
@@ -24,13 +24,13 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 @cli_errors
 def main(
-    params: Annotated[Path, typer.Option(help="params file; only its `embed` section is read")] = Path("params.yaml"),
+    params: cli.params("only `embed`") = Path("params.yaml"),
     items: Annotated[Path, typer.Option(help="items written by `prepare`")] = Path("data/prepared/items.parquet"),
-    out: Annotated[Path, typer.Option(help="output directory (a DVC output)")] = Path("data/features"),
+    out: cli.out("<modality>.npy, manifest.json (a DVC output)") = Path("data/features"),
     cache: Annotated[Path, typer.Option(help="embedding cache, kept across runs")] = Path("data/cache/embeddings"),
 ) -> None:
     """Encode every item's text and image with the frozen encoders named in `embed`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     config = load_section(EmbedConfig, "embed", params)
     with embed_session() as ranks:  # several processes under torchrun (one per GPU), else one
         manifest = embed_items(items, out, cache, config, ranks=ranks)

@@ -3,13 +3,13 @@ comparison model - baseline with a bootstrap CI -> reports/ (metrics.json, repor
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipeline.cli import cli_errors
+from pipeline import cli
+from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import EvaluateConfig, load_section
 from pipeline.data.cold_start import load_cold_items
 from pipeline.data.splits import load_split
@@ -33,19 +33,19 @@ app = typer.Typer(add_completion=False)
 @app.command()
 @cli_errors
 def main(
-    params: Annotated[Path, typer.Option(help="params file; reads only `evaluate`")] = Path("params.yaml"),
-    prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
-    features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
-    model: Annotated[Path, typer.Option(help="train stage checkpoint")] = Path("models/model.pt"),
-    baseline: Annotated[Path, typer.Option(help="baseline stage checkpoint")] = Path("models/baseline/model.pt"),
-    out: Annotated[Path, typer.Option(help="metrics.json, report.md, topk.parquet, plots/")] = Path("reports"),
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N, for the user vectors")] = "auto",
+    params: cli.params("only `evaluate`") = Path("params.yaml"),
+    prepared: cli.Prepared = Path("data/prepared"),
+    features: cli.Features = Path("data/features"),
+    model: cli.Model = Path("models/model.pt"),
+    baseline: cli.Baseline = Path("models/baseline/model.pt"),
+    out: cli.out("metrics.json, report.md, topk.parquet, plots/") = Path("reports"),
+    device: cli.Device = "auto",
     experiments: Annotated[Path, typer.Option(help="bench.ablations results copied into report.md")] = Path(
         "reports/experiments"
     ),
 ) -> None:
     """Rank all items for every user (history masked) at valid and test; write reports/ and print the tables."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
     torch_device = resolve_device(device)
     net, checkpoint, catalog = load_trained(model, features, prepared, torch_device)

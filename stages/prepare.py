@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
-from pipeline.cli import cli_errors
+from pipeline import cli
+from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, DataConfig, load_section
 from pipeline.data.prepare import prepare
 
@@ -22,11 +22,11 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 @cli_errors
 def main(
-    params: Annotated[Path, typer.Option(help="params.yaml; only its `data` section is read")] = DEFAULT_PARAMS,
-    out: Annotated[Path, typer.Option(help="output directory")] = Path("data/prepared"),
+    params: cli.params("only `data`") = DEFAULT_PARAMS,
+    out: cli.out("items.parquet, sequences.parquet, images/, stats.json") = Path("data/prepared"),
 ) -> None:
     """Read `data.source`, clean it (dedupe, k-core, tie-breaking), map ids and write the prepared data set."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     stats = prepare(load_section(DataConfig, "data", params), out)  # an error: one line (pipeline.cli)
     dropped = ", ".join(f"{k}={v:,}" for k, v in stats["dropped"].items())
     log.info(

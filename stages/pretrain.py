@@ -8,13 +8,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from dvclive import Live
 
-from pipeline import distributed
-from pipeline.cli import cli_errors
+from pipeline import cli, distributed
+from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
@@ -29,13 +28,13 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 @cli_errors
 def main(
-    params: Annotated[Path, typer.Option(help="params file (pretrain, model, train, data)")] = DEFAULT_PARAMS,
-    prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
-    features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
-    out: Annotated[Path, typer.Option(help="pretrain.pt, pretrain_summary.json, dvclive/")] = Path("models/pretrain"),
+    params: cli.params("pretrain, model, train, data") = DEFAULT_PARAMS,
+    prepared: cli.Prepared = Path("data/prepared"),
+    features: cli.Features = Path("data/features"),
+    out: cli.out("pretrain.pt, pretrain_summary.json, dvclive/") = Path("models/pretrain"),
 ) -> None:
     """Pre-train MP4SR's M2SE (NI + CM losses); keep the epoch with the best valid NDCG@10."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     pretrain_cfg: PretrainConfig = load_section(PretrainConfig, "pretrain", params)
     model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
     train_cfg: TrainConfig = load_section(TrainConfig, "train", params)

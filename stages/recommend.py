@@ -9,13 +9,13 @@ python -m stages.recommend --user 42
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipeline.cli import cli_errors
+from pipeline import cli
+from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, RecommendConfig, load_section
 from pipeline.gallery import export_gallery
 from pipeline.inference import load_trained, resolve_device
@@ -27,14 +27,14 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 @cli_errors
 def main(
-    params: Annotated[Path, typer.Option(help="params file; reads only `recommend`")] = DEFAULT_PARAMS,
-    prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
-    features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
-    model: Annotated[Path, typer.Option(help="train stage checkpoint")] = Path("models/model.pt"),
-    baseline: Annotated[Path, typer.Option(help="baseline checkpoint (gallery)")] = Path("models/baseline/model.pt"),
-    out: Annotated[Path, typer.Option(help="index/ and topk.parquet")] = Path("recommendations"),
+    params: cli.params("only `recommend`") = DEFAULT_PARAMS,
+    prepared: cli.Prepared = Path("data/prepared"),
+    features: cli.Features = Path("data/features"),
+    model: cli.Model = Path("models/model.pt"),
+    baseline: cli.Baseline = Path("models/baseline/model.pt"),
+    out: cli.out("index/ and topk.parquet") = Path("recommendations"),
     gallery: Annotated[Path, typer.Option(help="the gallery page")] = Path("reports/gallery.html"),
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: cli.Device = "auto",
     history: Annotated[str | None, typer.Option(help="raw item ids, oldest first, separated by --sep")] = None,
     user: Annotated[str | None, typer.Option(help="a user_id of sequences.parquet: all their items")] = None,
     k: Annotated[int | None, typer.Option(help="items to return; default recommend.k")] = None,
@@ -44,7 +44,7 @@ def main(
 ) -> None:
     """Without --history/--user: write recommendations/. With one of them: print that history's top-K."""
     query = history is not None or user is not None
-    logging.basicConfig(level=logging.WARNING if query else logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging(quiet=query)
     if history is not None and user is not None:
         raise ValueError("give --history or --user, not both")
     k = k if k is not None else load_section(RecommendConfig, "recommend", params).k

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline import distributed
-from pipeline.cli import cli_errors
+from pipeline import cli, distributed
+from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
 from pipeline.training_job import train_to_dir
 
@@ -25,15 +25,15 @@ app = typer.Typer(add_completion=False, help=__doc__)
 @app.command()
 @cli_errors
 def main(
-    params: Annotated[Path, typer.Option(help="params file (train, model, data.max_seq_len)")] = DEFAULT_PARAMS,
-    prepared: Annotated[Path, typer.Option(help="prepare stage output")] = Path("data/prepared"),
-    features: Annotated[Path, typer.Option(help="embed stage output")] = Path("data/features"),
-    out: Annotated[Path, typer.Option(help="model.pt, train_summary.json, dvclive/")] = Path("models"),
+    params: cli.params("train, model, data.max_seq_len") = DEFAULT_PARAMS,
+    prepared: cli.Prepared = Path("data/prepared"),
+    features: cli.Features = Path("data/features"),
+    out: cli.out("model.pt, train_summary.json, dvclive/") = Path("models"),
     pretrained: Annotated[Path, typer.Option(help="pretrain stage output (MP4SR)")] = PRETRAINED,
     baseline: Annotated[Path, typer.Option(help="baseline stage output (model.init_from_baseline)")] = BASELINE,
 ) -> None:
     """Train the configured model; keep the epoch with the best valid NDCG@10."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     train_cfg: TrainConfig = load_section(TrainConfig, "train", params)
     model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
     max_seq_len = load_section(DataConfig, "data", params).max_seq_len

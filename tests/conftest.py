@@ -1,10 +1,12 @@
-"""Shared pytest fixtures: keep them small and general."""
+"""Shared pytest fixtures: keep them small and general (shared plain helpers live in tests/helpers/)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.fixtures.make_tiny_ml1m import write_tiny_ml1m
@@ -26,3 +28,23 @@ def tiny_params(tmp_path: Path, tiny_ml1m_dir: Path) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread is fastest and immune to oversubscribed CI machines; restored afterwards.
+
+    Modules of tiny-model tests apply it to every test with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_torch_threads() -> Iterator[None]:
+    """``fit`` applies ``train.num_threads`` process-wide; give other tests their thread count back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

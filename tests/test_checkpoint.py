@@ -24,8 +24,8 @@ from pipeline.checkpoint import (
 )
 from pipeline.inference import load_trained
 from pipeline.models.sasrec import SASRec, SASRecConfig
-from tests.test_evaluate import write_project
-from tests.test_train import train_cfg
+from tests.helpers.projects import write_project
+from tests.helpers.training import cycle_split, train_cfg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 12
@@ -212,7 +212,6 @@ def test_evaluate_stage_refuses_a_bad_checkpoint_with_one_line(tmp_path: Path, d
 
 def test_training_job_writes_the_fingerprint_of_its_items(tmp_path: Path) -> None:
     from pipeline.training_job import train_to_dir
-    from tests.test_train import cycle_split
 
     split = cycle_split(num_users=20)
     prepared = tmp_path / "prepared"

@@ -19,9 +19,10 @@ from pipeline.features.clip_words import WORDS_FILE, clip_word_features, read_vo
 from pipeline.features.embed import embed_items
 from pipeline.features.encoders import build_encoder
 from stages.embed import app
-from tests.test_embed import REPO, write_dataset
-from tests.test_encoders import TINY_CLIP, make_tiny_clip
+from tests.helpers.data import write_dataset
+from tests.helpers.encoders import TINY_CLIP, make_tiny_clip
 
+REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 VOCAB = ["toy", "story", "heat", "casino", "comedy", "drama", "space", "war"]
 K = 3

@@ -32,36 +32,31 @@ from pipeline.train import fit, seed_everything
 from pipeline.training_job import train_to_dir
 from stages.prepare import app as prepare_app
 from stages.train import app as train_app
-from tests import test_odmt, test_train
+from tests.helpers import odmt as odmt_toys
+from tests.helpers import training as toys
+
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-4}
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads() -> Any:
-    """``fit`` applies ``train.num_threads`` process-wide; give other tests their thread count back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def sasrec() -> SASRec:
     seed_everything(0)
-    return SASRec(SASRecConfig(hidden_dim=16, num_layers=1, num_heads=2, dropout=0.0), test_train.catalog())
+    return SASRec(SASRecConfig(hidden_dim=16, num_layers=1, num_heads=2, dropout=0.0), toys.catalog())
 
 
 def odmt() -> torch.nn.Module:  # full softmax, mutual KD, fusion weights chosen on validation (rank 0's)
-    return test_odmt.make_model(head_weights="validation", distill_weight=1.0)
+    return odmt_toys.make_model(head_weights="validation", distill_weight=1.0)
 
 
 def jobs() -> dict[str, tuple[Any, UserSplit, Cfg, int]]:
     """name -> (model factory, split, train config, max_seq_len). Users 161 = 5 x 32 + 1 and 40 = 3 x 13 + 1: the
     last global batch has one row, so rank 1 gets none there (it joins the all-reduce with a zero share)."""
     return {
-        "sasrec": (sasrec, test_train.cycle_split(num_users=161), test_train.train_cfg(epochs=1), test_train.MAX_LEN),
-        "odmt": (odmt, test_odmt._tiny_split(), test_train.train_cfg(epochs=1, batch_size=13), test_odmt.MAX_LEN),
+        "sasrec": (sasrec, toys.cycle_split(num_users=161), toys.train_cfg(epochs=1), toys.MAX_LEN),
+        "odmt": (odmt, odmt_toys.tiny_split(), toys.train_cfg(epochs=1, batch_size=13), odmt_toys.MAX_LEN),
     }
 
 
@@ -100,9 +95,9 @@ def _rank_main(rank: int, port: int, tmp: str) -> None:
             result = fit(model, split, cfg, max_len, None)
             torch.save({"state": model.state_dict(), "result": dataclasses.asdict(result)}, f"{tmp}/{name}{rank}.pt")
         sasrec_cfg = SASRecConfig(hidden_dim=16, num_layers=1, num_heads=2, dropout=0.0)
-        cfg = test_train.train_cfg(epochs=2)
+        cfg = toys.train_cfg(epochs=2)
         out = Path(tmp) / f"out{rank}"  # a directory per rank: only rank 0's may appear
-        train_to_dir("sasrec", sasrec_cfg, cfg, test_train.MAX_LEN, Path(tmp) / "prepared", Path(tmp), out)
+        train_to_dir("sasrec", sasrec_cfg, cfg, toys.MAX_LEN, Path(tmp) / "prepared", Path(tmp), out)
 
 
 def free_port() -> int:
@@ -115,7 +110,7 @@ def free_port() -> int:
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run :func:`_rank_main` on 2 gloo ranks once for this module's tests; their outputs are in the directory."""
     tmp = tmp_path_factory.mktemp("ddp")
-    write_prepared(tmp / "prepared", test_train.cycle_split(num_users=40), test_train.NUM_ITEMS)
+    write_prepared(tmp / "prepared", toys.cycle_split(num_users=40), toys.NUM_ITEMS)
     mp.spawn(_rank_main, args=(free_port(), str(tmp)), nprocs=WORLD, join=True)
     return tmp
 
@@ -181,7 +176,7 @@ def test_launcher_params_are_checked(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="train.launcher"):
         load_section(Cfg, "train", tmp_path / "params.yaml")
-    cfg = test_train.train_cfg(nproc=2)  # launcher none: nproc 2 would be ignored
+    cfg = toys.train_cfg(nproc=2)  # launcher none: nproc 2 would be ignored
     with pytest.raises(ValueError, match="train.nproc = 2 has no effect with train.launcher: none"):
         distributed.relaunch(cfg, "stages.train", [])
     assert distributed.relaunch(dataclasses.replace(cfg, nproc=1), "stages.train", []) is False  # train here

@@ -9,60 +9,16 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.config import EmbedConfig, EncoderConfig
 from pipeline.features.embed import embed_items, read_items
 from pipeline.features.store import load_catalog
 from stages.embed import app
-from tests.test_encoders import make_tiny_bert
+from tests.helpers.data import write_dataset
+from tests.helpers.encoders import make_tiny_bert
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_dataset(root: Path) -> Path:
-    """8 items: every image mode, an empty text, a null image path, a missing file and a corrupt file."""
-    images = root / "images"
-    images.mkdir(parents=True)
-    Image.new("RGB", (320, 240), (200, 30, 30)).save(images / "rgb.png")
-    Image.new("L", (100, 150), 90).save(images / "gray.png")
-    Image.new("RGBA", (64, 64), (0, 0, 255, 128)).save(images / "rgba.png")
-    Image.new("CMYK", (80, 80), (0, 200, 200, 0)).save(images / "cmyk.jpg")
-    Image.new("P", (50, 70), 7).save(images / "palette.png")
-    (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
-    paths = ["rgb.png", "gray.png", "rgba.png", "cmyk.jpg", "palette.png", "corrupt.png", "gone.png", None]
-    items = pl.DataFrame(
-        {
-            "item_idx": pl.Series(range(1, 9), dtype=pl.Int32),
-            "item_id": [f"m{i}" for i in range(1, 9)],
-            "text": [
-                "Toy Story (1995) Animation|Children's|Comedy",
-                "",
-                "Heat (1995) Action|Crime|Thriller",
-                "GoldenEye (1995) Action|Adventure|Thriller",
-                "Casino (1995) Drama|Thriller",
-                "Sabrina (1995) Comedy|Romance",
-                "   ",
-                "Jumanji (1995) Adventure|Children's|Fantasy",
-            ],
-            "image_path": [str(images / p) if p else None for p in paths],
-            "year": pl.Series([1995] * 8, dtype=pl.Int32),
-        }
-    )
-    prepared = root / "prepared"
-    prepared.mkdir()
-    items.write_parquet(prepared / "items.parquet")
-    # Users' sequences: training part = all but the last two items.
-    pl.DataFrame(
-        {
-            "user_idx": pl.Series([1, 2, 3], dtype=pl.Int32),
-            "user_id": ["u1", "u2", "u3"],
-            "items": pl.Series([[1, 2, 3, 4, 5], [1, 3, 6], [2, 1, 8, 7]], dtype=pl.List(pl.Int32)),
-            "timestamps": pl.Series([[1, 2, 3, 4, 5], [1, 2, 3], [1, 2, 3, 4]], dtype=pl.List(pl.Int64)),
-        }
-    ).write_parquet(prepared / "sequences.parquet")
-    return prepared
 
 
 def real_config(store_tokens: bool = True) -> EmbedConfig:

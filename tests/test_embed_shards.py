@@ -19,7 +19,7 @@ import torch
 from pipeline.features.embed import embed_items, shard_batches
 from pipeline.features.ranks import SINGLE, Ranks
 from tests.fixtures import fake_encoder
-from tests.test_feature_cache import write_items
+from tests.helpers.data import write_items
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ITEMS, BATCH, SHARD = 40, 4, 8  # 5 shards of 2 batches

@@ -15,6 +15,7 @@ from torch import nn
 from pipeline import report
 from pipeline.data.splits import UserSplit
 from pipeline.evaluation import evaluate_model, evaluate_popularity, training_counts
+from tests.helpers.projects import write_dvclive, write_project
 
 NUM_ITEMS = 8
 
@@ -82,20 +83,6 @@ def test_popularity_baseline_uses_training_counts() -> None:
     test = result.stages["test"]
     assert test.items.tolist() == [[5, 6], [1, 2], [3, 6]]  # valid targets are masked too
     assert result.metrics()["test"]["HR@2"] == pytest.approx(2 / 3)
-
-
-def write_dvclive(root: Path) -> Path:
-    dvclive = root / "dvclive"
-    for name, values in {
-        "train/loss": [2.0, 1.5, 1.2],
-        "train/ce": [1.9, 1.4, 1.1],
-        "valid/NDCG@10": [0.1, 0.2],
-    }.items():
-        tsv = dvclive / "plots" / "metrics" / f"{name}.tsv"
-        tsv.parent.mkdir(parents=True, exist_ok=True)
-        metric = name.split("/")[-1]
-        tsv.write_text("step\t" + metric + "\n" + "".join(f"{i}\t{v}\n" for i, v in enumerate(values)))
-    return dvclive
 
 
 def assert_png(path: Path) -> None:
@@ -185,55 +172,6 @@ def test_tables_are_generic_over_runs(tmp_path: Path) -> None:
     assert "| popularity | – | – | 0.1000 | – | 0.0500 | – |" in table
     text = report.text_table(runs)
     assert text.startswith("valid:") and "cold_test:" in text and "0.4000" in text
-
-
-def write_project(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """prepared/ (sequences, items, stats), models/ (an untrained SASRec checkpoint + summary + dvclive)."""
-    from pipeline.checkpoint import data_fingerprint, save_checkpoint
-    from pipeline.models.sasrec import SASRec, SASRecConfig
-    from pipeline.train import seed_everything
-    from tests.test_train import train_cfg
-
-    rng = np.random.default_rng(0)
-    num_items, num_users = 12, 9
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    seqs = [rng.choice(np.arange(1, num_items + 1), size=rng.integers(3, 9), replace=False) for _ in range(num_users)]
-    pl.DataFrame(
-        {
-            "user_idx": np.arange(num_users),
-            "user_id": [f"user{u}" for u in range(num_users)],
-            "items": pl.Series([s.tolist() for s in seqs], dtype=pl.List(pl.Int32)),
-            "timestamps": pl.Series([list(range(len(s))) for s in seqs], dtype=pl.List(pl.Int64)),
-        }
-    ).write_parquet(prepared / "sequences.parquet")
-    pl.DataFrame(
-        {"item_idx": np.arange(1, num_items + 1, dtype=np.int32), "item_id": [f"m{i}" for i in range(1, num_items + 1)]}
-    ).write_parquet(prepared / "items.parquet")
-    (prepared / "stats.json").write_text(json.dumps({"users": num_users, "items": num_items, "notes": []}))
-
-    models = tmp_path / "models"
-    seed_everything(0)
-    from pipeline.catalog import ItemCatalog
-
-    catalog = ItemCatalog(num_items=num_items, max_seq_len=6, popularity=torch.zeros(num_items + 1))
-    net = SASRec(SASRecConfig(hidden_dim=8, num_layers=1, num_heads=1, dropout=0.0), catalog)
-    cfg = train_cfg(epochs=1, batch_size=4, patience=1, grad_clip=None, num_threads=0)
-    save_checkpoint(models / "model.pt", net, 6, cfg, 1, {"NDCG@10": 0.1}, fingerprint=data_fingerprint(prepared))
-    seed_everything(1)
-    baseline = SASRec(SASRecConfig(hidden_dim=8, num_layers=1, num_heads=1, dropout=0.0), catalog)
-    save_checkpoint(
-        models / "baseline" / "model.pt", baseline, 6, cfg, 1, {"NDCG@10": 0.1}, fingerprint=data_fingerprint(prepared)
-    )
-    (models / "train_summary.json").write_text(json.dumps({"best_epoch": 1}))
-    write_dvclive(models)
-    params = tmp_path / "params.yaml"
-    params.write_text(
-        "evaluate:\n  ks: [2, 5]\n  batch_size: 4\n  popularity_baseline: true\n"
-        "  bootstrap_resamples: 300\n  bootstrap_seed: 0\n  knn_history: 10\n  index: flat\n"
-        "  ivf: {nlist: 4, nprobe: 2, seed: 0}\n  hnsw: {m: 8, ef_construction: 40, ef_search: 16}\n"
-    )
-    return params, prepared, models
 
 
 def test_evaluate_stage_cli(tmp_path: Path) -> None:

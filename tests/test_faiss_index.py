@@ -18,6 +18,7 @@ from pipeline.config import ConfigError, EvaluateConfig, HnswConfig, IndexConfig
 from pipeline.data.splits import UserSplit
 from pipeline.evaluation import evaluate_vectors
 from pipeline.report import index_section
+from tests.helpers.projects import RECOMMEND, recommend_args, write_project
 
 IVF = IndexConfig("ivf", IvfConfig(nlist=16, nprobe=4, seed=0), HnswConfig(m=16, ef_construction=64, ef_search=64))
 HNSW = IndexConfig("hnsw", IVF.ivf, IVF.hnsw)
@@ -245,7 +246,6 @@ def test_index_params_are_strict(tmp_path: Path) -> None:
 
 def test_evaluate_stage_with_an_ivf_index_reports_recall_vs_flat(tmp_path: Path) -> None:
     from stages.evaluate import app
-    from tests.test_evaluate import write_project
 
     params, prepared, models = write_project(tmp_path)
     params.write_text(params.read_text().replace("index: flat", "index: ivf"))
@@ -265,18 +265,16 @@ def test_evaluate_stage_with_an_ivf_index_reports_recall_vs_flat(tmp_path: Path)
 
 def test_recommend_stage_exports_the_index_kind_of_its_params(tmp_path: Path) -> None:
     from stages.recommend import app
-    from tests.test_evaluate import write_project
-    from tests.test_recommend import RECOMMEND, stage_args
 
     params, prepared, models = write_project(tmp_path)
     raw = yaml.safe_load(params.read_text()) | {"recommend": RECOMMEND | {"index": "hnsw"}}
     params.write_text(yaml.safe_dump(raw))
     paths = {"params": params, "prepared": prepared, "models": models, "features": tmp_path / "features"}
     paths["out"] = tmp_path / "recommendations"
-    result = CliRunner().invoke(app, stage_args(paths))
+    result = CliRunner().invoke(app, recommend_args(paths))
     assert result.exit_code == 0, result.output
     manifest = json.loads((paths["out"] / "index" / "manifest.json").read_text())
     assert manifest["index_kind"] == "hnsw" and manifest["faiss_factory"] == "HNSW8,Flat"
     assert manifest["faiss_index"] == "IndexHNSWFlat" and manifest["index_params"]["ef_search"] == 16
-    code = CliRunner().invoke(app, [*stage_args(paths), "--user", "user0", "--json"])
+    code = CliRunner().invoke(app, [*recommend_args(paths), "--user", "user0", "--json"])
     assert code.exit_code == 0 and len(json.loads(code.stdout)) == RECOMMEND["k"]

@@ -6,14 +6,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 
 from pipeline.config import EmbedConfig, EncoderConfig
 from pipeline.features.cache import EmbeddingCache, content_digest, item_key
 from pipeline.features.embed import embed_items
 from pipeline.features.text_encoders import HFTextEncoder
-from tests.test_encoders import TINY_WORDS, make_tiny_bert
+from tests.helpers.data import write_items
+from tests.helpers.encoders import TINY_WORDS, make_tiny_bert
 
 IDENTITY = {"encoder": "fake", "max_tokens": 2}
 
@@ -75,18 +75,6 @@ def test_half_written_and_corrupt_shards_are_ignored(tmp_path: Path, caplog: pyt
 
 
 # --- through embed_items -------------------------------------------------------------------------------------------
-
-
-def write_items(path: Path, texts: list[str]) -> Path:
-    pl.DataFrame(
-        {
-            "item_idx": pl.Series(range(1, len(texts) + 1), dtype=pl.Int32),
-            "item_id": [f"m{i}" for i in range(len(texts))],
-            "text": texts,
-            "image_path": pl.Series([None] * len(texts), dtype=pl.String),
-        }
-    ).write_parquet(path)
-    return path
 
 
 def titles(n: int, start: int = 0) -> list[str]:

@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline import gallery
 from pipeline.data.splits import load_split
 from pipeline.inference import load_trained
-from tests.test_evaluate import write_project
+from tests.helpers.projects import write_project
 
 CHROMIUM_FLAGS = [
     "--headless",

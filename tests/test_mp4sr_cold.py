@@ -12,9 +12,10 @@ import torch
 from pipeline.data.splits import UserSplit
 from pipeline.models.mp4sr import MP4SR, ndcg_at_10_per_offset
 from pipeline.train import fit
-from tests.test_mp4sr import CONFIG, N_ITEMS, batch, make_catalog, make_model
-from tests.test_mp4sr import one_thread as one_thread  # autouse: tiny tensors run fastest on one thread
-from tests.test_train import train_cfg
+from tests.helpers.mp4sr import CONFIG, N_ITEMS, batch, make_catalog, make_model
+from tests.helpers.training import train_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors run fastest on one thread
 
 COLD = (29, 30)  # items without training interactions in the catalog below
 

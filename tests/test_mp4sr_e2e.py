@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_pipeline_e2e import _run, make_project
+from tests.helpers.dvc_project import make_project, run
 
 pytestmark = pytest.mark.slow
 
@@ -50,9 +50,9 @@ def _stages_run(out: str) -> set[str]:
 def test_mp4sr_repro_pretrains_fine_tunes_and_reruns_only_what_changed(tmp_path: Path) -> None:
     project = make_project(tmp_path, model=MP4SR)
     _set_params(project, pretrain=PRETRAIN)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "mp4sr"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "mp4sr"], project)
 
-    out = _run(["dvc", "repro"], project)
+    out = run(["dvc", "repro"], project)
     assert _stages_run(out) == {"prepare", "embed", "pretrain", "train", "evaluate"}
     checkpoint = torch.load(project / "models/pretrain/pretrain.pt", weights_only=True)
     assert checkpoint["enabled"] and checkpoint["model_name"] == "mp4sr"
@@ -66,20 +66,20 @@ def test_mp4sr_repro_pretrains_fine_tunes_and_reruns_only_what_changed(tmp_path:
     assert json.loads((project / "models/pretrain/pretrain_summary.json").read_text())["epochs_run"] >= 1
 
     # A fine-tuning-only param reruns train + evaluate, never pre-training.
-    out = _run(["dvc", "exp", "run", "-S", "model.finetune_id_embeddings=false"], project)
+    out = run(["dvc", "exp", "run", "-S", "model.finetune_id_embeddings=false"], project)
     assert _stages_run(out) == {"train", "evaluate"}
     # A pre-training param reruns pretrain and what follows.
-    out = _run(["dvc", "exp", "run", "-S", "pretrain.lr=0.002"], project)
+    out = run(["dvc", "exp", "run", "-S", "pretrain.lr=0.002"], project)
     assert _stages_run(out) == {"pretrain", "train", "evaluate"}
     # The ablation without pre-training: a marker checkpoint, fine-tuning from scratch.
-    out = _run(["dvc", "exp", "run", "-S", "pretrain.enabled=false"], project)
+    out = run(["dvc", "exp", "run", "-S", "pretrain.enabled=false"], project)
     assert _stages_run(out) == {"pretrain", "train", "evaluate"} and "training from scratch" in out
 
 
 def test_cold_start_setting_reports_cold_start_metrics_for_sasrec(tmp_path: Path) -> None:
     project = make_project(tmp_path, model={"name": "sasrec"})
     _set_params(project, data={"cold_start_fraction": 0.2}, pretrain={**PRETRAIN, "enabled": False})
-    out = _run(["dvc", "repro"], project)
+    out = run(["dvc", "repro"], project)
     assert "Running stage 'pretrain'" in out  # a marker for SASRec, so `train` always has its dependency
     assert not torch.load(project / "models/pretrain/pretrain.pt", weights_only=True)["enabled"]
     stats = json.loads((project / "data/prepared/stats.json").read_text())

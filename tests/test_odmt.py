@@ -17,7 +17,6 @@ import yaml
 from pipeline.catalog import ItemCatalog
 from pipeline.config import ConfigError, TrainConfig, from_dict
 from pipeline.data.dataset import left_pad
-from pipeline.data.splits import UserSplit
 from pipeline.models import odmt, registry
 from pipeline.models.odmt import (
     ODMT,
@@ -38,81 +37,24 @@ from pipeline.models.odmt import (
     simplex_grid,
 )
 from pipeline.train import fit
+from tests.helpers.odmt import (
+    DIM,
+    IMAGE_DIM,
+    IMAGE_TOKENS,
+    MAX_LEN,
+    NO_IMAGE,
+    NUM_ITEMS,
+    ODMT_PARAMS,
+    TEXT_DIM,
+    TEXT_TOKENS,
+    make_catalog,
+    make_model,
+    tiny_split,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-NUM_ITEMS = 20
-MAX_LEN = 10
-DIM = 16
-TEXT_DIM, TEXT_TOKENS = 12, 5
-IMAGE_DIM, IMAGE_TOKENS = 10, 4
-NO_IMAGE = (3, 7)  # items without an image
-NO_TEXT = (5,)  # items without text
-
-# The `model:` keys ODMT adds to params.yaml, with their defaults (the shared keys come from SASRec's block).
-ODMT_PARAMS: dict = {
-    "backbone": "sasrec",
-    "id_aware_transformer": True,
-    "fusion_layers": 2,
-    "fusion_heads": 2,
-    "id_init": "features",
-    "softmax": "full",
-    "distill_weight": 1.0,
-    "distill_temperature": 0.5,
-    "distill_ramp_epochs": 10,
-    "distill_mode": "mutual",
-    "head_weight_id": 1.0,
-    "head_weight_text": 1.0,
-    "head_weight_image": 1.0,
-    "residual_id": False,
-    "item_dropout": None,
-    "head_weights": "fixed",
-    "max_text_tokens": 0,
-    "max_image_tokens": 0,
-    "content_max_seq_len": 0,
-    "init_from_baseline": False,
-    "compile_loss": False,
-}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    """Tiny tensors: one intra-op thread is faster, and immune to oversubscribed CI machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_catalog(images: bool = True, tokens: bool = True, seed: int = 0) -> ItemCatalog:
-    """Random pooled features and tokens; a few items lack a modality; text has a variable number of tokens."""
-    g = torch.Generator().manual_seed(seed)
-    rows = NUM_ITEMS + 1
-    text_len = torch.randint(1, TEXT_TOKENS + 1, (rows,), generator=g)  # (N+1,)
-    specs = {"text": (TEXT_DIM, TEXT_TOKENS, NO_TEXT)}
-    if images:
-        specs["image"] = (IMAGE_DIM, IMAGE_TOKENS, NO_IMAGE)
-    catalog = ItemCatalog(NUM_ITEMS, MAX_LEN, torch.arange(rows, dtype=torch.float32) % 5)
-    for m, (dim, count, missing) in specs.items():
-        present = torch.ones(rows, dtype=torch.bool)
-        present[[0, *missing]] = False
-        catalog.features[m] = torch.randn(rows, dim, generator=g) * present[:, None]  # (N+1, d)
-        catalog.masks[m] = present
-        if tokens:
-            token_mask = torch.arange(count)[None] < (text_len[:, None] if m == "text" else count)  # (N+1, T)
-            token_mask = token_mask & present[:, None]  # (N+1, T)
-            catalog.tokens[m] = (torch.randn(rows, count, dim, generator=g) * token_mask[..., None]).half()
-            catalog.token_masks[m] = token_mask
-    return catalog
-
-
-def make_config(**overrides: object) -> ODMTConfig:
-    base = {"hidden_dim": DIM, "num_layers": 2, "num_heads": 2, "dropout": 0.0} | ODMT_PARAMS
-    return ODMTConfig(**(base | {"distill_ramp_epochs": 0} | overrides))
-
-
-def make_model(catalog: ItemCatalog | None = None, seed: int = 0, **overrides: object) -> ODMT:
-    torch.manual_seed(seed)
-    return ODMT(make_config(**overrides), catalog or make_catalog())
 
 
 def batch_ids() -> torch.Tensor:
@@ -701,23 +643,12 @@ def test_ndcg_per_weight_by_hand() -> None:
     torch.testing.assert_close(gains, torch.tensor([2.0, 2 / math.log2(4)], dtype=torch.float64))
 
 
-def _tiny_split(test_shift: int = 0) -> UserSplit:
-    rng = np.random.default_rng(0)
-    seqs = [(rng.integers(NUM_ITEMS) + np.arange(rng.integers(5, 12))) % NUM_ITEMS + 1 for _ in range(40)]
-    return UserSplit(
-        user_idx=np.arange(40, dtype=np.int64),
-        train=[s[:-2] for s in seqs],
-        valid_target=np.array([s[-2] for s in seqs], dtype=np.int64),
-        test_target=np.array([(s[-1] + test_shift - 1) % NUM_ITEMS + 1 for s in seqs], dtype=np.int64),
-    )
-
-
 def test_validation_head_weights_are_chosen_on_valid_only_and_kept_in_the_checkpoint(tmp_path: Path) -> None:
     cfg = TrainConfig(0, "cpu", 2, 16, 0.01, 0.0, 5, 1.0, 1)
     results, states = [], []
     for shift in (0, 7):  # different test targets: nothing may change
         model = make_model(head_weights="validation", residual_id=True, distill_mode="one_way")
-        results.append(fit(model, _tiny_split(shift), cfg, MAX_LEN, tmp_path / str(shift)))
+        results.append(fit(model, tiny_split(shift), cfg, MAX_LEN, tmp_path / str(shift)))
         states.append(model.state_dict())
     chosen = results[0].selected_on_validation["choice"]
     assert chosen == results[1].selected_on_validation["choice"]

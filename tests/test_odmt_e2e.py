@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.test_odmt import ODMT_PARAMS
-from tests.test_pipeline_e2e import BIN, _run, make_project
+from tests.helpers.dvc_project import BIN, make_project, run
+from tests.helpers.odmt import ODMT_PARAMS
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +29,13 @@ def _commit_params(project: Path, update: dict) -> None:
     for section, values in update.items():
         params[section].update(values)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "add", "params.yaml"], project)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--allow-empty", "-qm", "odmt params"], project)
+    run(["git", "add", "params.yaml"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--allow-empty", "-qm", "odmt params"], project)
 
 
 def test_dvc_repro_with_odmt_then_exp_run_distill_weight(tmp_path: Path) -> None:
     project = make_project(tmp_path, model=ODMT)  # params.yaml stores per-token features by default (ODMT)
-    out = _run(["dvc", "repro"], project)
+    out = run(["dvc", "repro"], project)
     for stage in ("prepare", "embed", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out
 
@@ -62,10 +62,10 @@ def test_dvc_repro_with_odmt_then_exp_run_distill_weight(tmp_path: Path) -> None
     assert ramp[0] < ramp[-1] <= 1.0  # the KD weight ramps up with the epoch
 
     # The distillation weight, set the way users do it, reruns exactly train + evaluate, and changes ODMT's run.
-    status = _run(["dvc", "status"], project)
+    status = run(["dvc", "status"], project)
     assert "changed" not in status
     before = (project / "models/model.pt").read_bytes()
-    out = _run(["dvc", "exp", "run", "-S", "model.distill_weight=0.5"], project)
+    out = run(["dvc", "exp", "run", "-S", "model.distill_weight=0.5"], project)
     stages = ("prepare", "embed", "pretrain", "baseline", "train", "evaluate")
     ran = {s for s in stages if f"Running stage '{s}'" in out}
     assert ran == {"train", "evaluate"}
@@ -84,7 +84,7 @@ def test_dvc_repro_with_odmt_on_a_data_set_without_images_runs_two_heads(tmp_pat
     """embed.image.name: none -> ODMT trains and ranks with the ID and text heads only (no zero-filled images)."""
     project = make_project(tmp_path, model=ODMT)
     _commit_params(project, {"embed": {"store_tokens": True, "image": {**_image_params(project), "name": "none"}}})
-    _run(["dvc", "repro"], project)
+    run(["dvc", "repro"], project)
 
     features = project / "data/features"
     assert not (features / "image_tokens.npy").exists()

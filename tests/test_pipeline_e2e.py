@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,64 +11,10 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.fixtures.make_tiny_ml1m import write_tiny_ml1m
 from tests.fixtures.make_tiny_table import TABLE_PARAMS, write_tiny_table
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from tests.helpers.dvc_project import REPO, make_project, run
 
 pytestmark = pytest.mark.slow
-
-
-def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(cwd)}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout + proc.stderr
-
-
-def _tiny_params(raw_dir: Path, model: dict | None = None, data: dict | None = None) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(source="movielens", path=str(raw_dir), user_core=3, item_core=2)
-    params["data"].update(data or {})
-    params["embed"]["text"]["batch_size"] = 16
-    params["embed"]["image"]["batch_size"] = 16
-    params["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
-    params["model"].update({"hidden_dim": 16, "num_layers": 1, "num_heads": 1, **(model or {})})
-    if params["model"]["name"] == "odmt":  # tiny tensors: compiling the loss would cost more than it saves
-        params["model"].update({"compile_loss": False, **({"fusion_layers": 1} | (model or {}))})
-    params["baseline"]["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
-    params["baseline"]["model"].update(hidden_dim=16, num_layers=1, num_heads=1)
-    params["evaluate"]["batch_size"] = 16
-    return params
-
-
-def make_project(tmp_path: Path, model: dict | None = None, data: dict | None = None) -> Path:
-    """A fresh git + DVC project holding this repository's pipeline, pointed at a tiny data set.
-
-    By default the data set is a generated GroupLens ML-1M-format one; ``data`` overrides `data:` params (e.g. to
-    point at another source's fixture).
-    """
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("pipeline", "stages"):
-        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore"):
-        if (REPO / name).exists():
-            shutil.copy(REPO / name, project / name)
-    experiments = project / "reports/experiments"  # a dep of evaluate; this project has no results of its own
-    experiments.mkdir(parents=True)
-    shutil.copy(REPO / "reports/experiments/README.md", experiments / "README.md")
-    raw = write_tiny_ml1m(tmp_path / "raw")
-    (project / "params.yaml").write_text(yaml.safe_dump(_tiny_params(raw, model, data), sort_keys=False))
-    (project / ".gitignore").write_text("data/cache/\n")
-    _run(["git", "init", "-q"], project)
-    _run(["dvc", "init", "-q"], project)
-    _run(["dvc", "config", "core.analytics", "false"], project)
-    _run(["git", "add", "-A"], project)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], project)
-    return project
 
 
 def assert_metrics_match_topk(project: Path, run: str) -> None:
@@ -93,16 +36,16 @@ def assert_recommendations(project: Path, items: pl.DataFrame) -> None:
     assert (project / "reports/gallery.html").read_text().count('<tr class="user-row"') == min(20, topk.height)
     history = items["item_id"].head(5).to_list()
     cli = [sys.executable, "-m", "stages.recommend", "--history", ",".join(history), "--k", "10", "--json"]
-    rows = json.loads(next(line for line in _run(cli, project).splitlines() if line.startswith("[")))
+    rows = json.loads(next(line for line in run(cli, project).splitlines() if line.startswith("[")))
     assert len(rows) == 10 and not {r["item_id"] for r in rows} & set(history)
 
     # The index is a DVC artifact: a registered version (a GTO tag) is fetched by `dvc artifacts get`, and loads.
-    _run(["git", "add", "-A"], project)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], project)
     tag = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "tag", "-a", "recommendation-index@v0.1.0"]
-    _run([*tag, "-m", "Registering artifact recommendation-index version v0.1.0"], project)
+    run([*tag, "-m", "Registering artifact recommendation-index version v0.1.0"], project)
     fetched = project.parent / "fetched-index"
-    _run(["dvc", "artifacts", "get", str(project), "recommendation-index", "-o", str(fetched)], project.parent)
+    run(["dvc", "artifacts", "get", str(project), "recommendation-index", "-o", str(fetched)], project.parent)
     from pipeline.recommend import load_index
 
     np.testing.assert_array_equal(load_index(fetched).vectors, load_index(project / "recommendations/index").vectors)
@@ -111,7 +54,7 @@ def assert_recommendations(project: Path, items: pl.DataFrame) -> None:
 def test_dvc_repro_runs_every_stage_and_caches(tmp_path: Path) -> None:
     """The default pipeline: ODMT trained against a cached SASRec baseline, with the paired comparison."""
     project = make_project(tmp_path)
-    out = _run(["dvc", "repro"], project)
+    out = run(["dvc", "repro"], project)
     for stage in ("prepare", "embed", "baseline", "train", "evaluate", "recommend"):
         assert f"Running stage '{stage}'" in out
 
@@ -136,19 +79,19 @@ def test_dvc_repro_runs_every_stage_and_caches(tmp_path: Path) -> None:
     assert_recommendations(project, items)
 
     # Nothing changed: nothing reruns.
-    again = _run(["dvc", "repro"], project)
+    again = run(["dvc", "repro"], project)
     assert "Running stage" not in again
 
     # An embed param reruns embed and what follows, never prepare.
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["embed"]["text"]["batch_size"] = 8
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = _run(["dvc", "status"], project)
+    status = run(["dvc", "status"], project)
     assert "embed:" in status and "prepare:" not in status
 
     # A train param, set the way users do it, reruns train + evaluate only: never the cached baseline.
-    _run(["git", "checkout", "--", "params.yaml"], project)
-    out = _run(["dvc", "exp", "run", "-S", "train.lr=0.002"], project)
+    run(["git", "checkout", "--", "params.yaml"], project)
+    out = run(["dvc", "exp", "run", "-S", "train.lr=0.002"], project)
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     for stage in ("prepare", "embed", "baseline"):
         assert f"Running stage '{stage}'" not in out
@@ -160,7 +103,7 @@ def test_dvc_repro_on_amazon2023_fixture_with_real_images(tmp_path: Path) -> Non
     project = make_project(
         tmp_path, data={"source": "amazon2023", "path": str(fixture), "images_dir": str(fixture / "images")}
     )
-    out = _run(["dvc", "repro"], project)
+    out = run(["dvc", "repro"], project)
     for stage in ("prepare", "embed", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out
 
@@ -183,7 +126,7 @@ def test_dvc_repro_on_your_own_table_with_images_by_relative_path(tmp_path: Path
     raw = write_tiny_table(tmp_path / "mine")
     data = {"source": "table", "path": str(raw), "images_dir": str(raw / "images"), "table": TABLE_PARAMS}
     project = make_project(tmp_path, data=data)
-    out = _run(["dvc", "repro"], project)
+    out = run(["dvc", "repro"], project)
     for stage in ("prepare", "embed", "baseline", "train", "evaluate", "recommend"):
         assert f"Running stage '{stage}'" in out
 
@@ -200,4 +143,4 @@ def test_dvc_repro_on_your_own_table_with_images_by_relative_path(tmp_path: Path
     assert_metrics_match_topk(project, "odmt")
     topk = pl.read_parquet(project / "recommendations/topk.parquet")
     assert topk["item_id"].list.len().unique().to_list() == [10]
-    assert "Running stage" not in _run(["dvc", "repro"], project)  # cached
+    assert "Running stage" not in run(["dvc", "repro"], project)  # cached

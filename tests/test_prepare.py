@@ -14,25 +14,13 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.config import ConfigError, DataConfig
+from pipeline.config import ConfigError
 from pipeline.data import readers
 from pipeline.data.images import attach_images, image_file_stem, title_card_png, write_title_cards
 from pipeline.data.prepare import DROP_REASONS, dedupe, k_core, prepare, timestamp_tie_rate
 from pipeline.data.schema import INTERACTION_SCHEMA, RawData
 from stages.prepare import app
-
-CFG = DataConfig(
-    source="handmade",
-    path=None,
-    images_dir=None,
-    min_rating=None,
-    user_core=3,
-    item_core=1,
-    dedupe="user_item",
-    max_seq_len=50,
-    cold_start_fraction=0.0,
-    seed=0,
-)
+from tests.helpers.data import DATA_CFG
 
 
 def frame(rows: list[tuple]) -> pl.DataFrame:
@@ -136,7 +124,7 @@ def rows_for_prepare() -> list[tuple]:
 def test_prepare_outputs_and_stats(tmp_path: Path, handmade) -> None:
     handmade(frame(rows_for_prepare()), items_for(["m1", "m2", "m3", "m4", "m5"]), Counter({"bad_line": 2}))
     out = tmp_path / "prepared"
-    stats = prepare(dataclasses.replace(CFG, min_rating=2.0), out)
+    stats = prepare(dataclasses.replace(DATA_CFG, min_rating=2.0), out)
 
     items = pl.read_parquet(out / "items.parquet")
     seqs = pl.read_parquet(out / "sequences.parquet")
@@ -178,7 +166,7 @@ def test_prepare_is_independent_of_row_order_in_memory(tmp_path: Path, handmade)
     out = tmp_path / "prepared"  # the same directory twice: image paths are part of items.parquet
     for shuffled in [df, df.sample(fraction=1.0, shuffle=True, seed=3)]:
         handmade(shuffled, items_for(["m5", "m4", "m3", "m2", "m1"]))
-        prepare(CFG, out)
+        prepare(DATA_CFG, out)
         outputs.append([(out / name).read_bytes() for name in ("items.parquet", "sequences.parquet")])
         outputs[-1] += [p.read_bytes() for p in sorted((out / "images").iterdir())]
     assert outputs[0][0] != b"" and outputs[0] == outputs[1]
@@ -189,7 +177,7 @@ def test_prepare_dedupe_exact_and_chronological_sequences(tmp_path: Path, handma
     rows = [(f"u{u}", f"m{rng.randrange(6)}", rng.randrange(5)) for u in range(8) for _ in range(6)]
     rows += rows[:5]  # exact duplicates
     handmade(frame(rows), items_for([f"m{i}" for i in range(6)]))
-    stats = prepare(dataclasses.replace(CFG, dedupe="exact"), tmp_path)
+    stats = prepare(dataclasses.replace(DATA_CFG, dedupe="exact"), tmp_path)
     seqs = pl.read_parquet(tmp_path / "sequences.parquet")
     assert stats["dropped"]["duplicate"] >= 5
     for ts in seqs["timestamps"].to_list():
@@ -210,13 +198,13 @@ def test_prepare_dedupe_exact_and_chronological_sequences(tmp_path: Path, handma
 )
 def test_prepare_rejects_bad_config(tmp_path: Path, change: dict, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
-        prepare(dataclasses.replace(CFG, **change), tmp_path)
+        prepare(dataclasses.replace(DATA_CFG, **change), tmp_path)
 
 
 def test_prepare_with_nothing_left_says_what_to_lower(tmp_path: Path, handmade) -> None:
     handmade(frame([("u", "a", 1), ("u", "b", 2)]), items_for(["a", "b"]))
     with pytest.raises(ConfigError, match="no interactions left"):
-        prepare(CFG, tmp_path)
+        prepare(DATA_CFG, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,10 +19,10 @@ from pipeline.data.readers.table import read_table
 from pipeline.data.schema import INTERACTION_SCHEMA, DataFormatError
 from pipeline.download.http import DownloadError, FetchOptions
 from pipeline.download.run import download_table_images
-from tests.test_download import Loopback, _jpeg
-from tests.test_prepare import CFG as PREPARE_CFG
+from tests.helpers.data import DATA_CFG
+from tests.helpers.loopback import Loopback, jpeg
 
-CFG = dataclasses.replace(PREPARE_CFG, source="table")
+CFG = dataclasses.replace(DATA_CFG, source="table")
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 ITEMS_CSV = "sku,name,brand\nA,Red Shoe,Nike\nB,Blue Hat,\nC,Green Bag,Acme\n"
 
@@ -249,7 +249,7 @@ def test_image_paths_must_stay_inside_images_dir(tmp_path: Path, bad: str) -> No
 def test_image_urls_and_relative_paths_through_prepare_and_download(tmp_path: Path) -> None:
     server = Loopback()  # the downloader tests' 127.0.0.1 server: no internet
     try:
-        server.add("/b.jpg", _jpeg())
+        server.add("/b.jpg", jpeg())
         _image_urls_through_prepare_and_download(tmp_path, server.url)
     finally:
         server.close()

@@ -19,18 +19,9 @@ from pipeline.data.dataset import left_pad
 from pipeline.data.splits import load_split
 from pipeline.inference import item_table, load_trained, user_queries
 from stages.recommend import app
-from tests.test_evaluate import write_project
+from tests.helpers.projects import RECOMMEND, recommend_args, write_project
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RECOMMEND = {
-    "k": 4,
-    "index": "flat",
-    "batch_size": 3,
-    "gallery_users": 5,
-    "gallery_seed": 0,
-    "ivf": {"nlist": 4, "nprobe": 2, "seed": 0},
-    "hnsw": {"m": 8, "ef_construction": 40, "ef_search": 16},
-}
 
 
 @pytest.fixture
@@ -41,21 +32,13 @@ def project(tmp_path: Path) -> dict[str, Path]:
     params.write_text(yaml.safe_dump(raw))
     paths = {"params": params, "prepared": prepared, "models": models, "out": tmp_path / "recommendations"}
     paths["features"] = tmp_path / "features"
-    result = CliRunner().invoke(app, stage_args(paths))
+    result = CliRunner().invoke(app, recommend_args(paths))
     assert result.exit_code == 0, result.output
     return paths
 
 
-def stage_args(p: dict[str, Path]) -> list[str]:
-    return [
-        *("--params", str(p["params"]), "--prepared", str(p["prepared"]), "--features", str(p["features"])),
-        *("--model", str(p["models"] / "model.pt"), "--baseline", str(p["models"] / "baseline" / "model.pt")),
-        *("--out", str(p["out"]), "--gallery", str(p["out"].parent / "reports" / "gallery.html"), "--device", "cpu"),
-    ]
-
-
 def query(p: dict[str, Path], *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [*stage_args(p), *args])
+    result = CliRunner().invoke(app, [*recommend_args(p), *args])
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -140,7 +123,7 @@ def test_recommend_params_are_strict(tmp_path: Path, change: dict, message: str)
 def test_failed_export_keeps_the_previous_outputs(project: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     before = (project["out"] / "topk.parquet").read_bytes()
     monkeypatch.setattr(recommend, "all_users_topk", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
-    result = CliRunner().invoke(app, stage_args(project))
+    result = CliRunner().invoke(app, recommend_args(project))
     assert result.exit_code == 1 and "boom" in result.output
     assert (project["out"] / "topk.parquet").read_bytes() == before and (project["out"] / "index").is_dir()
     assert not [p for p in project["out"].parent.iterdir() if ".staged." in p.name]

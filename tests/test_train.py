@@ -14,62 +14,21 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.catalog import ItemCatalog
 from pipeline.checkpoint import load_checkpoint
-from pipeline.config import TrainConfig
 from pipeline.data.dataset import NextItemDataset, collate, eval_inputs, left_pad
 from pipeline.data.splits import UserSplit
 from pipeline.inference import item_table, user_queries
 from pipeline.models.sasrec import SASRec, SASRecConfig
 from pipeline.train import fit, seed_everything, validate, write_summary
 from stages.train import app
+from tests.helpers.training import MAX_LEN, NUM_ITEMS, catalog, cycle_split, train_cfg
 
-NUM_ITEMS = 30
-MAX_LEN = 12
-
-
-def cycle_split(num_users: int = 160, seed: int = 0) -> UserSplit:
-    """Each user walks the item cycle 1 -> 2 -> ... -> 30 -> 1 from a random start: the next item is learnable."""
-    rng = np.random.default_rng(seed)
-    seqs = [(rng.integers(NUM_ITEMS) + np.arange(rng.integers(5, 14))) % NUM_ITEMS + 1 for _ in range(num_users)]
-    return UserSplit(
-        user_idx=np.arange(num_users, dtype=np.int64),
-        train=[s[:-2] for s in seqs],
-        valid_target=np.array([s[-2] for s in seqs], dtype=np.int64),
-        test_target=np.array([s[-1] for s in seqs], dtype=np.int64),
-    )
-
-
-def catalog() -> ItemCatalog:
-    return ItemCatalog(num_items=NUM_ITEMS, max_seq_len=MAX_LEN, popularity=torch.zeros(NUM_ITEMS + 1))
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 def model(seed: int = 0) -> SASRec:
     seed_everything(seed)
     return SASRec(SASRecConfig(hidden_dim=16, num_layers=1, num_heads=2, dropout=0.1), catalog())
-
-
-def train_cfg(**overrides: Any) -> TrainConfig:
-    base = dict(
-        seed=0,
-        device="cpu",
-        epochs=3,
-        batch_size=32,
-        lr=0.01,
-        weight_decay=0.0,
-        patience=5,
-        grad_clip=1.0,
-        num_threads=1,  # tiny tensors: one thread avoids OpenMP spin-waits on a busy machine
-    )
-    return TrainConfig(**(base | overrides))
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads() -> Any:
-    """``fit`` applies ``train.num_threads`` process-wide; give other tests their thread count back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 class RecordingLive:
