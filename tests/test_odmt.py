@@ -643,6 +643,31 @@ def test_ndcg_per_weight_by_hand() -> None:
     torch.testing.assert_close(gains, torch.tensor([2.0, 2 / math.log2(4)], dtype=torch.float64))
 
 
+def test_ndcg_per_weight_pruning_matches_brute_force() -> None:
+    # the pruned search (users with >= 10 items ahead in every head dropped, only contested items fused) must give
+    # exactly the brute-force fused ranks: random scores with ties, targets strong in one head and weak in another
+    gen = torch.Generator().manual_seed(0)
+    users, items, heads = 300, 60, 3
+    scores = [torch.randint(0, 25, (users, items + 1), generator=gen).float() for _ in range(heads)]
+    targets = torch.randint(1, items + 1, (users,), generator=gen)
+    rows = torch.arange(users)
+    scores[0][rows[:100], targets[:100]] = 100.0  # head 0 ranks these targets first, the others do not
+    exclude = torch.rand(users, items + 1, generator=gen) < 0.2
+    exclude[:, 0] = True
+    grid = simplex_grid(heads, 0.1)
+    expected = torch.zeros(len(grid), dtype=torch.float64)
+    ranked = ~exclude.clone()
+    ranked[rows, targets] = True
+    margins = [(x - x[rows, targets][:, None]).masked_fill(~ranked, -1.0) for x in scores]  # H x (U, N+1)
+    for g, w in enumerate(grid.tolist()):  # every user, every item
+        fused = sum(wi * m for wi, m in zip(w, margins, strict=True) if wi > 0)  # (U, N+1)
+        rank = (fused > 0).sum(dim=1)  # (U,)
+        expected[g] = torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2.0), 0.0).sum()
+    gains = ndcg_at_10_per_weight(scores, targets, exclude, grid)
+    torch.testing.assert_close(gains, expected)
+    assert expected.min() < expected.max()  # the weights matter on this data
+
+
 def test_validation_head_weights_are_chosen_on_valid_only_and_kept_in_the_checkpoint(tmp_path: Path) -> None:
     cfg = TrainConfig(0, "cpu", 2, 16, 0.01, 0.0, 5, 1.0, 1)
     results, states = [], []
