@@ -51,6 +51,11 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _checkpoint_sha(run: dict[str, Any]) -> str:
+    """The member's checkpoint bytes: a SASRec seed run retrained with --force gives a new control run."""
+    return hashlib.sha256((Path(run["run_dir"]) / "models" / "model.pt").read_bytes()).hexdigest()[:12]
+
+
 def _options(run: dict[str, Any], prepared: Path) -> tuple[RankingOptions, int]:
     """Ranking options and ``knn_history`` from the ``evaluate`` section the SASRec run was evaluated with."""
     cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", Path(run["run_dir"]) / "params.yaml")
@@ -95,7 +100,7 @@ def control_runs(
             raise ValueError(
                 f"{out.name}: members: {k} needs 2..{len(runs)} seed runs of row {reference['name']}; add seeds there"
             )
-        key = _key(kind, [r["params_key"] for r in runs[:k]])
+        key = _key(kind, [(r["params_key"], _checkpoint_sha(r)) for r in runs[:k]])
         if (done := _finished(out, key)) is not None:
             return [done]
         members = [_member(r, prepared, features) for r in runs[:k]]
@@ -107,7 +112,8 @@ def control_runs(
     records = []
     for run in runs:
         options, knn_history = _options(run, prepared)
-        seed_out, key = out / f"seed{run['seed']}", _key(kind, run["params_key"], knn_history)
+        seed_out = out / f"seed{run['seed']}"
+        key = _key(kind, run["params_key"], _checkpoint_sha(run), knn_history)
         if (done := _finished(seed_out, key)) is None:
             control = late_fusion(_member(run, prepared, features), tables, knn_history, load_split(prepared), options)
             done = _write_run(seed_out, control, prepared, run["seed"], key)
