@@ -33,10 +33,12 @@ import numpy as np
 import typer
 import yaml
 
+from bench.control_rows import ROW_KEYS, control_kind, control_runs, paired_rows
 from bench.run_stage import StageRun, run_measured
-from pipeline.experiments import experiments_markdown, seed_averaged_paired
+from pipeline.experiments import experiments_markdown
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.models.mp4sr import PRETRAIN_KEYS
+from pipeline.models.registry import spec as model_spec
 from pipeline.pretrain import PRETRAIN_MODELS
 from pipeline.report import RESERVED_KEYS
 
@@ -81,9 +83,7 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str], referenc
     out.mkdir(parents=True, exist_ok=True)
     params_path = out / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    data_section = {k: v for k, v in params["data"].items() if k != "max_seq_len"}
-    prepared = RUNS / "shared" / f"prepared-{_key(data_section)}"
-    features = RUNS / "shared" / f"features-{_key(data_section, params['embed'])}"
+    prepared, features = shared_dirs(params)
     common = ["--params", str(params_path)]
     if not (prepared / "sequences.parquet").exists():
         _stage("prepare", [*common, "--out", str(prepared)], env)
@@ -108,6 +108,13 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str], referenc
     runs.append(_stage("evaluate", eval_args, env))
     stages = {r.name: {"seconds": round(r.seconds, 1), "peak_rss_mb": round(r.peak_rss_mb)} for r in runs}
     return _run_record(out, params, stages)
+
+
+def shared_dirs(params: dict[str, Any]) -> tuple[Path, Path]:
+    """The prepare and embed outputs a variant shares with every variant of the same `data` / `embed` sections."""
+    data_section = {k: v for k, v in params["data"].items() if k != "max_seq_len"}
+    prepared = RUNS / "shared" / f"prepared-{_key(data_section)}"
+    return prepared, RUNS / "shared" / f"features-{_key(data_section, params['embed'])}"
 
 
 def pretrain_dir(params: dict[str, Any]) -> Path | None:
@@ -162,17 +169,29 @@ def find_run(results: Path, key: str) -> dict[str, Any] | None:
 def reference_row(suite: dict[str, Any], base: dict[str, Any], params: dict[str, Any]) -> str | None:
     """The suite's SASRec row on the same `data` section as ``params`` (the row every other row is compared with)."""
     for name, spec in suite.items():
-        overrides = {k: v for k, v in (spec or {}).items() if k != "seeds"}
-        candidate = apply_overrides(base, overrides)
-        if candidate["model"]["name"] == "sasrec" and candidate["data"] == params["data"]:
+        candidate = apply_overrides(base, _overrides(spec))
+        if not control_kind(spec) and candidate["model"]["name"] == "sasrec" and candidate["data"] == params["data"]:
             return name
     return None
+
+
+def ensemble_row(suite: dict[str, Any], base: dict[str, Any], params: dict[str, Any]) -> str | None:
+    """The suite's ID-only ensemble row (``control: id_ensemble``) on the same `data` section as ``params``."""
+    for name, spec in suite.items():
+        if control_kind(spec) == "id_ensemble" and apply_overrides(base, _overrides(spec))["data"] == params["data"]:
+            return name
+    return None
+
+
+def reads_content(model: str, kind: str | None) -> bool:
+    """Whether a row uses item content (a multimodal model or the late-fusion control)."""
+    return kind == "late_fusion" or (kind is None and bool(model_spec(model).needs_features))
 
 
 def aggregate(name: str, model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean (``metrics``) and standard deviation (``metrics_std``) over the seed runs; cost from the first run."""
     first = runs[0]
-    seconds = [r["train"]["seconds_per_epoch"] for r in runs]
+    seconds = [r["train"]["seconds_per_epoch"] for r in runs if r.get("train")]  # control runs train nothing
     mean: dict[str, Any] = {}
     std: dict[str, Any] = {}
     for run_name, stages in first["metrics"].items():
@@ -189,7 +208,7 @@ def aggregate(name: str, model: str, runs: list[dict[str, Any]]) -> dict[str, An
         "seeds": [r["seed"] for r in runs],
         "metrics": mean,
         "metrics_std": std.get(model, {}),
-        "train": first["train"] | {"seconds_per_epoch": float(np.mean(seconds))},
+        "train": first["train"] | {"seconds_per_epoch": float(np.mean(seconds))} if seconds else None,
         "pretrain": first["pretrain"],
         "stages": first["stages"],
         "runs": runs,
@@ -230,20 +249,11 @@ def reference_results(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def paired_with_reference(result: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Seed-averaged paired comparison with the reference row over the seeds both ran, from their topk.parquet."""
+    """Seed-averaged paired comparison with ``reference`` (:func:`bench.control_rows.paired_rows`); where the
+    topk files are not here (runs reused from another checkout), what was computed there."""
     if reference is None:
         return None
-    ref_runs = {r["seed"]: r for r in reference["runs"]}
-    pairs = [(r, ref_runs[r["seed"]]) for r in result["runs"] if r["seed"] in ref_runs]
-    paths = [(_topk(a), _topk(b)) for a, b in pairs]
-    if not paths or not all(a.exists() and b.exists() for a, b in paths):
-        return result.get("paired")  # runs reused from another checkout: keep what was computed there
-    paired = seed_averaged_paired([a for a, _ in paths], [b for _, b in paths])
-    return paired | {"seeds": [a["seed"] for a, _ in pairs]}
-
-
-def _topk(run: dict[str, Any]) -> Path:
-    return Path(run.get("run_dir", "")) / "reports" / "topk.parquet"
+    return paired_rows(result, reference) or result.get("paired")
 
 
 @app.command()
@@ -272,56 +282,96 @@ def main(
         earlier = json.loads(path.read_text())
         if "runs" in earlier:
             done[earlier["name"]] = earlier
-    # Reference (SASRec) rows first: every other row needs their checkpoints.
+    # Reference (SASRec) rows first: every other row needs their checkpoints; then the controls built from them.
     order = {name: i for i, name in enumerate(variants)}
 
-    def is_reference(n: str) -> bool:
-        return apply_overrides(base, _overrides(variants[n]))["model"]["name"] == "sasrec"
+    def rank(n: str) -> int:
+        if control_kind(variants[n]):
+            return 1
+        return 0 if apply_overrides(base, _overrides(variants[n]))["model"]["name"] == "sasrec" else 2
 
-    queue = sorted(variants, key=lambda n: (not is_reference(n), order[n]))
-    for name in queue:
+    for name in sorted(variants, key=lambda n: (rank(n), order[n])):
         if only and name not in only:
             continue
         overrides = _overrides(variants[name])
         params = apply_overrides(base, overrides)
         ref_name = reference_row(variants, base, params)
-        own_seeds = (variants[name] or {}).get("seeds") or [params["train"]["seed"]]
-        run_seeds = [int(x) for x in seeds.split(",") if x] or own_seeds
-        runs = []
-        for seed in run_seeds:
-            seeded = apply_overrides(params, {"train.seed": seed})
-            earlier = None if force else find_run(results, params_key(seeded))
-            if earlier is None and not force:
-                earlier = finished_run_dir(f"{suite}/{name}/seed{seed}", seeded)
-            if earlier is not None:
-                typer.echo(f"== {name} seed {seed}: same params as a finished run, reused", err=True)
-                runs.append(earlier)
-                continue
-            reference = None
-            if ref_name is not None and ref_name != name:
-                reference = RUNS / suite / ref_name / f"seed{seed}" / "models" / "model.pt"
-                if not reference.exists():
-                    raise typer.Exit(
-                        f"{name}: no checkpoint {reference} of reference row {ref_name}, seed {seed}; run "
-                        f"`python -m bench.ablations --suite {suite} --only {ref_name} --force` first"
-                    )
-            typer.echo(f"== {name} seed {seed}: {overrides}", err=True)
-            runs.append(run_variant(f"{suite}/{name}/seed{seed}", seeded, env, reference))
-        result = aggregate(name, params["model"]["name"], runs)
-        result.update(order=order[name], overrides=overrides, budget=budget, reference=ref_name)
+        kind = control_kind(variants[name])
+        if kind is not None:
+            if ref_name not in done:
+                raise typer.Exit(f"{name}: no finished SASRec row on its data; run `--only {ref_name}` first")
+            out = RUNS / suite / name
+            runs = control_runs(kind, variants[name], done[ref_name], out, shared_dirs(params))
+            model = runs[0]["metrics"].keys() - set(RESERVED_KEYS)
+            result = aggregate(name, model.pop(), runs)
+        else:
+            own_seeds = (variants[name] or {}).get("seeds") or [params["train"]["seed"]]
+            run_seeds = [int(x) for x in seeds.split(",") if x] or own_seeds
+            runs = [_seed_run(suite, name, ref_name, params, seed, results, force, env) for seed in run_seeds]
+            result = aggregate(name, params["model"]["name"], runs)
+        if runs[0].get("members"):  # the ensemble: one run over several SASRec seeds
+            result["seeds"] = runs[0]["members"]
+        result.update(order=order[name], overrides=overrides, budget=budget, reference=ref_name, control=kind)
+        result["reads_content"] = reads_content(params["model"]["name"], kind)
         result["paired"] = None if ref_name == name else paired_with_reference(result, done.get(ref_name))
         done[name] = result
         write_json_atomic(results / suite / f"{name}.json", result)
         if ref_name == name:
             for row in reference_results(result):
                 write_json_atomic(results / suite / f"{row['name']}.json", row)
+    pair_with_ensembles(done, variants, base, results / suite)
     markdown = experiments_markdown(results)
     write_text_atomic(results.parent / "experiments.md", markdown)
     typer.echo(markdown)
 
 
+def _seed_run(
+    suite: str,
+    name: str,
+    ref_name: str | None,
+    params: dict[str, Any],
+    seed: int,
+    results: Path,
+    force: bool,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """One seed of a trained row: a finished run with the same params is reused, else the stages run."""
+    seeded = apply_overrides(params, {"train.seed": seed})
+    earlier = None if force else find_run(results, params_key(seeded))
+    if earlier is None and not force:
+        earlier = finished_run_dir(f"{suite}/{name}/seed{seed}", seeded)
+    if earlier is not None:
+        typer.echo(f"== {name} seed {seed}: same params as a finished run, reused", err=True)
+        return earlier
+    reference = None
+    if ref_name is not None and ref_name != name:
+        reference = RUNS / suite / ref_name / f"seed{seed}" / "models" / "model.pt"
+        if not reference.exists():
+            raise typer.Exit(
+                f"{name}: no checkpoint {reference} of reference row {ref_name}, seed {seed}; run "
+                f"`python -m bench.ablations --suite {suite} --only {ref_name} --force` first"
+            )
+    typer.echo(f"== {name} seed {seed}: model {params['model']['name']}", err=True)
+    return run_variant(f"{suite}/{name}/seed{seed}", seeded, env, reference)
+
+
+def pair_with_ensembles(
+    done: dict[str, dict[str, Any]], variants: dict[str, Any], base: dict[str, Any], suite_dir: Path
+) -> None:
+    """Every row of the suite gets ``paired_vs_ensemble``: the paired comparison with the ID-only ensemble row on
+    its data (rewritten in its result file); kept as it was where topk files are not here."""
+    for name, row in done.items():
+        if name not in variants:
+            continue
+        ens = ensemble_row(variants, base, apply_overrides(base, _overrides(variants[name])))
+        if ens is None or ens == name or ens not in done:
+            continue
+        row["paired_vs_ensemble"] = paired_rows(row, done[ens]) or row.get("paired_vs_ensemble")
+        write_json_atomic(suite_dir / f"{name}.json", row)
+
+
 def _overrides(spec: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (spec or {}).items() if k != "seeds"}
+    return {k: v for k, v in (spec or {}).items() if k not in ROW_KEYS}
 
 
 if __name__ == "__main__":

@@ -218,13 +218,18 @@ PAIRED_METRICS = ("NDCG", "HR", "MRR")
 
 
 def paired_comparison(
-    model: EvaluationResult, baseline: EvaluationResult, resamples: int, seed: int
+    model: EvaluationResult,
+    baseline: EvaluationResult,
+    resamples: int,
+    seed: int,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{stage: {"NDCG@k": {model, baseline, diff, ci_low, ci_high, p_value, relative}}}``: model - baseline per
-    metric and k, paired over the same users (:mod:`pipeline.significance`); both must rank the same split."""
+    metric and k (or the metric ``keys`` only), paired over the same users (:mod:`pipeline.significance`); both must
+    rank the same split."""
     if not np.array_equal(model.user_idx, baseline.user_idx):
         raise ValueError(f"{model.name} and {baseline.name} were evaluated on different users; rerun both")
-    keys = [f"{name}@{k}" for k in model.ks for name in PAIRED_METRICS]
+    keys = list(keys) if keys is not None else [f"{name}@{k}" for k in model.ks for name in PAIRED_METRICS]
 
     def ranks(result: EvaluationResult) -> dict[str, np.ndarray]:
         return {stage: metrics.target_ranks(r.items, r.targets) for stage, r in result.stages.items()}

@@ -130,7 +130,8 @@ def text_table(runs: Runs) -> str:
 
 PAIRED_KEY = "paired_vs_baseline"  # metrics.json entry of the model - baseline comparison
 INDEX_KEY = "index"  # metrics.json entry: the FAISS index that ranked each run (+ recall vs flat if approximate)
-RESERVED_KEYS = (PAIRED_KEY, INDEX_KEY)  # metrics.json entries that are not runs
+CONTROLS_KEY = "controls"  # metrics.json entry: how each control row was fused and its paired comparisons
+RESERVED_KEYS = (PAIRED_KEY, INDEX_KEY, CONTROLS_KEY)  # metrics.json entries that are not runs
 
 
 def paired_table(paired: Mapping[str, Mapping[str, Mapping[str, float]]], model: str, baseline: str) -> str:
@@ -169,7 +170,8 @@ def _paired_section(paired: Mapping[str, Any]) -> str:
         f"## {model} vs the {baseline}\n\n"
         f"Paired over the same users and targets: diff = {model} - {baseline}; 95% percentile bootstrap CI over "
         f"users ({paired['resamples']} resamples, seed {paired['seed']}); p = two-sided paired randomization "
-        "(sign-flip) test. A CI that contains 0 means no demonstrated difference.\n\n"
+        "(sign-flip) test. A CI that contains 0 means no demonstrated difference. A gain over one baseline alone "
+        "is not evidence of multimodal value (see Controls).\n\n"
         + paired_table(paired["stages"], model, baseline)
     )
 
@@ -184,6 +186,7 @@ def render_report(
     checkpoint: Mapping[str, Any] | None = None,
     train_summary: Mapping[str, Any] | None = None,
     extra_sections: Sequence[str] = (),
+    controls_markdown: str = "",
 ) -> str:
     """The markdown report: results table, index, data stats, model/train config, training summary, plots."""
     ranked = f" over all {num_items:,} items" if num_items else " over all items"
@@ -198,6 +201,8 @@ def render_report(
         parts.append(index_section(indexes))
     if paired is not None:
         parts.append(_paired_section(paired))
+    if controls_markdown:
+        parts.append(controls_markdown)
     if any(COLD_START in per_stage for per_stage in runs.values()):
         parts.append(
             f"`{COLD_START}`: test metrics over the users whose test target is in no user's history (item cold "
@@ -434,11 +439,15 @@ def write_report(
     dvclive_dir: Path | None = None,
     extra_sections: Sequence[str] = (),
     paired: Mapping[str, Any] | None = None,
+    controls: Mapping[str, Any] | None = None,
+    controls_markdown: str = "",
 ) -> ReportPaths:
     """Write metrics.json, report.md, topk.parquet (the model's lists) and both plots under ``out_dir``.
 
     ``paired``: ``{"model", "baseline", "resamples", "seed", "stages": {stage: {metric: difference}}}`` from
     :func:`pipeline.evaluation.paired_comparison`; its numbers go to ``metrics.json`` under ``paired_vs_baseline``.
+    ``controls``: how the control rows (:mod:`pipeline.controls`) were built and their paired comparisons, stored
+    under ``controls``; ``controls_markdown`` (:func:`pipeline.claims.controls_section`) follows the paired section.
     """
     paths = ReportPaths.under(out_dir)
     runs = runs_of([model_result, *baselines])
@@ -447,6 +456,7 @@ def write_report(
             raise ValueError(f"a run may not be named {reserved!r}: metrics.json keeps another entry there")
     indexes = {r.name: r.index for r in (model_result, *baselines) if r.index}
     extra = ({PAIRED_KEY: paired["stages"]} if paired is not None else {}) | ({INDEX_KEY: indexes} if indexes else {})
+    extra |= {CONTROLS_KEY: dict(controls)} if controls else {}
     write_json_atomic(paths.metrics, runs | extra)
     with atomic_path(paths.topk) as tmp:
         topk_frame(model_result, user_ids).write_parquet(tmp)
@@ -464,6 +474,7 @@ def write_report(
         checkpoint=meta,
         train_summary=summary,
         extra_sections=extra_sections,
+        controls_markdown=controls_markdown,
     )
     write_text_atomic(paths.report, text)
     log.info("wrote %s, %s, %s and plots under %s", paths.metrics, paths.report, paths.topk, paths.metrics_vs_k.parent)

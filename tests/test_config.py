@@ -116,7 +116,7 @@ def test_a_changed_key_the_selected_model_does_not_read_is_an_error(tmp_path: Pa
 
 def test_switching_the_model_is_one_change(tmp_path: Path) -> None:
     """Keys of other models at their registered defaults pass: `-S model.name=...` alone switches the model."""
-    for name in ("sasrec", "mp4sr", "odmt"):
+    for name in ("sasrec", "mp4sr", "odmt", "sasrec_fusion"):
         path = write_params(tmp_path, lambda r, n=name: r["model"].update(name=n))
         params = load_params(path)
         assert params.model.name == name

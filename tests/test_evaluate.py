@@ -203,7 +203,7 @@ def test_evaluate_stage_cli(tmp_path: Path) -> None:
     assert "sasrec - baseline (paired over users" in result.output
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"sasrec", "baseline", "popularity", "paired_vs_baseline", "index"}
+    assert set(metrics) == {"sasrec", "baseline", "popularity", "paired_vs_baseline", "index", "controls"}
     paired = metrics["paired_vs_baseline"]
     assert set(paired) == {"valid", "test"} and set(paired["test"]) == set(metrics["sasrec"]["test"])
     for stage in ("valid", "test"):
@@ -233,3 +233,64 @@ def test_evaluate_stage_names_a_missing_checkpoint(tmp_path: Path) -> None:
     assert "nope.pt" in result.output and "dvc repro train" in result.output
     result = CliRunner().invoke(app, [*base[:4], "--model", str(models / "model.pt"), "--baseline", "none.pt"])
     assert result.exit_code == 1 and "none.pt" in result.output
+
+
+def write_text_features(features: Path, prepared: Path, dim: int = 6) -> None:
+    """A features/ folder with pooled text features only (image switched off), as `embed` would write it."""
+    import hashlib
+
+    item_ids = pl.read_parquet(prepared / "items.parquet")["item_id"].to_list()
+    rng = np.random.default_rng(3)
+    pooled = rng.normal(size=(len(item_ids) + 1, dim)).astype(np.float32)
+    pooled[0] = 0.0
+    mask = np.ones(len(item_ids) + 1, dtype=bool)
+    mask[0] = False
+    features.mkdir()
+    np.save(features / "text.npy", pooled)
+    np.save(features / "text_mask.npy", mask)
+    manifest = {
+        "num_items": len(item_ids),
+        "items_hash": hashlib.sha256("\n".join(item_ids).encode()).hexdigest(),
+        "modalities": {"text": {"enabled": True, "dim": dim}, "image": {"enabled": False}},
+    }
+    (features / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_evaluate_stage_adds_the_control_rows_and_words_the_claim(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.catalog import ItemCatalog
+    from pipeline.checkpoint import data_fingerprint, save_checkpoint
+    from pipeline.models.sasrec import SASRec, SASRecConfig
+    from stages.evaluate import app
+    from tests.test_train import train_cfg
+
+    params, prepared, models = write_project(tmp_path)
+    write_text_features(tmp_path / "features", prepared)
+    catalog = ItemCatalog(num_items=12, max_seq_len=6, popularity=torch.zeros(13))
+    torch.manual_seed(5)
+    member = SASRec(SASRecConfig(hidden_dim=8, num_layers=1, num_heads=1, dropout=0.0), catalog)
+    cfg = train_cfg(epochs=1, batch_size=4, patience=1, grad_clip=None, num_threads=0, seed=43)
+    fingerprint = data_fingerprint(prepared)
+    save_checkpoint(models / "s43" / "model.pt", member, 6, cfg, 1, {"NDCG@10": 0.1}, fingerprint=fingerprint)
+    out = tmp_path / "reports"
+    args = ["--params", str(params), "--prepared", str(prepared), "--features", str(tmp_path / "features")]
+    args += ["--model", str(models / "model.pt"), "--baseline", str(models / "baseline" / "model.pt")]
+    args += ["--out", str(out), "--device", "cpu", "--ensemble-members", str(models / "s43" / "model.pt")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"id_ensemble", "late_fusion_knn"} <= set(metrics)
+    controls = metrics["controls"]
+    assert controls["rows"]["id_ensemble"]["members"] == ["baseline", "seed43"]
+    assert controls["rows"]["late_fusion_knn"]["members"] == ["baseline", "content_knn_text"]
+    assert set(controls["paired"]) == {
+        "sasrec - id_ensemble",
+        "id_ensemble - baseline",
+        "sasrec - late_fusion_knn",
+        "late_fusion_knn - baseline",
+    }
+    report_md = (out / "report.md").read_text()
+    assert "## Controls" in report_md and "| id_ensemble |" in report_md and "makes no multimodal claim" in report_md
+    same_seed = CliRunner().invoke(app, [*args[:-1], str(models / "baseline" / "model.pt")])
+    assert same_seed.exit_code == 1 and "train.seed 0 is also the baseline's" in same_seed.output

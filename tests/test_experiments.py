@@ -58,7 +58,7 @@ def test_table_has_one_row_per_run_with_cold_start_and_cost(tmp_path: Path) -> N
     assert sasrec[0] == "| sasrec" and sasrec[2] == "0.1500" and sasrec[6] == "–"  # test MRR missing -> "–"
     assert sasrec[7:13] == ["–"] * 6  # no cold-start split
     assert mp4sr[7:13] == ["0.0400", "0.0200", "0.0100", "0.1600", "0.0800", "0.0400"]  # all items, among cold
-    assert sasrec[13:] == ["41.3", "12", "1500", "–", "–", "–", "1", "–", "– |"]  # one seed, no paired row
+    assert sasrec[13:] == ["41.3", "12", "1500", "–", "–", "–", "1", "–", "–", "–", "– |"]  # one seed, no paired rows
     assert mp4sr[16:19] == ["80.0", "9", "1700"]
 
 
@@ -178,10 +178,8 @@ def test_table_shows_seeds_std_and_the_paired_difference(tmp_path: Path) -> None
     result = _result("odmt", "odmt", 0.19) | {"seeds": [1, 2, 3], "reference": "sasrec"}
     result["metrics_std"] = {"test": {"NDCG@10": 0.0012}}
     result["paired"] = {
-        "test": {
-            "NDCG@10": {"diff": 0.004, "ci_low": 0.001, "ci_high": 0.007, "p_value": 0.01, "relative": 0.021}
-        }
+        "test": {"NDCG@10": {"diff": 0.004, "ci_low": 0.001, "ci_high": 0.007, "p_value": 0.01, "relative": 0.021}}
     }
     (tmp_path / "r.json").write_text(json.dumps(result))
     row = experiments_table([tmp_path / "r.json"]).strip().splitlines()[2].split(" | ")
-    assert row[19:] == ["3", "0.0012", "+0.0040 [+0.0010, +0.0070] (+2.1%), p=0.010 |"]
+    assert row[19:] == ["3", "0.0012", "+0.0040 [+0.0010, +0.0070] (+2.1%), p=0.010", "–", "– |"]

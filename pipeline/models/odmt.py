@@ -80,6 +80,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
+from pipeline.fusion import WEIGHT_GRID_STEP, ndcg_at_10_per_weight, simplex_grid
 from pipeline.models.layers import (
     CausalTransformer,
     TransformerBlock,
@@ -97,7 +98,6 @@ MASKED_LOGIT = -1e4  # finite (as in the authors' code) so that KL terms stay fi
 RAMP_SHARPNESS = 5.0  # exp(-5 (1 - t)^2), Laine & Aila 2017, as in the authors' code
 EVAL_CHUNK = 1024  # items per item-transformer call when building the ranking table (bounds memory)
 DISTILL_MODES = ("mutual", "detached", "one_way")
-WEIGHT_GRID_STEP = 0.05  # head_weights: validation searches the simplex on this grid
 
 
 @dataclass(frozen=True)
@@ -1057,56 +1057,6 @@ class ODMT(nn.Module):
         """(N+1, H*D) ``concat(v_h)`` over heads (row 0 = padding, zeros)."""
         table = self.ranking_table()  # {head: (N+1, D)}
         return torch.cat([table[h] for h in self.heads], dim=1)  # (N+1, H*D)
-
-
-def simplex_grid(heads: int, step: float) -> torch.Tensor:
-    """(G, H) every weight vector with entries in {0, step, 2 step, ..., 1} summing to 1 (the fusion-weight grid)."""
-    ticks = round(1.0 / step)
-
-    def compositions(parts: int, total: int) -> list[list[int]]:
-        if parts == 1:
-            return [[total]]
-        return [[k, *rest] for k in range(total, -1, -1) for rest in compositions(parts - 1, total - k)]
-
-    return torch.tensor(compositions(heads, ticks), dtype=torch.float64) / ticks  # (G, H)
-
-
-def ndcg_at_10_per_weight(
-    scores: list[torch.Tensor], targets: torch.Tensor, exclude: torch.Tensor, grid: torch.Tensor
-) -> torch.Tensor:
-    """Summed NDCG@10 of the fused score ``sum_h w_h scores[h]`` for every weight vector w of ``grid`` (G, H).
-
-    ``scores`` H x (U, N+1) per-head scores, ``targets`` (U,) item ids, ``exclude`` (U, N+1) bool items not ranked
-    (the target is never excluded). The target's rank is the number of ranked items scoring strictly higher (ties
-    favour the target); one relevant item, so NDCG@10 = 1 / log2(rank + 2) when rank < 10. Returns (G,) float64.
-
-    Exact shortcuts (the weights are convex: w >= 0, sum 1): an item whose margin over the target is positive in
-    every head outranks it under every w, and one whose margin is positive in no head never does. So a user with
-    10 or more of the first kind scores 0 at every grid point and is dropped, and for the others only the items in
-    between ("contested") are fused, gathered into a (U', K) block (K = the most contested items of any user kept).
-    """
-    rows = torch.arange(len(targets), device=targets.device)  # (U,)
-    excluded = exclude.clone()  # (U, N+1)
-    excluded[rows, targets] = False
-    # margin over the target per head; excluded items get -1 in every head so any convex weighting keeps them < 0
-    margins = torch.stack([(s - s[rows, targets][:, None]).float().masked_fill_(excluded, -1.0) for s in scores])
-    above = margins > 0  # (H, U, N+1)
-    always = above.all(dim=0)  # (U, N+1): outranks the target whatever the weights
-    contested = above.any(dim=0) & ~always  # (U, N+1)
-    base = always.sum(dim=1)  # (U,)
-    live = base < 10  # (U,): users whose NDCG@10 can be > 0 at some grid point
-    base, contested, margins = base[live], contested[live], margins[:, live]  # (U',), (U', N+1), (H, U', N+1)
-    width = int(contested.sum(dim=1).max()) if len(base) else 0
-    order = torch.argsort(contested.to(torch.int8), dim=1, descending=True, stable=True)[:, :width]  # (U', K)
-    kept = torch.gather(contested, 1, order)  # (U', K): False in the padding of users with fewer contested items
-    block = torch.gather(margins, 2, order.expand(len(margins), -1, -1)).masked_fill_(~kept, -1.0)  # (H, U', K)
-    out = torch.zeros(len(grid), dtype=torch.float64)  # (G,)
-    for g, weights in enumerate(grid.tolist()):
-        fused = sum(w * m for w, m in zip(weights, block, strict=True) if w > 0)  # (U', K)
-        rank = base + (fused > 0).sum(dim=1)  # (U',)
-        gain = torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2.0), 0.0)  # (U',)
-        out[g] = gain.sum()
-    return out
 
 
 def cap_tokens(modality: str, tokens: torch.Tensor, mask: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,12 @@ from typing import Any
 from pipeline.config import ConfigError, from_dict
 
 # Modules that register models when imported. A new model file adds itself here.
-MODEL_MODULES: tuple[str, ...] = ("pipeline.models.sasrec", "pipeline.models.odmt", "pipeline.models.mp4sr")
+MODEL_MODULES: tuple[str, ...] = (
+    "pipeline.models.sasrec",
+    "pipeline.models.odmt",
+    "pipeline.models.mp4sr",
+    "pipeline.models.sasrec_fusion",
+)
 
 
 @dataclass(frozen=True)
