@@ -91,6 +91,9 @@ class DataConfig:
     # cold-start setting: share of users whose valid (resp. test) target is a held-out item; None = the held-out
     # items' share of all interactions (pipeline.data.cold_start)
     cold_target_share: float | None = None
+    # MovieLens-1M posters (pipeline.data.posters): a folder with images/<MovieID>.jpg and movies.dat, read by
+    # data.source ml1m_recbole / movielens; None = no posters (title cards, or data.images_dir)
+    posters_dir: str | None = None
     # Sections read only by data.source: recbole / table (each must keep its defaults for any other source).
     recbole: RecboleConfig = field(default_factory=RecboleConfig)
     table: TableConfig = field(default_factory=TableConfig)
