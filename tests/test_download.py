@@ -399,6 +399,7 @@ def test_cli_reads_the_download_section_of_params(server, tmp_path):
     params.write_text(
         "download:\n  dataset: movielens100k\n  category: null\n"
         f"  out: {out}\n  images: false\n  workers: 2\n  retries: 0\n  timeout: 5\n  base_url: {server.url}\n"
+        "  url_list: null\n"
     )
     result = CliRunner().invoke(app, ["--params", str(params)])
     assert result.exit_code == 0, result.output
