@@ -103,6 +103,7 @@ def _movies_dat(out: Path, opts: FetchOptions) -> FetchResult:
     from pipeline.download.run import _published_md5
 
     url = catalog.CATALOG["movielens1m"].url("ml-1m.zip")
+    check_reachable(url, opts.timeout)
     md5 = _published_md5(url + ".md5", opts)
     result = fetch_file(RemoteFile(url=url, dest=out / "ml-1m.zip", md5=md5), opts)
     if result.ok:
