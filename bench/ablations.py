@@ -37,6 +37,7 @@ from bench.control_rows import ROW_KEYS, control_kind, control_runs, paired_rows
 from bench.run_stage import StageRun, run_measured
 from pipeline.experiments import experiments_markdown
 from pipeline.io import write_json_atomic, write_text_atomic
+from pipeline.models import registry
 from pipeline.models.mp4sr import PRETRAIN_KEYS
 from pipeline.models.registry import spec as model_spec
 from pipeline.pretrain import PRETRAIN_MODELS
@@ -47,13 +48,14 @@ RUNS = Path("runs")
 
 
 def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`{"model.distill_weight": 0}` -> params with that key replaced; the key must already exist."""
+    """`{"model.distill_weight": 0}` -> params with that key replaced; the key must already exist, except under
+    `model` (every model key may be set there, and a model's subsection `model.<name>` is created when absent)."""
     out = copy.deepcopy(params)
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         node = out
         for part in parents:
-            node = node[part]
+            node = node.setdefault(part, {}) if parents[:1] == ["model"] else node[part]
         if leaf not in node and parents[:1] != ["model"]:
             raise KeyError(f"override `{dotted}`: no such key in params.yaml")
         node[leaf] = value
@@ -125,7 +127,8 @@ def pretrain_dir(params: dict[str, Any]) -> Path | None:
     if model["name"] not in PRETRAIN_MODELS:
         return None
     data_section = {k: v for k, v in params["data"].items() if k != "max_seq_len"}
-    keys = {k: model.get(k) for k in PRETRAIN_KEYS}
+    built = registry.model_config(model["name"], {k: v for k, v in model.items() if k != "name"})
+    keys = {k: getattr(built, k) for k in PRETRAIN_KEYS}  # MP4SR's own values, from model.mp4sr and flat keys
     identity = [data_section, params["embed"], params["pretrain"], keys, model["name"], params["train"]["seed"]]
     return RUNS / "shared" / f"pretrain-{_key(*identity, params['data']['max_seq_len'])}"
 

@@ -5,8 +5,9 @@ same split, and the parent writes ``{"sasrec": {"seconds_per_epoch", "peak_rss_m
 "ratio": odmt / sasrec seconds per epoch}``.
 
 Settings come from ``--params`` (default ``params.yaml``): its ``train`` section, ``data.max_seq_len`` and the
-``model`` section (each model takes the keys its config has; ODMT keys missing there take :data:`ODMT_DEFAULTS`,
-the recommended values), then ``--set model.key=value`` / ``--set train.key=value`` overrides for every model, and
+``model`` section (each model takes its own flat keys and its subsection ``model.<name>``; keys missing there take
+the model's registered defaults; SASRec reads ``baseline.model``), then ``--set model.key=value`` /
+``--set train.key=value`` overrides for every model (``--set model.hidden_dim=128`` widens every model alike), and
 ``--odmt-set`` / ``--sasrec-set`` for one. Data: ``--prepared`` / ``--features`` (read only).
 
 - ``--max-steps N``: time the first N training steps of an epoch (after ``--warmup-steps``) and extrapolate to
@@ -57,16 +58,6 @@ from pipeline.models import registry
 log = logging.getLogger("bench.train_speed")
 app = typer.Typer(add_completion=False)
 
-# ODMT keys params.yaml may not have yet (the extensions and speed levers), at their recommended values.
-ODMT_DEFAULTS: dict[str, Any] = {
-    "distill_mode": "one_way",
-    "residual_id": True,
-    "item_dropout": 0.0,
-    "head_weights": "validation",
-    "max_text_tokens": 16,
-    "max_image_tokens": 4,
-    "compile_loss": True,
-}
 TRAIN_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -94,7 +85,10 @@ def _configs(params: Path, name: str, sets: list[str]) -> tuple[Any, TrainConfig
     if name == "sasrec" and isinstance(baseline, dict):  # the baseline stage's own SASRec section, if any
         model_section = baseline.get("model", model_section)
         train_section = train_section | baseline.get("train", {})
-    model_raw = (ODMT_DEFAULTS if name == "odmt" else {}) | model_section | over["model"]
+    registered = registry.models()
+    scoped = model_section.get(name) if isinstance(model_section.get(name), dict) else {}
+    flat = {k: v for k, v in model_section.items() if k not in registered}
+    model_raw = registry.registered_defaults(name) | flat | scoped | over["model"]
     model_cfg = from_dict(spec.config_cls, {k: v for k, v in model_raw.items() if k in own}, params, "model")
     train_raw = TRAIN_DEFAULTS | {k: v for k, v in train_section.items() if k in TRAIN_KEYS} | over["train"]
     train_cfg = from_dict(TrainConfig, train_raw, params, "train")

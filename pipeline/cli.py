@@ -72,7 +72,7 @@ def cli_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except (click.exceptions.Exit, typer.Exit, click.ClickException, click.Abort):  # typer.Exit: own class
             raise
         except Exception as e:
             if debug_enabled():

@@ -91,6 +91,9 @@ class DataConfig:
     # cold-start setting: share of users whose valid (resp. test) target is a held-out item; None = the held-out
     # items' share of all interactions (pipeline.data.cold_start)
     cold_target_share: float | None = None
+    # MovieLens-1M posters (pipeline.data.posters): a folder with images/<MovieID>.jpg and movies.dat, read by
+    # data.source ml1m_recbole / movielens; None = no posters (title cards, or data.images_dir)
+    posters_dir: str | None = None
     # Sections read only by data.source: recbole / table (each must keep its defaults for any other source).
     recbole: RecboleConfig = field(default_factory=RecboleConfig)
     table: TableConfig = field(default_factory=TableConfig)
@@ -402,15 +405,18 @@ RANGES: dict[str, Range] = {
 }
 
 
-def check_range(key: str, value: Any, file: Path) -> None:
-    """``value`` of dotted ``key`` lies in its :data:`RANGES` entry (None = a key's "off" value is always fine)."""
+def check_range(key: str, value: Any, file: Path, rule_key: str | None = None) -> None:
+    """``value`` of dotted ``key`` lies in its :data:`RANGES` entry (None = a key's "off" value is always fine).
+
+    ``rule_key``: the :data:`RANGES` entry to use when it is not ``key`` (``model.mp4sr.dropout`` -> ``model.dropout``).
+    """
     if key == "evaluate.ks":
         if not value:
             raise ConfigError(f"{file}: `evaluate.ks` = [] must list at least one cut-off K, e.g. [5, 10, 20]")
         for i, k in enumerate(value):
             check_range(f"evaluate.ks[{i}]", k, file)
         return
-    rule = AT_LEAST_1 if key.startswith("evaluate.ks[") else RANGES.get(key)
+    rule = AT_LEAST_1 if key.startswith("evaluate.ks[") else RANGES.get(rule_key or key)
     if rule is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return
     if not rule.holds(value):

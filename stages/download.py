@@ -4,6 +4,7 @@
     python -m stages.download movielens25m
     python -m stages.download                       # everything from the `download:` section of params.yaml
     python -m stages.download table                 # the image URLs of data.table's items -> data.images_dir
+    python -m stages.download ml1m_posters          # MovieLens-1M posters -> data.posters_dir (docs/datasets.md)
 
 Never run by `dvc repro` unless the user adds it: every other stage works offline on files already on disk.
 """
@@ -44,6 +45,9 @@ def main(
     base_url: Annotated[
         str | None, typer.Option(help=f"mirror for the catalogue's base URL (or {BASE_URL_ENV})")
     ] = None,
+    url_list: Annotated[
+        str | None, typer.Option(help="ml1m_posters: the poster URL list (URL or local CSV); default: upstream's")
+    ] = None,
     params: cli.params("`download` when DATASET is omitted, `data` for `table`") = DEFAULT_PARAMS,
 ) -> None:
     """Download one data set; finished files are kept, so an interrupted run resumes where it stopped."""
@@ -55,7 +59,7 @@ def main(
         cfg: DownloadConfig = load_section(DownloadConfig, "download", params)
     else:
         out_str = str(out) if out is not None else None
-        cfg = DownloadConfig(dataset, category, out_str, images, workers, retries, timeout, base_url)
+        cfg = DownloadConfig(dataset, category, out_str, images, workers, retries, timeout, base_url, url_list)
     try:
         summary = download_dataset(cfg)
     except DownloadError as e:
@@ -67,6 +71,13 @@ def main(
         raise typer.Exit(code=1)
     spec = CATALOG[cfg.dataset]
     hint = f"data.source: {spec.source}, data.path: {summary.data_path}"
+    if cfg.dataset == "ml1m_posters" and summary.images is not None:
+        hint = f"data.source: ml1m_recbole, data.posters_dir: {summary.out}"
+        n = len(summary.images.results)
+        log.info("posters: %d of %d listed fetched or present, %d failed (see %s)", n - summary.images.failed,
+                 summary.images.items, summary.images.failed, summary.out / "images" / "manifest.json")  # fmt: skip
+        log.info("done. To use them, set in params.yaml -> %s", hint)
+        return
     if summary.images is not None:
         hint += f", data.images_dir: {summary.images_dir} ({summary.images.failed} image(s) failed; see manifest)"
     log.info("done. To use it, set in params.yaml -> %s", hint)

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from tests.fixtures.make_tiny_ml1m import write_tiny_ml1m
+from tests.helpers.loopback import Loopback
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,3 +49,11 @@ def restore_torch_threads() -> Iterator[None]:
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def server() -> Iterator[Loopback]:
+    """A loopback HTTP server (127.0.0.1, a free port; no internet) for one test, closed afterwards."""
+    s = Loopback()
+    yield s
+    s.close()

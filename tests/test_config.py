@@ -125,6 +125,54 @@ def test_switching_the_model_is_one_change(tmp_path: Path) -> None:
     assert load_params(path).model.build(path).cm_weight == 0.5  # read by the selected model: fine
 
 
+def test_each_model_runs_on_its_own_registered_settings(tmp_path: Path) -> None:
+    """From the default params.yaml, `-S model.name=mp4sr` alone gives MP4SR its paper values, not ODMT's."""
+    path = write_params(tmp_path, lambda r: r["model"].update(name="mp4sr"))
+    mp4sr = load_params(path).model.build(path)
+    assert (mp4sr.num_heads, mp4sr.dropout) == (2, 0.2)
+    odmt = load_params(REPO / "params.yaml").model.build(REPO / "params.yaml")
+    assert (odmt.num_heads, odmt.dropout) == (1, 0.1)
+    # a model without a subsection (or a key left out of it) takes its registered default
+    path = write_params(tmp_path, lambda r: (r["model"].update(name="mp4sr"), r["model"].pop("mp4sr")))
+    assert load_params(path).model.build(path).num_heads == 2
+    path = write_params(tmp_path, lambda r: r["model"].update(name="mp4sr", mp4sr={"hidden_dim": 32}))
+    built = load_params(path).model.build(path)
+    assert (built.hidden_dim, built.num_heads, built.dropout) == (32, 2, 0.2)
+
+
+def test_a_value_set_for_a_model_is_honoured_and_read_by_no_other(tmp_path: Path) -> None:
+    def set_mp4sr_dropout(r: dict) -> None:
+        r["model"]["mp4sr"]["dropout"] = 0.3
+
+    path = write_params(tmp_path, lambda r: (set_mp4sr_dropout(r), r["model"].update(name="mp4sr")))
+    assert load_params(path).model.build(path).dropout == 0.3
+    # the same params with ODMT selected: MP4SR's value is not read by ODMT, and would be ignored: an error
+    path = write_params(tmp_path, set_mp4sr_dropout)
+    with pytest.raises(ConfigError, match=r"`model\.mp4sr\.dropout` = 0\.3 is read only by mp4sr, but model\.name is "
+                       r"'odmt', so it would be ignored.*model\.name: mp4sr.*mp4sr: 0\.2"):  # fmt: skip
+        load_params(path)
+
+
+def test_a_key_several_models_read_cannot_be_set_for_all_of_them(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r["model"].update(dropout=0.3))
+    with pytest.raises(ConfigError, match=r"`model\.dropout` is read by several models \(mp4sr, odmt, sasrec\), so "
+                       r"a value here would be read by whichever model is selected\. Set it for one model: "
+                       r"model\.odmt\.dropout"):  # fmt: skip
+        load_params(path)
+
+
+def test_model_subsections_are_strict(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda r: r["model"]["odmt"].update(distill_weight=0.5))
+    with pytest.raises(ConfigError, match=r"unknown key `model\.odmt\.distill_weight`.*set model\.distill_weight"):
+        load_params(path)
+    path = write_params(tmp_path, lambda r: r["model"]["odmt"].update(dropout="high"))
+    with pytest.raises(ConfigError, match=r"`model\.odmt\.dropout` must be float, got 'high'"):
+        load_params(path)
+    path = write_params(tmp_path, lambda r: r["model"].update(mp4sr=[2]))
+    with pytest.raises(ConfigError, match=r"`model\.mp4sr` must be a mapping of mp4sr's keys \(dropout, hidden_dim"):
+        load_params(path)
+
+
 def test_baseline_section_is_sasrec_only_and_strict(tmp_path: Path) -> None:
     cfg = load_section(BaselineConfig, "baseline", REPO / "params.yaml")
     assert cfg.build().num_heads >= 1 and cfg.train.epochs >= 1

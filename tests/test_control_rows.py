@@ -13,8 +13,7 @@ import pytest
 from bench.ablations import aggregate, apply_overrides, ensemble_row, pair_with_ensembles, reference_row
 from bench.control_rows import control_kind, control_runs, paired_rows
 from pipeline.experiments import experiments_table, multimodal_value
-from tests.test_evaluate import write_project, write_text_features
-from tests.test_experiments import _topk
+from tests.helpers.projects import write_project, write_text_features, write_topk
 
 TARGETS = [1, 2, 3, 4]
 
@@ -22,7 +21,7 @@ TARGETS = [1, 2, 3, 4]
 def fake_run(tmp_path: Path, name: str, seed: int | None, items: list[list[int]]) -> dict:
     run_dir = tmp_path / name
     (run_dir / "reports").mkdir(parents=True)
-    _topk(run_dir / "reports" / "topk.parquet", items, TARGETS)
+    write_topk(run_dir / "reports" / "topk.parquet", items, TARGETS)
     ndcg = float(
         np.mean([1 / np.log2(row.index(t) + 2) if t in row else 0 for row, t in zip(items, TARGETS, strict=True)])
     )

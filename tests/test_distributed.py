@@ -218,7 +218,7 @@ def _stage_under_torchrun_equals_one_process(
     raw = yaml.safe_load(tiny_params.read_text())
     raw["data"]["max_seq_len"] = 20
     raw["train"] |= {"epochs": 2, "device": device, "batch_size": 8, "num_threads": 1}
-    raw["model"] |= {"name": "sasrec", "hidden_dim": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.0}
+    raw["model"] |= {"name": "sasrec", "sasrec": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.0}}
     states, curves = {}, {}
     for launcher, n in (("none", 1), ("torchrun", nproc)):
         raw["train"] |= {"launcher": launcher, "nproc": n}

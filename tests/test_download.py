@@ -33,13 +33,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "real_formats"
 FAST = FetchOptions(timeout=2.0, retries=3, backoff=0.01, max_backoff=0.05)
 
 
-@pytest.fixture
-def server():
-    s = Loopback()
-    yield s
-    s.close()
-
-
 def _png(mode="L", size=(20, 20)) -> bytes:
     buf = io.BytesIO()
     Image.new(mode, size, 128).save(buf, format="PNG")
@@ -305,6 +298,7 @@ def test_cli_reads_the_download_section_of_params(server, tmp_path):
     params.write_text(
         "download:\n  dataset: movielens100k\n  category: null\n"
         f"  out: {out}\n  images: false\n  workers: 2\n  retries: 0\n  timeout: 5\n  base_url: {server.url}\n"
+        "  url_list: null\n"
     )
     result = CliRunner().invoke(app, ["--params", str(params)])
     assert result.exit_code == 0, result.output

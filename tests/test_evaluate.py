@@ -15,7 +15,7 @@ from torch import nn
 from pipeline import report
 from pipeline.data.splits import UserSplit
 from pipeline.evaluation import evaluate_model, evaluate_popularity, training_counts
-from tests.helpers.projects import write_dvclive, write_project
+from tests.helpers.projects import write_dvclive, write_project, write_text_features
 
 NUM_ITEMS = 8
 
@@ -233,27 +233,6 @@ def test_evaluate_stage_names_a_missing_checkpoint(tmp_path: Path) -> None:
     assert "nope.pt" in result.output and "dvc repro train" in result.output
     result = CliRunner().invoke(app, [*base[:4], "--model", str(models / "model.pt"), "--baseline", "none.pt"])
     assert result.exit_code == 1 and "none.pt" in result.output
-
-
-def write_text_features(features: Path, prepared: Path, dim: int = 6) -> None:
-    """A features/ folder with pooled text features only (image switched off), as `embed` would write it."""
-    import hashlib
-
-    item_ids = pl.read_parquet(prepared / "items.parquet")["item_id"].to_list()
-    rng = np.random.default_rng(3)
-    pooled = rng.normal(size=(len(item_ids) + 1, dim)).astype(np.float32)
-    pooled[0] = 0.0
-    mask = np.ones(len(item_ids) + 1, dtype=bool)
-    mask[0] = False
-    features.mkdir()
-    np.save(features / "text.npy", pooled)
-    np.save(features / "text_mask.npy", mask)
-    manifest = {
-        "num_items": len(item_ids),
-        "items_hash": hashlib.sha256("\n".join(item_ids).encode()).hexdigest(),
-        "modalities": {"text": {"enabled": True, "dim": dim}, "image": {"enabled": False}},
-    }
-    (features / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_evaluate_stage_adds_the_control_rows_and_words_the_claim(tmp_path: Path) -> None:

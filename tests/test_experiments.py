@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 
 from bench.ablations import aggregate, apply_overrides, find_run, params_key, reference_row
@@ -17,6 +16,7 @@ from pipeline.experiments import (
     heads_table,
     seed_averaged_paired,
 )
+from tests.helpers.projects import write_topk
 
 
 def _result(name: str, model: str, ndcg: float, cold: float | None = None) -> dict:
@@ -113,28 +113,12 @@ def test_heads_table_lists_each_head_of_multi_head_runs_only(tmp_path: Path) -> 
     assert heads_table([tmp_path / "a.json"]) == ""
 
 
-def _topk(path: Path, items: list[list[int]], targets: list[int]) -> Path:
-    frames = [
-        pl.DataFrame(
-            {
-                "user_idx": list(range(len(targets))),
-                "stage": [stage] * len(targets),
-                "items": pl.Series(items, dtype=pl.List(pl.Int32)),
-                "target": targets,
-            }
-        )
-        for stage in ("valid", "test")
-    ]
-    pl.concat(frames).write_parquet(path)
-    return path
-
-
 def test_seed_averaged_paired_comparison_from_topk_lists(tmp_path: Path) -> None:
     """Users' NDCG@10 averaged over seeds, then paired: hand-computed on three users."""
     targets = [1, 2, 3]
-    model = [_topk(tmp_path / "m0.parquet", [[1, 9], [2, 9], [9, 9]], targets)]  # ranks 1, 1, miss
-    model.append(_topk(tmp_path / "m1.parquet", [[1, 9], [9, 2], [9, 9]], targets))  # ranks 1, 2, miss
-    ref = [_topk(tmp_path / f"r{i}.parquet", [[9, 1], [9, 9], [9, 9]], targets) for i in range(2)]  # 2, miss, miss
+    model = [write_topk(tmp_path / "m0.parquet", [[1, 9], [2, 9], [9, 9]], targets)]  # ranks 1, 1, miss
+    model.append(write_topk(tmp_path / "m1.parquet", [[1, 9], [9, 2], [9, 9]], targets))  # ranks 1, 2, miss
+    ref = [write_topk(tmp_path / f"r{i}.parquet", [[9, 1], [9, 9], [9, 9]], targets) for i in range(2)]  # 2, miss, miss
     out = seed_averaged_paired(model, ref, resamples=200)
     user_means = np.array([1.0, (1.0 + 1 / np.log2(3)) / 2, 0.0]) - np.array([1 / np.log2(3), 0.0, 0.0])
     assert out["test"]["NDCG@10"]["diff"] == pytest.approx(user_means.mean())

@@ -300,9 +300,10 @@ def _params(tmp_path: Path, section: str, key: str, value: object, name: str = "
         ("evaluate", "ks", [0], r"`evaluate.ks\[0\]` = 0 must be >= 1"),
         ("evaluate", "batch_size", 0, r"`evaluate.batch_size` = 0 must be >= 1"),
         ("embed", "text.batch_size", 0, r"`embed.text.batch_size` = 0 must be >= 1"),
-        ("model", "num_heads", 0, r"`model.num_heads` = 0 must be >= 1"),
-        ("model", "num_heads", 3, r"`model.num_heads` = 3 must divide `model.hidden_dim` = 64"),
-        ("model", "dropout", 1.5, r"`model.dropout` = 1.5 must be in \[0, 1\)"),
+        ("model", "odmt.num_heads", 0, r"`model.odmt.num_heads` = 0 must be >= 1"),
+        ("model", "odmt.num_heads", 3, r"`model.odmt.num_heads` = 3 must divide `model.odmt.hidden_dim` = 64"),
+        ("model", "odmt.dropout", 1.5, r"`model.odmt.dropout` = 1.5 must be in \[0, 1\)"),
+        ("model", "fusion_heads", 3, r"`model.fusion_heads` = 3 must divide `model.odmt.hidden_dim` = 64"),
     ],
 )
 def test_out_of_range_param_names_the_given_file_and_dotted_key(

@@ -161,9 +161,13 @@ def test_nt_xent_removes_users_with_the_same_next_item() -> None:
 
 def test_config_is_strict_and_validated() -> None:
     options = {f.name: getattr(CONFIG, f.name) for f in dataclasses.fields(CONFIG)}
-    assert registry.model_config("mp4sr", options) == CONFIG
+    shared = registry.shared_keys()
+    scoped = {k: v for k, v in options.items() if k not in shared} | {
+        "mp4sr": {k: v for k, v in options.items() if k in shared}
+    }
+    assert registry.model_config("mp4sr", scoped) == CONFIG
     with pytest.raises(ConfigError, match="missing key `model.cm_weight`"):
-        registry.model_config("mp4sr", {k: v for k, v in options.items() if k != "cm_weight"})
+        registry.model_config("mp4sr", {k: v for k, v in scoped.items() if k != "cm_weight"})
     with pytest.raises(ValueError, match="model.temperature"):
         MP4SR(dataclasses.replace(CONFIG, temperature=0.0), make_catalog())
     with pytest.raises(ValueError, match="embed.image.name"):
@@ -355,7 +359,8 @@ def test_pretraining_is_deterministic(tmp_path: Path) -> None:
 def test_repository_params_and_registry_know_mp4sr() -> None:
     """params.yaml holds every MP4SR key and a `pretrain` section; the registry imports the model by itself."""
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
-    missing = sorted({f.name for f in dataclasses.fields(MP4SRConfig)} - set(raw["model"]))
+    listed = set(raw["model"]) | set(raw["model"]["mp4sr"])  # keys several models read: under model.mp4sr
+    missing = sorted({f.name for f in dataclasses.fields(MP4SRConfig)} - listed)
     assert not missing, f"params.yaml `model:` lacks {missing}"
     assert set(raw.get("pretrain", {})) == {f.name for f in dataclasses.fields(PretrainConfig)}
     assert "pipeline.models.mp4sr" in registry.MODEL_MODULES

@@ -180,7 +180,7 @@ def test_train_stage_writes_checkpoint_summary_and_dvclive(tmp_path: Path) -> No
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params["data"]["max_seq_len"] = MAX_LEN
     params["train"] |= {"epochs": 2, "device": "cpu", "batch_size": 16, "num_threads": 1}
-    params["model"] |= {"name": "sasrec", "hidden_dim": 16, "num_layers": 1, "num_heads": 2}
+    params["model"] |= {"name": "sasrec", "sasrec": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     out = tmp_path / "models"

@@ -244,8 +244,13 @@ def _candidate(stem: str, ref: str | None, index: dict[str, Path], images_dir: P
     return path
 
 
-def find_images(items: pl.DataFrame, images_dir: Path) -> tuple[list[str | None], dict[str, int]]:
+def find_images(
+    items: pl.DataFrame, images_dir: Path, stems: list[str | None] | None = None
+) -> tuple[list[str | None], dict[str, int]]:
     """Look up and verify each item's image in ``images_dir``; returns paths (None if not usable) and counts.
+
+    ``stems``: the file name (without extension) to look up per item instead of the item id; None for an item
+    without one (counted ``missing``). MovieLens posters are named by MovieID, not by the title the item id is.
 
     A candidate that resolves (symlinks followed) outside ``images_dir`` is counted as ``rejected_outside_root``
     and never opened: data files must not decide which other local files are read.
@@ -261,10 +266,12 @@ def find_images(items: pl.DataFrame, images_dir: Path) -> tuple[list[str | None]
     paths: list[str | None] = []
     counts = {"present": 0, "missing": 0, "corrupt": 0, "rejected_outside_root": 0}
     examples: dict[str, list[str]] = {k: [] for k in counts}
-    for item_id, ref in tqdm(
-        zip(items["item_id"].to_list(), refs, strict=True), total=items.height, desc="images", mininterval=2.0
+    ids = items["item_id"].to_list()
+    names = [image_file_stem(i) for i in ids] if stems is None else stems
+    for item_id, stem, ref in tqdm(
+        zip(ids, names, refs, strict=True), total=items.height, desc="images", mininterval=2.0
     ):
-        path = _candidate(image_file_stem(item_id), ref, index, images_dir)
+        path = _candidate(stem, ref, index, images_dir) if stem is not None else None
         if path is None:
             outcome = "missing"
         elif not inside_root(path, root):
@@ -291,13 +298,19 @@ def find_images(items: pl.DataFrame, images_dir: Path) -> tuple[list[str | None]
 
 
 def attach_images(
-    items: pl.DataFrame, images_dir: str | None, out_dir: Path, published_dir: Path | None = None
+    items: pl.DataFrame,
+    images_dir: str | None,
+    out_dir: Path,
+    published_dir: Path | None = None,
+    stems: list[str | None] | None = None,
+    source: str = "images_dir",
 ) -> tuple[pl.DataFrame, dict]:
     """Add ``image_path`` (String, nullable) to ``items`` (needs item_idx, item_id, text); returns it and the stats.
 
     ``images/`` is written to ``out_dir``; card paths name ``published_dir`` (the final folder) when given.
+    ``stems`` and ``source`` as in :func:`find_images` and the stats (``pipeline.data.posters`` sets both).
 
-    Stats: ``{"source": "synthetic_title_cards" | "images_dir", "present", "missing", "corrupt",
+    Stats: ``{"source": "synthetic_title_cards" | source, "present", "missing", "corrupt",
     "rejected_outside_root"}``.
     """
     if images_dir is None:
@@ -305,8 +318,8 @@ def attach_images(
         stats = {"source": "synthetic_title_cards", "present": len(paths), "missing": 0, "corrupt": 0}
         stats |= {"rejected_outside_root": 0}
     else:
-        paths, counts = find_images(items, Path(images_dir))
-        stats = {"source": "images_dir", **counts}
+        paths, counts = find_images(items, Path(images_dir), stems)
+        stats = {"source": source, **counts}
         write_image_index(items, paths, out_dir / "images")
     return items.with_columns(pl.Series("image_path", paths, dtype=pl.String)), stats
 

@@ -42,6 +42,7 @@ from pipeline.data.cold_start import (
     choose_cold_items,
 )
 from pipeline.data.images import attach_images
+from pipeline.data.posters import POSTER_SOURCES, check_posters_dir, poster_lookup, poster_stats
 from pipeline.data.readers import get_reader
 from pipeline.data.schema import INTERACTION_SCHEMA, ITEM_REQUIRED_COLUMNS, RawData
 from pipeline.io import staged_outputs, write_json_atomic
@@ -60,6 +61,11 @@ ID_MAPPING = (
 SYNTHETIC_IMAGES_NOTE = (
     "{source} ships no item images: every item image is a synthetic title card generated from its title "
     "(data.images_dir: null), so image features carry title information only"
+)
+
+POSTERS_NOTE = (
+    "item images are real MovieLens-1M posters (data.posters_dir: {posters_dir}): {n} of {items} items have one "
+    "({coverage:.1%}); the others have no image and are masked (stats: images.posters)"
 )
 
 
@@ -88,6 +94,7 @@ def validate_config(cfg: DataConfig) -> None:
             "data.cold_start_fraction is 0, so it would be ignored; set data.cold_start_fraction (e.g. 0.1) or put "
             "data.cold_target_share back to null"
         )
+    _validate_posters(cfg)
     for section, default, reader in (("recbole", RecboleConfig(), "recbole"), ("table", TableConfig(), "table")):
         if cfg.source != reader and getattr(cfg, section) != default:
             raise ConfigError(
@@ -95,6 +102,23 @@ def validate_config(cfg: DataConfig) -> None:
                 f"changed values would be ignored. Set data.source: {reader}, or put data.{section} back to its "
                 "defaults (params.yaml)"
             )
+
+
+def _validate_posters(cfg: DataConfig) -> None:
+    if cfg.posters_dir is None:
+        return
+    if cfg.source not in POSTER_SOURCES:
+        raise ConfigError(
+            f"`data.posters_dir` holds MovieLens-1M posters, read only by data.source: {' or '.join(POSTER_SOURCES)}, "
+            f"but data.source is {cfg.source!r}, so it would be ignored. Set data.posters_dir: null (real images "
+            "of other sources go in data.images_dir)"
+        )
+    if cfg.images_dir is not None:
+        raise ConfigError(
+            "`data.posters_dir` and `data.images_dir` are both set; they are two ways to give item images. Keep "
+            "data.posters_dir (MovieLens posters named by MovieID) and set data.images_dir: null, or the reverse"
+        )
+    check_posters_dir(Path(cfg.posters_dir))
 
 
 def check_raw(raw: RawData, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -301,7 +325,7 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     items = catalog.select("item_idx", "item_id", pl.col("text").fill_null(""), *extra)
     # Every output is written into a staging folder and swapped in together: a failure leaves the old set whole.
     with staged_outputs(out_dir, OUTPUTS) as stage:
-        items, image_stats = attach_images(items, cfg.images_dir, stage, published_dir=out_dir)
+        items, image_stats = _attach_images(cfg, items, stage, out_dir)
         items = items.select("item_idx", "item_id", "text", "image_path", *extra)
         not_in_catalog = {
             "never_interacted": meta.height - interacted_items,
@@ -316,6 +340,21 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
         write_json_atomic(stage / "stats.json", stats)
     log.info("prepared %s in %.1f s", out_dir, time.perf_counter() - started)
     return stats
+
+
+def _attach_images(cfg: DataConfig, items: pl.DataFrame, stage: Path, out_dir: Path) -> tuple[pl.DataFrame, dict]:
+    """Title cards, ``data.images_dir`` or ``data.posters_dir`` (MovieLens posters found through movies.dat)."""
+    if cfg.posters_dir is None:
+        return attach_images(items, cfg.images_dir, stage, published_dir=out_dir)
+    posters_dir = Path(cfg.posters_dir)
+    lookup = poster_lookup(cfg.source, posters_dir, items["item_id"].to_list())
+    items, stats = attach_images(
+        items, str(lookup.images_dir), stage, out_dir, stems=lookup.stems, source="movielens_posters"
+    )
+    stats["posters"] = poster_stats(lookup, posters_dir, stats, items.height)
+    log.info("posters: %d of %d items have one (%.1f%%); without: %s", stats["present"], items.height,
+             100 * stats["posters"]["coverage"], stats["posters"]["items_without_poster"])  # fmt: skip
+    return items, stats
 
 
 def _check_users_left(cfg: DataConfig, sequences: pl.DataFrame, cold_summary: dict[str, Any]) -> None:
@@ -350,6 +389,8 @@ def _stats(
     notes = list(raw.notes)
     if image_stats["source"] == "synthetic_title_cards":
         notes.append(SYNTHETIC_IMAGES_NOTE.format(source=cfg.source))
+    if "posters" in image_stats:
+        notes.append(POSTERS_NOTE.format(n=image_stats["present"], items=n_items, **image_stats["posters"]))
     return {
         "source": cfg.source,
         "source_files": [_portable(p) for p in raw.source_files],

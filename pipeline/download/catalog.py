@@ -114,6 +114,14 @@ CATALOG: dict[str, Dataset] = {
     "movielens20m": _movielens("movielens20m", "ml-20m", "MovieLens 20M (138,493 users, 27,278 movies)"),
     "movielens25m": _movielens("movielens25m", "ml-25m", "MovieLens 25M (162,541 users, 62,423 movies)"),
     "movielens32m": _movielens("movielens32m", "ml-32m", "MovieLens 32M (200,948 users, 87,585 movies)"),
+    "ml1m_posters": Dataset(
+        name="ml1m_posters",
+        description="MovieLens-1M posters by MovieID (antonsteenvoorden/ml1m-images) + GroupLens movies.dat",
+        source="ml1m_recbole",
+        base_url="https://raw.githubusercontent.com/antonsteenvoorden/ml1m-images/master/",
+        files=lambda category: ["ml1m_images.csv"],  # + ml-1m.zip and the posters: pipeline.download.posters
+        homepage="https://github.com/antonsteenvoorden/ml1m-images",
+    ),
     "hm": Dataset(
         name="hm",
         description="H&M Personalized Fashion Recommendations (Kaggle competition data)",

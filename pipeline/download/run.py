@@ -52,6 +52,7 @@ class DownloadConfig:
     retries: int  # retries per file after the first attempt
     timeout: float  # seconds per connect/read
     base_url: str | None  # mirror or test server replacing the catalogue's base URL
+    url_list: str | None = None  # ml1m_posters only: the poster URL list (URL or local file); null = the default
 
 
 @dataclass
@@ -143,6 +144,10 @@ def download_dataset(cfg: DownloadConfig, *, progress: bool = True) -> DownloadS
     """Fetch ``cfg.dataset`` into its output folder; see the module docstring. Raises ``DownloadError`` when the
     data set is unknown, must be obtained by hand, or no network is reachable."""
     spec, category, out = resolve(cfg)
+    if cfg.url_list is not None and spec.name != "ml1m_posters":
+        raise DownloadError(f"--url-list is read only by ml1m_posters, not {spec.name}; drop it")
+    if spec.name == "ml1m_posters":
+        return _posters(cfg, out, progress)
     if spec.base_url is None:
         raise DownloadError(f"{spec.name} cannot be downloaded by this tool.\n{spec.manual.format(out=out)}")
     opts = FetchOptions(timeout=cfg.timeout, retries=cfg.retries)
@@ -167,6 +172,21 @@ def download_dataset(cfg: DownloadConfig, *, progress: bool = True) -> DownloadS
         summary.images = _item_images(spec, summary.data_path, summary.images_dir, opts, cfg.workers, progress)
     elif cfg.images:
         summary.messages.append(f"{spec.name} has no image URLs; --images ignored")
+    return summary
+
+
+def _posters(cfg: DownloadConfig, out: Path, progress: bool) -> DownloadSummary:
+    from pipeline.download.posters import download_ml1m_posters
+
+    opts = FetchOptions(timeout=cfg.timeout, retries=cfg.retries)
+    got = download_ml1m_posters(out, opts, cfg.workers, cfg.base_url, cfg.url_list, progress=progress)
+    summary = DownloadSummary(dataset="ml1m_posters", out=out, data_path=out, files=got.files)
+    if not summary.ok:
+        summary.messages.append(f"{sum(not r.ok for r in got.files)} file(s) failed; see {out / 'manifest.json'}")
+        return summary
+    summary.images_dir, summary.images = out / "images", got.images
+    if got.from_repository:
+        summary.messages.append(f"{got.from_repository} poster(s) came from the repository's copy (listed URL failed)")
     return summary
 
 

@@ -32,7 +32,9 @@ def tiny_params(raw_dir: Path, model: dict | None = None, data: dict | None = No
     params["embed"]["text"]["batch_size"] = 16
     params["embed"]["image"]["batch_size"] = 16
     params["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)
-    params["model"].update({"hidden_dim": 16, "num_layers": 1, "num_heads": 1, **(model or {})})
+    params["model"].update(model or {})
+    name = params["model"]["name"]  # small widths for the selected model (keys several models read: model.<name>)
+    params["model"][name] = params["model"].get(name, {}) | {"hidden_dim": 16, "num_layers": 1, "num_heads": 1}
     if params["model"]["name"] == "odmt":  # tiny tensors: compiling the loss would cost more than it saves
         params["model"].update({"compile_loss": False, **({"fusion_layers": 1} | (model or {}))})
     params["baseline"]["train"].update(epochs=3, batch_size=8, patience=2, num_threads=1)

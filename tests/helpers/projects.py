@@ -92,3 +92,40 @@ def recommend_args(p: dict[str, Path]) -> list[str]:
         *("--model", str(p["models"] / "model.pt"), "--baseline", str(p["models"] / "baseline" / "model.pt")),
         *("--out", str(p["out"]), "--gallery", str(p["out"].parent / "reports" / "gallery.html"), "--device", "cpu"),
     ]
+
+
+def write_text_features(features: Path, prepared: Path, dim: int = 6) -> None:
+    """A features/ folder with pooled text features only (image switched off), as `embed` would write it."""
+    import hashlib
+
+    item_ids = pl.read_parquet(prepared / "items.parquet")["item_id"].to_list()
+    rng = np.random.default_rng(3)
+    pooled = rng.normal(size=(len(item_ids) + 1, dim)).astype(np.float32)
+    pooled[0] = 0.0
+    mask = np.ones(len(item_ids) + 1, dtype=bool)
+    mask[0] = False
+    features.mkdir()
+    np.save(features / "text.npy", pooled)
+    np.save(features / "text_mask.npy", mask)
+    manifest = {
+        "num_items": len(item_ids),
+        "items_hash": hashlib.sha256("\n".join(item_ids).encode()).hexdigest(),
+        "modalities": {"text": {"enabled": True, "dim": dim}, "image": {"enabled": False}},
+    }
+    (features / "manifest.json").write_text(json.dumps(manifest))
+
+
+def write_topk(path: Path, items: list[list[int]], targets: list[int]) -> Path:
+    frames = [
+        pl.DataFrame(
+            {
+                "user_idx": list(range(len(targets))),
+                "stage": [stage] * len(targets),
+                "items": pl.Series(items, dtype=pl.List(pl.Int32)),
+                "target": targets,
+            }
+        )
+        for stage in ("valid", "test")
+    ]
+    pl.concat(frames).write_parquet(path)
+    return path
