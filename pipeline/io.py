@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -100,3 +100,57 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs never overlap inputs (checked before a stage deletes or replaces anything).
+
+
+def check_disjoint(
+    outputs: Mapping[str, Path | str | None],
+    folders: Mapping[str, Path | str | None],
+    files: Mapping[str, Path | str | None] | None = None,
+    published: Sequence[str] | None = None,
+) -> None:
+    """Refuse an output that equals, contains or lies inside an input folder, or that would replace an input file.
+
+    ``outputs`` and ``folders`` map the option or key that names each path (``--out``, ``data.path``) to it; paths
+    are compared resolved (symlinks followed), so a link to the input folder is caught too. ``files`` are input
+    files that may sit beside the outputs (``models/baseline/model.pt`` next to ``models/model.pt``): each must not
+    be, or lie inside, one of the ``published`` entries of an output folder (anywhere in it when None). Raises one
+    ``ValueError`` line naming both paths; call it before anything is deleted.
+    """
+    for out_key, out in outputs.items():
+        if out is None:
+            continue
+        o = _resolved(out)
+        for in_key, given in folders.items():
+            if given is None:
+                continue
+            i = _resolved(given)
+            relation = (
+                "is" if o == i else "lies inside" if o.is_relative_to(i) else "contains" if i.is_relative_to(o) else ""
+            )
+            if relation:
+                _refuse(out_key, out, relation, in_key, given)
+        for in_key, given in (files or {}).items():
+            if given is None:
+                continue
+            i = _resolved(given)
+            targets = [o] if published is None else [o / name for name in published]
+            if any(i == t or i.is_relative_to(t) for t in targets):
+                _refuse(out_key, out, "would replace", in_key, given)
+
+
+def _resolved(path: Path | str) -> Path:
+    try:
+        return Path(path).expanduser().resolve(strict=False)
+    except (OSError, RuntimeError):  # a symlink loop: compare the path as written
+        return Path(os.path.abspath(path))
+
+
+def _refuse(out_key: str, out: Path | str, relation: str, in_key: str, given: Path | str) -> None:
+    raise ValueError(
+        f"{out_key} {out} {relation} the input {in_key} {given}; a stage's outputs must lie outside its inputs "
+        f"(nothing was written or deleted). Fix: choose another {out_key}"
+    )

@@ -22,6 +22,7 @@ from pipeline.checkpoint import data_fingerprint, read_checkpoint, save_checkpoi
 from pipeline.config import TrainConfig
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
+from pipeline.io import check_disjoint
 from pipeline.models import registry
 from pipeline.pretrain import init_from_pretrained
 from pipeline.train import (
@@ -32,6 +33,8 @@ from pipeline.train import (
     seed_everything,
     write_summary,
 )
+
+OUTPUTS = (CHECKPOINT_NAME, "train_summary.json", "dvclive")  # published together (pipeline.io.staged_outputs)
 
 
 def train_to_dir(
@@ -49,6 +52,10 @@ def train_to_dir(
 
     ``baseline``: the SASRec baseline's checkpoint, read only by a model configured to start from it (ODMT's
     ``init_from_baseline``)."""
+    check_disjoint(
+        {"--out": out}, {"--prepared": prepared, "--features": features},
+        {"--pretrained": pretrained, "--baseline": baseline}, published=OUTPUTS,
+    )  # fmt: skip
     spec = registry.spec(model_name)
     device = distributed.device_for(train_cfg.device)
     catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)

@@ -18,6 +18,7 @@ from pipeline.cli import cli_errors
 from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
+from pipeline.io import check_disjoint
 from pipeline.models import registry
 from pipeline.pretrain import PRETRAIN_NAME, SUMMARY_NAME, PretrainConfig, pretrain, skip_reason, write_marker
 from pipeline.train import peak_rss_mb, seed_everything, write_summary
@@ -40,6 +41,7 @@ def main(
     model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
     train_cfg: TrainConfig = load_section(TrainConfig, "train", params)
     max_seq_len = load_section(DataConfig, "data", params).max_seq_len
+    check_disjoint({"--out": out}, {"--prepared": prepared, "--features": features})
     reason = skip_reason(model_cfg.name, pretrain_cfg)
     if reason is None:  # train.launcher torchrun: pre-training runs under torchrun (a marker never does)
         args = distributed.cli_args(params=params, prepared=prepared, features=features, out=out)

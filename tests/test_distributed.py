@@ -229,7 +229,7 @@ def _stage_under_torchrun_equals_one_process(
         raw["train"] |= {"launcher": launcher, "nproc": n}
         params, out = tmp_path / f"{launcher}.yaml", tmp_path / launcher
         params.write_text(yaml.safe_dump(raw))
-        args = ["--params", str(params), "--prepared", str(prepared), "--features", str(tmp_path)]
+        args = ["--params", str(params), "--prepared", str(prepared), "--features", str(tmp_path / "features")]
         result = CliRunner().invoke(train_app, [*args, "--out", str(out)])
         assert result.exit_code == 0, result.output
         summary = json.loads((out / "train_summary.json").read_text())

@@ -44,7 +44,7 @@ from pipeline.data.cold_start import (
 from pipeline.data.images import attach_images
 from pipeline.data.readers import get_reader
 from pipeline.data.schema import INTERACTION_SCHEMA, ITEM_REQUIRED_COLUMNS, RawData
-from pipeline.io import staged_outputs, write_json_atomic
+from pipeline.io import check_disjoint, staged_outputs, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,23 @@ def validate_config(cfg: DataConfig) -> None:
                 f"changed values would be ignored. Set data.source: {reader}, or put data.{section} back to its "
                 "defaults (params.yaml)"
             )
+
+
+def input_folders(cfg: DataConfig) -> dict[str, Path | None]:
+    """The folders prepare reads (``data.path``, ``data.images_dir``, the folders of ``data.table``'s files)."""
+    folders: dict[str, Path | None] = {"data.path": _path(cfg.path), "data.images_dir": _path(cfg.images_dir)}
+    for key in ("interactions", "items"):
+        spec = getattr(cfg.table, key)
+        if cfg.source == "table" and spec is not None:
+            path = Path(spec) if Path(spec).is_absolute() or cfg.path is None else Path(cfg.path) / spec
+            while any(c in path.name for c in "*?[") or (path.suffix and not path.is_dir()):
+                path = path.parent  # a glob or a file: the folder it lives in
+            folders[f"data.table.{key}"] = path
+    return folders
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def check_raw(raw: RawData, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -256,6 +273,7 @@ def _item_codes(items: pl.DataFrame) -> pl.DataFrame:
 def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     """Read ``cfg.source``, clean it, and write items.parquet, sequences.parquet, images/ and stats.json."""
     validate_config(cfg)
+    check_disjoint({"--out": out_dir}, input_folders(cfg))  # before anything is read, written or deleted
     started = time.perf_counter()
     raw = get_reader(cfg.source)(cfg)
     interactions, meta = check_raw(raw, cfg.source)

@@ -36,6 +36,7 @@ from pipeline.download.http import (
     write_manifest,
 )
 from pipeline.download.images import ImageSummary, download_images
+from pipeline.io import check_disjoint
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +177,15 @@ def download_table_images(data: DataConfig, opts: FetchOptions, workers: int, *,
     Stored as ``<images_dir>/<item id>.<ext>``, the layout prepare looks up first, so the next ``dvc repro`` finds
     them with no other change. Local paths in the image column are left alone (they are already on disk).
     """
-    from pipeline.data.readers.table import read_table_items
+    from pipeline.data.readers.table import read_table_items, table_files
 
     if data.source != "table" or data.table.item_columns.image is None or data.images_dir is None:
         raise DownloadError(
             "python -m stages.download table fetches the image URLs of your item table: set data.source: table, "
             "data.table.item_columns.image (the URL column) and data.images_dir (where to store them) in params.yaml"
         )
+    base = Path(data.path) if data.path is not None else None
+    files, _ = table_files(data.table.items, base, "items", data.table.format)
+    check_disjoint({"data.images_dir": data.images_dir}, {}, {f"data.table.items ({f.name})": f for f in files})
     items, _ = read_table_items(data)
     return download_images(items, Path(data.images_dir), opts, workers, progress=progress)

@@ -49,7 +49,7 @@ from pipeline.features.encoders import (
     sha256_json,
 )
 from pipeline.features.ranks import SINGLE, Ranks
-from pipeline.io import atomic_path, write_json_atomic
+from pipeline.io import atomic_path, check_disjoint, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -467,6 +467,8 @@ def embed_items(
     :func:`pipeline.features.ranks.embed_session`); each encodes its share of the shards and rank 0 alone writes
     ``out_dir`` and returns the manifest (the others return None).
     """
+    check_disjoint({"--out": out_dir, "--cache": cache_dir}, {}, {"--items": items_path})
+    check_disjoint({"--out": out_dir}, {"--cache": cache_dir})
     shard_size = config.shard_size if shard_size is None else shard_size
     start = time.perf_counter()
     device = ranks.device(resolve_device(config.device))
