@@ -84,3 +84,65 @@ def test_outputs_disjoint_from_inputs_follows_symlinks_and_allows_siblings(tmp_p
     check_disjoint({"--out": models}, {}, {"--baseline": models / "baseline" / "model.pt"}, published=["model.pt"])
     with pytest.raises(ValueError, match="would replace the input --baseline"):
         check_disjoint({"--out": models}, {}, {"--baseline": models / "model.pt"}, published=["model.pt"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Every file is resolved and checked against its root when it is opened
+
+
+def test_files_checked_against_root_at_open_table_shard_symlink_is_not_read(tmp_path: Path) -> None:
+    from pipeline.data.readers import get_reader
+    from tests.test_readers_table import T0, table, write
+
+    root = write(tmp_path / "raw", "uid,sku,ts\n")
+    (root / "events").mkdir()
+    (root / "events" / "part-0.csv").write_text(f"uid,sku,ts\nu1,A,{T0}\n", encoding="utf-8")
+    outside = tmp_path / "elsewhere" / "secret.csv"
+    outside.parent.mkdir()
+    outside.write_text(f"uid,sku,ts\nspy,B,{T0}\n", encoding="utf-8")
+    (root / "events" / "part-1.csv").symlink_to(outside)
+    for spec in ("events", "events/part-*.csv"):
+        raw = get_reader("table")(table(root, interactions=spec))
+        assert raw.interactions.collect()["user_id"].to_list() == ["u1"]  # the secret's row is never read
+        assert any("1 file(s) rejected_outside_root" in n and "part-1.csv" in n for n in raw.notes)
+
+
+def test_files_checked_against_root_at_open_images_in_embed_and_gallery(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pipeline.data.images import attach_images, image_root
+    from pipeline.features.embed import _image_inputs
+    from pipeline.gallery import resolve_image
+    from tests.test_hostile_input import _items
+
+    images, prepared = tmp_path / "posters", tmp_path / "prepared"
+    Image.new("RGB", (8, 8)).save(images.mkdir() or images / "a.png")
+    Image.new("RGB", (8, 8)).save(images / "b.png")
+    items, _ = attach_images(_items(["a", "b"], [None, None]), str(images), prepared)
+    assert image_root(prepared) == images.resolve()
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(secret)
+    (images / "b.png").unlink()
+    (images / "b.png").symlink_to(secret)  # replaced after prepare checked it: caught when opened
+    paths = items["image_path"].to_list()
+    inputs = _image_inputs(["a", "b"], paths, image_root(prepared))
+    assert inputs.counts["rejected_outside_root"] == 1 and inputs.digests[1] is None and inputs.digests[0]
+    assert resolve_image(paths[0], prepared, images) == Path(paths[0])
+    assert resolve_image(paths[1], prepared, image_root(prepared)) is None
+
+
+def test_files_checked_against_root_at_open_recbole_files(tmp_path: Path) -> None:
+    from pipeline.data.readers import get_reader
+    from pipeline.data.schema import DataFormatError
+    from tests.test_readers_recbole import INTER, ITEM, cfg, write
+
+    elsewhere = write(tmp_path / "elsewhere", "x", INTER, ITEM)
+    root = write(tmp_path / "Beauty", "Beauty", INTER)
+    (root / "Beauty.item").symlink_to(elsewhere / "x.item")
+    raw = get_reader("recbole")(cfg(root))
+    assert any("Beauty.item: 1 file rejected_outside_root" in n for n in raw.notes)
+    assert set(raw.items["text"].to_list()) == {""}  # the outside file's text never arrives
+    (root / "Beauty.inter").unlink()
+    (root / "Beauty.inter").symlink_to(elsewhere / "x.inter")
+    with pytest.raises(DataFormatError, match=r"Beauty.inter: rejected_outside_root: it resolves to .*x.inter"):
+        get_reader("recbole")(cfg(root))

@@ -307,16 +307,18 @@ def attach_images(
     else:
         paths, counts = find_images(items, Path(images_dir))
         stats = {"source": "images_dir", **counts}
-        write_image_index(items, paths, out_dir / "images")
+        write_image_index(items, paths, out_dir / "images", Path(images_dir))
     return items.with_columns(pl.Series("image_path", paths, dtype=pl.String)), stats
 
 
-def write_image_index(items: pl.DataFrame, paths: list[str | None], images_out: Path) -> None:
+def write_image_index(items: pl.DataFrame, paths: list[str | None], images_out: Path, root: Path) -> None:
     """With real images, ``images/`` holds no pictures but an index of the files used (path, size, mtime).
 
     The folder is the DVC output that ``embed`` depends on, so any change in which files are used, or in their size
     or modification time as seen by ``prepare``, reaches ``embed``. (DVC cannot watch ``data.images_dir`` itself:
     after changing images in place, run ``dvc repro --force prepare``.) Cards of an earlier run are removed.
+    ``root`` (``data.images_dir``, resolved) is recorded: embed and the gallery check every file against it when
+    they open it (:func:`image_root`).
     """
     rows = []
     for item_id, path in zip(items["item_id"].to_list(), paths, strict=True):
@@ -326,6 +328,37 @@ def write_image_index(items: pl.DataFrame, paths: list[str | None], images_out: 
     tmp = images_out.with_name(images_out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "index.json").write_text(json.dumps({"source": "images_dir", "images": rows}, indent=1) + "\n")
+    index = {"source": "images_dir", "root": str(root.resolve()), "images": rows}
+    (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     shutil.rmtree(images_out, ignore_errors=True)
     tmp.rename(images_out)
+
+
+def image_root(prepared_dir: Path) -> Path | None:
+    """The folder every ``image_path`` of ``prepared_dir/items.parquet`` must resolve into when it is opened.
+
+    ``data.images_dir`` as recorded by prepare in ``images/index.json``; ``images/`` itself for title cards; None
+    for an items table not written by prepare (no ``images/`` folder), whose paths are then not checked.
+    """
+    images = Path(prepared_dir) / "images"
+    index = images / "index.json"
+    if not index.is_file():
+        return images if images.is_dir() else None
+    try:
+        root = json.loads(index.read_text(encoding="utf-8")).get("root")
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{index}: not a valid image index ({e}). Run `dvc repro prepare --force`.") from None
+    if not isinstance(root, str):
+        raise ValueError(f"{index} names no image root (an older prepare wrote it). Run `dvc repro prepare --force`.")
+    return Path(root)
+
+
+def checked_image(path: str | Path | None, root: Path | None) -> tuple[Path | None, str]:
+    """``(path, "ok")`` when ``path`` may be opened now, else ``(None, reason)``: ``missing`` or
+    ``rejected_outside_root`` (it resolves, symlinks followed, outside ``root``; None = no root to check)."""
+    if not path:
+        return None, "missing"
+    if root is not None and not inside_root(Path(path), root):
+        log.warning("%s resolves outside the image folder %s: not read", path, root)
+        return None, "rejected_outside_root"
+    return Path(path), "ok"

@@ -36,6 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.config import EmbedConfig
+from pipeline.data.images import checked_image, image_root
 from pipeline.features.cache import EmbeddingCache, content_digest, item_key
 from pipeline.features.clip_words import WORDS_FILE, ImageWords
 from pipeline.features.encoders import (
@@ -182,11 +183,12 @@ def _text_inputs(texts: list[str]) -> _Inputs:
     return _Inputs(digests, {"missing": empty, "empty_text": empty})
 
 
-def _hash_file(path: str | None) -> tuple[str, str | None]:
-    if path is None or path == "":
-        return "missing", None
+def _hash_file(path: str | None, root: Path | None) -> tuple[str, str | None]:
+    checked, status = checked_image(path, root)  # resolved and checked against the image folder when opened
+    if checked is None:
+        return status, None
     try:
-        data = Path(path).read_bytes()
+        data = checked.read_bytes()
     except FileNotFoundError:
         return "missing_file", None
     except OSError:
@@ -194,19 +196,21 @@ def _hash_file(path: str | None) -> tuple[str, str | None]:
     return "ok", content_digest(data)
 
 
-def _image_inputs(item_ids: list[str], paths: list[str | None]) -> _Inputs:
+def _image_inputs(item_ids: list[str], paths: list[str | None], root: Path | None) -> _Inputs:
     with ThreadPoolExecutor(IO_WORKERS) as pool:
-        results = list(pool.map(_hash_file, paths, chunksize=64))
-    counts = {"missing": 0, "missing_path": 0, "missing_file": 0, "unreadable": 0}
+        results = list(pool.map(_hash_file, paths, [root] * len(paths), chunksize=64))
+    counts = {"missing": 0, "missing_path": 0, "missing_file": 0, "unreadable": 0, "rejected_outside_root": 0}
     examples: dict[str, list[dict[str, str]]] = {"missing_file": [], "corrupt": []}
     for item_id, path, (status, _) in zip(item_ids, paths, results, strict=True):
         if status == "missing":
             counts["missing_path"] += 1
+        elif status == "rejected_outside_root":
+            counts[status] += 1
         elif status in ("missing_file", "unreadable"):
             counts[status] += 1
             if len(examples["missing_file"]) < 5:
                 examples["missing_file"].append({"item_id": item_id, "path": str(path), "reason": status})
-    counts["missing"] = counts["missing_path"] + counts["missing_file"] + counts["unreadable"]
+    counts["missing"] = sum(counts[k] for k in ("missing_path", "missing_file", "unreadable", "rejected_outside_root"))
     if counts["missing_file"] + counts["unreadable"]:
         first = examples["missing_file"][0]
         logger.warning(
@@ -219,10 +223,13 @@ def _image_inputs(item_ids: list[str], paths: list[str | None]) -> _Inputs:
     return _Inputs([d for _, d in results], counts, examples)
 
 
-def _decode_image(path: str, encoder: ImageEncoder) -> tuple[torch.Tensor | None, str | None]:
-    """Read, decode and preprocess one image; (None, reason) when it is corrupt."""
+def _decode_image(path: str, encoder: ImageEncoder, root: Path | None) -> tuple[torch.Tensor | None, str | None]:
+    """Read, decode and preprocess one image; (None, reason) when it is corrupt or now resolves outside ``root``."""
+    checked, status = checked_image(path, root)  # checked again: the file may have been replaced since hashing
+    if checked is None:
+        return None, status
     try:
-        with Image.open(path) as image:
+        with Image.open(checked) as image:
             image.draft("RGB", (448, 448))  # JPEG: decode at a reduced scale that still covers the model input
             image.load()
             return encoder.preprocess(image), None
@@ -263,7 +270,12 @@ def _encode_texts(
 
 
 def _encode_images(
-    encoder: ImageEncoder, paths: list[str], batches: list[list[int]], want_tokens: bool, corrupt: dict[int, str]
+    encoder: ImageEncoder,
+    paths: list[str],
+    batches: list[list[int]],
+    want_tokens: bool,
+    corrupt: dict[int, str],
+    root: Path | None = None,
 ) -> Iterator[tuple[int, list[int], Encoded | None]]:
     """Decode the next batch in a thread pool while the current one is encoded; yield (batch number, positions
     encoded, outputs or None when the whole batch was corrupt). Corrupt positions go to ``corrupt`` before the
@@ -271,7 +283,7 @@ def _encode_images(
     with ThreadPoolExecutor(IO_WORKERS) as pool:
 
         def submit(batch: list[int]) -> list[Future]:
-            return [pool.submit(_decode_image, paths[i], encoder) for i in batch]
+            return [pool.submit(_decode_image, paths[i], encoder, root) for i in batch]
 
         pending = submit(batches[0]) if batches else []
         for b, batch in enumerate(batches):
@@ -304,6 +316,7 @@ def _encode_missing(
     store_tokens: bool,
     shard_size: int,
     ranks: Ranks,
+    root: Path | None = None,
 ) -> None:
     """Encode this process's shards of ``sources`` (cache keys ``keys``) into ``cache``, one flushed shard at a time.
 
@@ -319,13 +332,13 @@ def _encode_missing(
     if isinstance(encoder, TextEncoder):
         stream = _encode_texts(encoder, sources, batches, store_tokens)
     else:
-        stream = _encode_images(encoder, sources, batches, store_tokens, corrupt)
+        stream = _encode_images(encoder, sources, batches, store_tokens, corrupt, root)
     total = sum(len(batch) for batch in batches)
     bar = tqdm(total=total, desc=f"embed {modality} ({encoder.name})", unit="item", disable=not ranks.is_main)
     try:
         for b, positions, enc in stream:
             for p in batches[b]:
-                if p in corrupt:
+                if p in corrupt and corrupt[p] != "rejected_outside_root":  # a property of the path, not the bytes
                     cache.add_bad(keys[p], corrupt[p])
             if enc is not None:
                 pooled = enc.pooled.numpy()  # (B, d)
@@ -349,6 +362,7 @@ def embed_modality(
     store_tokens: bool,
     shard_size: int = 256,
     ranks: Ranks = SINGLE,
+    root: Path | None = None,
 ) -> dict[str, Any] | None:
     """Encode one modality of every item (cache first), write its arrays, return its manifest entry.
 
@@ -365,7 +379,7 @@ def embed_modality(
         inputs = _text_inputs(raw)
     else:
         raw = items["image_path"].to_list()
-        inputs = _image_inputs(item_ids, raw)
+        inputs = _image_inputs(item_ids, raw, root)
 
     identity = encoder.identity()
     identity_hash = sha256_json(identity)
@@ -383,7 +397,7 @@ def embed_modality(
 
     if miss_keys:
         sources = [raw[rows_by_key[k][0] - 1] for k in miss_keys]  # one input per unique key
-        _encode_missing(modality, encoder, miss_keys, sources, cache, store_tokens, shard_size, ranks)
+        _encode_missing(modality, encoder, miss_keys, sources, cache, store_tokens, shard_size, ranks, root)
     ranks.barrier()  # every process's shards are in the cache
     if not ranks.is_main:
         return None
@@ -476,6 +490,7 @@ def embed_items(
     encoders = {m: build_encoder(getattr(config, m), m, device) for m in MODALITIES}
     words = ImageWords(config, encoders["text"], device) if config.image_words.vocabulary is not None else None
     items = read_items(items_path, need_images=encoders["image"] is not None)
+    root = image_root(items_path.parent)  # every image is checked against it when it is opened
     if ranks.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # no manifest until every file below is complete
@@ -504,6 +519,7 @@ def embed_items(
             config.store_tokens and not as_words,
             shard_size=shard_size,
             ranks=ranks,
+            root=root,
         )
         if m is None:  # another process than rank 0: its shards are in the cache
             continue

@@ -63,9 +63,7 @@ def spec(name: str, path: Path = Path("params.yaml")) -> ModelSpec:
     return registered[name]
 
 
-def model_config(
-    name: str, options: dict[str, Any], path: Path = Path("params.yaml"), prefix: str = "model"
-) -> Any:
+def model_config(name: str, options: dict[str, Any], path: Path = Path("params.yaml"), prefix: str = "model") -> Any:
     """Validate ``model:`` keys; the selected model reads its own, and no other key may silently be ignored.
 
     ``model:`` is one flat section shared by every registered model, so that ``-S model.<key>=...`` and
