@@ -146,3 +146,79 @@ def test_files_checked_against_root_at_open_recbole_files(tmp_path: Path) -> Non
     (root / "Beauty.inter").symlink_to(elsewhere / "x.inter")
     with pytest.raises(DataFormatError, match=r"Beauty.inter: rejected_outside_root: it resolves to .*x.inter"):
         get_reader("recbole")(cfg(root))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. No two items share a derived file name; null-like ids are missing
+
+
+def _table_with_images(tmp_path: Path, rows: list[tuple[str, str]]):  # noqa: ANN202 - a DataConfig
+    from pipeline.config import TableItemColumns
+    from tests.test_readers_table import T0, table, write
+
+    items = "sku,name,img\n" + "".join(f'"{sku}",Thing,{img}\n' for sku, img in rows)
+    events = "uid,sku,ts\n" + "".join(f'u{u},"{s}",{T0 + i}\n' for u in range(3) for i, (s, _) in enumerate(rows))
+    root = write(tmp_path / "raw", events, items=items)
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    return table(root, images, item_columns=TableItemColumns(id="sku", text=["name"], image="img"))
+
+
+def test_no_two_items_share_a_file_name_in_download_and_prepare(tmp_path: Path) -> None:
+    import json
+
+    import polars as pl
+
+    from pipeline.data.paths import file_stems
+    from pipeline.data.prepare import prepare
+    from pipeline.download.http import FetchOptions
+    from pipeline.download.run import download_table_images
+    from tests.test_download import Loopback, _jpeg
+
+    long_id = "x" * 300
+    server = Loopback()
+    try:
+        server.add("/1.jpg", _jpeg((200, 0, 0)))
+        server.add("/2.jpg", _jpeg((0, 0, 200)))
+        server.add("/3.jpg", _jpeg((0, 200, 0)))
+        rows = [("a/b", f"{server.url}/1.jpg"), ("a_b", f"{server.url}/2.jpg"), (long_id, f"{server.url}/3.jpg")]
+        cfg = _table_with_images(tmp_path, rows)
+        summary = download_table_images(cfg, FetchOptions(timeout=5, retries=0), 2, progress=False)
+    finally:
+        server.close()
+    assert summary.failed == 0 and summary.renamed == 2  # a/b and the 300-character id
+    assert [r.reason for r in summary.results] == ["downloaded"] * 3  # never "ok, already present"
+    manifest = json.loads((Path(cfg.images_dir) / "manifest.json").read_text())
+    assert manifest["renamed_file_names"] == 2 and len({r["path"] for r in manifest["files"]}) == 3
+    stems, _ = file_stems(["a/b", "a_b", long_id])
+    assert stems[1] == "a_b" and stems[0].startswith("a_b~") and len(stems[2].encode()) <= 200
+
+    stats = prepare(cfg, tmp_path / "prepared")
+    assert stats["images"]["present"] == 3 and stats["images"]["renamed_file_names"] == 2
+    items = pl.read_parquet(tmp_path / "prepared" / "items.parquet").sort("item_id")
+    paths = dict(zip(items["item_id"], items["image_path"], strict=True))
+    assert len(set(paths.values())) == 3 and paths["a_b"].endswith("/a_b.jpg")
+
+
+def test_no_two_items_share_a_file_name_null_like_ids_are_missing(tmp_path: Path) -> None:
+    import polars as pl
+
+    from pipeline.config import TableColumns, TableItemColumns
+    from pipeline.data.readers import get_reader
+    from tests.test_readers_table import T0, table
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    pl.DataFrame(
+        {"uid": [1.0, float("nan"), 2.0, 3.0], "sku": [10.0, 10.0, float("nan"), float("inf")], "ts": [T0] * 4}
+    ).write_parquet(root / "events.parquet")
+    pl.DataFrame({"sku": [10.0, float("nan")], "name": ["ten", "nan item"]}).write_parquet(root / "items.parquet")
+    cfg = table(
+        root, interactions="events.parquet", items="items.parquet", columns=TableColumns("uid", "sku", "ts"),
+        item_columns=TableItemColumns(id="sku", text=["name"]),
+    )  # fmt: skip
+    raw = get_reader("table")(cfg)
+    assert raw.interactions.collect()["item_id"].to_list() == ["10"]  # never a user or item called "NaN"
+    assert raw.drops["missing_user"] == 1 and raw.drops["missing_item"] == 2
+    assert raw.items["item_id"].to_list() == ["10"]
+    assert any("items.parquet: 1 record(s) without an item id" in n for n in raw.notes)

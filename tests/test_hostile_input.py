@@ -87,6 +87,7 @@ def test_absolute_image_ref_outside_images_dir_is_rejected(tmp_path: Path) -> No
     items = _items(["p", "q"], [str(secret), str(inside)])
     result, stats = attach_images(items, str(images), tmp_path / "out")
     assert result["image_path"].to_list() == [None, str(inside)]
+    assert stats.pop("renamed_file_names") == 0
     assert stats == {"source": "images_dir", "present": 1, "missing": 0, "corrupt": 0, "rejected_outside_root": 1}
 
 

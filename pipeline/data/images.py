@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from pipeline.config import ConfigError
-from pipeline.data.paths import inside_root, safe_file_stem
+from pipeline.data.paths import file_stems, inside_root, safe_file_stem
 from pipeline.io import current_umask
 
 log = logging.getLogger(__name__)
@@ -261,10 +261,16 @@ def find_images(items: pl.DataFrame, images_dir: Path) -> tuple[list[str | None]
     paths: list[str | None] = []
     counts = {"present": 0, "missing": 0, "corrupt": 0, "rejected_outside_root": 0}
     examples: dict[str, list[str]] = {k: [] for k in counts}
-    for item_id, ref in tqdm(
-        zip(items["item_id"].to_list(), refs, strict=True), total=items.height, desc="images", mininterval=2.0
+    stems, renamed = file_stems(items["item_id"].to_list())  # ids sharing a safe name get distinct ones
+    if renamed:
+        log.warning(
+            "%d item id(s) share a file name with another id once made safe (e.g. a/b and a_b) or are too long: "
+            "looked up as <name>~<hash>.<ext> (python -m stages.download table writes them so)", renamed
+        )  # fmt: skip
+    for item_id, stem, ref in tqdm(
+        zip(items["item_id"].to_list(), stems, refs, strict=True), total=items.height, desc="images", mininterval=2.0
     ):
-        path = _candidate(image_file_stem(item_id), ref, index, images_dir)
+        path = _candidate(stem, ref, index, images_dir)
         if path is None:
             outcome = "missing"
         elif not inside_root(path, root):
@@ -287,7 +293,7 @@ def find_images(items: pl.DataFrame, images_dir: Path) -> tuple[list[str | None]
             "%d image paths resolve outside data.images_dir %s (e.g. %s); not read, masked as missing",
             counts["rejected_outside_root"], root, examples["rejected_outside_root"][:3],
         )  # fmt: skip
-    return paths, counts
+    return paths, counts | {"renamed_file_names": renamed}
 
 
 def attach_images(
@@ -303,7 +309,7 @@ def attach_images(
     if images_dir is None:
         paths: list[str | None] = list(write_title_cards(items, out_dir, published_dir))
         stats = {"source": "synthetic_title_cards", "present": len(paths), "missing": 0, "corrupt": 0}
-        stats |= {"rejected_outside_root": 0}
+        stats |= {"rejected_outside_root": 0, "renamed_file_names": 0}  # cards are named by item_idx
     else:
         paths, counts = find_images(items, Path(images_dir))
         stats = {"source": "images_dir", **counts}

@@ -17,6 +17,7 @@ For each file (:func:`fetch_file`):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -245,7 +246,7 @@ def fetch_all(
                 bar.update(n)
 
     with bar, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        futures = {pool.submit(fetch_file, f, opts, check, on_bytes): i for i, f in enumerate(files)}
+        futures = {pool.submit(_fetch_one, f, opts, check, on_bytes): i for i, f in enumerate(files)}
         for future in as_completed(futures):
             i = futures[future]
             results[i] = future.result()
@@ -254,6 +255,19 @@ def fetch_all(
             if not results[i].ok:
                 log.warning("failed: %s (%s)", files[i].url, results[i].reason)
     return [r for r in results if r is not None]
+
+
+def _fetch_one(
+    remote: RemoteFile, opts: FetchOptions, check: Callable[[Path], str | None] | None, on_bytes: Callable[[int], None]
+) -> FetchResult:
+    """:func:`fetch_file`, with a local failure (a name the file system refuses, a full disk) recorded for this file
+    alone: one bad item never stops the run nor the manifest."""
+    try:
+        return fetch_file(remote, opts, check, on_bytes)
+    except (OSError, ValueError) as e:
+        with contextlib.suppress(OSError):  # nothing half-written is left behind
+            remote.dest.with_name(remote.dest.name + ".part").unlink(missing_ok=True)
+        return FetchResult(url=remote.url, path=str(remote.dest), status="failed", reason=f"{type(e).__name__}: {e}")
 
 
 def check_reachable(url: str, timeout: float) -> None:
