@@ -222,3 +222,52 @@ def test_no_two_items_share_a_file_name_null_like_ids_are_missing(tmp_path: Path
     assert raw.drops["missing_user"] == 1 and raw.drops["missing_item"] == 2
     assert raw.items["item_id"].to_list() == ["10"]
     assert any("items.parquet: 1 record(s) without an item id" in n for n in raw.notes)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. The features' manifest fingerprints the content it encoded
+
+
+def test_features_fingerprint_content_stale_text_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import polars as pl
+
+    from pipeline.features.embed import embed_items
+    from pipeline.features.store import load_catalog
+    from tests.fixtures import fake_encoder
+    from tests.test_embed import write_dataset
+
+    fake_encoder.register_for(monkeypatch)
+    prepared = write_dataset(tmp_path)
+    embed_items(prepared / "items.parquet", tmp_path / "features", tmp_path / "cache", fake_encoder.config(4))
+    assert load_catalog(tmp_path / "features", prepared, ("text",)).features["text"].shape == (9, fake_encoder.DIM)
+    items = pl.read_parquet(prepared / "items.parquet")
+    items.with_columns(pl.col("text") + " (retitled)").write_parquet(prepared / "items.parquet")  # same ids
+    with pytest.raises(ValueError, match=r"features/manifest.json: the text features were encoded from other texts "
+                       r"than .*items.parquet holds now \(stale features\). Run `dvc repro embed`"):  # fmt: skip
+        load_catalog(tmp_path / "features", prepared, ("text",))
+
+
+def test_features_fingerprint_content_changed_image_bytes_are_refused(tmp_path: Path) -> None:
+    import os
+
+    import polars as pl
+    from PIL import Image
+
+    from pipeline.features.embed import content_fingerprint, files_hash
+    from pipeline.features.store import check_content
+
+    prepared = tmp_path / "prepared"
+    (prepared / "images").mkdir(parents=True)
+    paths = []
+    for i in (1, 2):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(prepared / "images" / f"{i}.png")
+        paths.append(str(prepared / "images" / f"{i}.png"))
+    items = pl.DataFrame({"item_idx": [1, 2], "item_id": ["a", "b"], "text": ["", ""], "image_path": paths})
+    items.write_parquet(prepared / "items.parquet")
+    entry = {"inputs_hash": content_fingerprint("image", items, prepared / "images"), "files_hash": files_hash(paths)}
+    check_content(tmp_path / "features", prepared, "image", entry)
+    os.utime(paths[0], ns=(1, 1))  # touched, same bytes: still accepted (re-hashed once)
+    check_content(tmp_path / "features", prepared, "image", entry)
+    Image.new("RGB", (8, 8), (0, 0, 99)).save(paths[1])  # a new picture under the same name
+    with pytest.raises(ValueError, match=r"the image features were encoded from other images"):
+        check_content(tmp_path / "features", prepared, "image", entry)

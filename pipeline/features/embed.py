@@ -168,6 +168,30 @@ class _Outputs:
 # --- inputs -----------------------------------------------------------------------------------------------------
 
 
+def digests_hash(digests: list[str | None]) -> str:
+    """The fingerprint of a modality's encoded content: sha256 over every item's content digest ("-" for none)."""
+    return hashlib.sha256("\n".join(d or "-" for d in digests).encode()).hexdigest()
+
+
+def files_hash(paths: list[str | None]) -> str:
+    """sha256 over every image path with its size and mtime: a cheap test that no image changed since embed."""
+    parts = []
+    for path in paths:
+        try:
+            info = os.stat(path) if path else None
+        except OSError:
+            info = None
+        parts.append(f"{path}|{info.st_size}|{info.st_mtime_ns}" if info is not None else f"{path}|-")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def content_fingerprint(modality: str, items: pl.DataFrame, root: Path | None) -> str:
+    """:func:`digests_hash` of what ``items`` holds now for ``modality`` (text strings, or image file bytes)."""
+    if modality == "text":
+        return digests_hash(_text_inputs(items["text"].to_list()).digests)
+    return digests_hash(_image_inputs(items["item_id"].to_list(), items["image_path"].to_list(), root).digests)
+
+
 @dataclass
 class _Inputs:
     """What one modality reads for every item (index i = item_idx i+1)."""
@@ -458,7 +482,8 @@ def embed_modality(
         "cache_misses": sum(len(rows_by_key[k]) for k in miss_keys),
         "encoded": encoded,
         "cache_dir": str(cache.dir),
-        "inputs_hash": hashlib.sha256("\n".join(d or "-" for d in inputs.digests).encode()).hexdigest(),
+        "inputs_hash": digests_hash(inputs.digests),  # the content encoded: checked by every reader (store.py)
+        **({"files_hash": files_hash(raw)} if modality == "image" else {}),
         "params_hash": sha256_json(asdict(encoder.config)),
         "examples": {k: v for k, v in examples.items() if v},
         "seconds": round(time.perf_counter() - start, 3),

@@ -13,8 +13,9 @@ import polars as pl
 import torch
 
 from pipeline.catalog import ItemCatalog
+from pipeline.data.images import image_root
 from pipeline.data.splits import load_split
-from pipeline.features.embed import MANIFEST, feature_files
+from pipeline.features.embed import MANIFEST, content_fingerprint, feature_files, files_hash
 from pipeline.features.encoders import MODALITIES
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,27 @@ def _read_manifest(features_dir: Path, n: int, item_ids: list[str]) -> dict[str,
             f"the current one has {n}. {RERUN}"
         )
     return manifest
+
+
+def check_content(features_dir: Path, prepared_dir: Path, modality: str, entry: dict[str, Any]) -> None:
+    """The features were encoded from the content ``items.parquet`` holds now (text strings, image bytes).
+
+    Images are re-hashed only when a file's path, size or mtime changed since embed (``files_hash``), so an
+    unchanged folder costs one ``stat`` per item.
+    """
+    items_path = prepared_dir / "items.parquet"
+    columns = ["item_id", "text"] + (["image_path"] if modality == "image" else [])
+    items = pl.read_parquet(items_path, columns=columns)
+    if modality == "image" and entry.get("files_hash") == files_hash(items["image_path"].to_list()):
+        return
+    if "inputs_hash" not in entry or entry["inputs_hash"] != content_fingerprint(
+        modality, items, image_root(prepared_dir)
+    ):
+        what = "texts" if modality == "text" else "images"
+        raise ValueError(
+            f"{_name(features_dir, MANIFEST)}: the {modality} features were encoded from other {what} than "
+            f"{items_path} holds now (stale features). {RERUN}"
+        )
 
 
 def _popularity(prepared_dir: Path, n: int) -> tuple[torch.Tensor, int]:
@@ -120,6 +142,7 @@ def load_catalog(
                 f"{_name(features_dir, MANIFEST)} was written. Set embed.{modality}.name (see params.yaml) and "
                 "run `dvc repro embed`."
             )
+        check_content(features_dir, prepared_dir, modality, entry)
         files = feature_files(modality)
         mask = _load_array(features_dir, files["mask"], RERUN)
         _check_rows(features_dir, files["mask"], mask, n, ())
