@@ -271,3 +271,150 @@ def test_features_fingerprint_content_changed_image_bytes_are_refused(tmp_path: 
     Image.new("RGB", (8, 8), (0, 0, 99)).save(paths[1])  # a new picture under the same name
     with pytest.raises(ValueError, match=r"the image features were encoded from other images"):
         check_content(tmp_path / "features", prepared, "image", entry)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. Every section is range-checked at load; every user-controlled size is capped
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("baseline", "model.hidden_dim", 0, r"`baseline.model.hidden_dim` = 0 must be >= 1"),
+        ("baseline", "model.num_heads", 3, r"`baseline.model.num_heads` = 3 must divide `baseline.model.hidden_dim`"),
+        ("baseline", "train.epochs", -1, r"`baseline.train.epochs` = -1 must be >= 1"),
+        ("train", "seed", 4294967296, r"`train.seed` = 4294967296 must be in \[0, 4294967295\]"),
+        ("evaluate", "bootstrap_seed", -1, r"`evaluate.bootstrap_seed` = -1 must be in \[0, 4294967295\]"),
+        ("evaluate", "bootstrap_resamples", 0, r"`evaluate.bootstrap_resamples` = 0 must be >= 1"),
+        ("data", "max_seq_len", 10**15, r"`data.max_seq_len` = 1000000000000000 must be in \[1, 100000\]"),
+        ("recommend", "gallery_seed", 2**40, r"`recommend.gallery_seed` = 1099511627776 must be in \[0, 4294967295\]"),
+    ],
+)
+def test_every_section_range_checked_at_load_naming_key_and_file(
+    tmp_path: Path, section: str, key: str, value: object, message: str
+) -> None:
+    from pipeline.config import (
+        BaselineConfig,
+        ConfigError,
+        DataConfig,
+        EvaluateConfig,
+        RecommendConfig,
+        TrainConfig,
+        load_section,
+    )
+    from tests.test_hostile_input import _params
+
+    classes = {"baseline": BaselineConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "data": DataConfig}
+    path = _params(tmp_path, section, key, value, name="mine.yaml")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {message}"):
+        load_section(classes.get(section, RecommendConfig), section, path)
+
+
+def test_every_section_range_checked_yaml_merge_keys_and_aliases(tmp_path: Path) -> None:
+    from pipeline.config import ConfigError, load_raw
+
+    path = tmp_path / "p.yaml"
+    path.write_text("base: &b\n  seed: 1\ntrain:\n  <<: *b\n  epochs: 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"p.yaml:\d+: YAML (merge keys \(`<<:`\)|aliases).* not supported"):
+        load_raw(path)
+    path.write_text("train:\n  <<: {seed: 1}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"p.yaml:2: YAML merge keys \(`<<:`\) are not supported in a params file"):
+        load_raw(path)
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+    )
+    path.write_text(laughs, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"YAML aliases \(`\*name`\) are not supported"):
+        load_raw(path)
+
+
+def test_every_user_controlled_size_capped_k_by_item_count(tmp_path: Path) -> None:
+    import numpy as np
+
+    from pipeline import retrieval
+
+    vectors = np.vstack([np.zeros((1, 4)), np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1, 2]]]).astype(np.float32)
+    items, scores = retrieval.top_k(np.ones((2, 4), np.float32), vectors, [np.array([1]), np.array([])], 10**9)
+    assert items.shape == (2, 7) and (items[0] == -1).sum() == 1 and set(items[1]) == set(range(1, 8))
+
+
+def test_every_user_controlled_size_capped_title_card_is_linear(tmp_path: Path) -> None:
+    from pipeline.data.images import _font, _wrap
+
+    calls = []
+    font = _font(20)
+
+    class Counting:
+        def getlength(self, text: str) -> float:
+            calls.append(len(text))
+            return font.getlength(text)
+
+    for n in (2_000, 200_000):
+        calls.clear()
+        lines = _wrap("x" * n, Counting(), 196, 6)  # type: ignore[arg-type]
+        assert len(lines) == 6 and lines[-1].endswith("...")
+        assert sum(calls) < 50_000  # measured work does not grow with the title (was quadratic: 74 s for 18k)
+
+
+class _Endless:
+    """A loopback server whose body never ends (and one that announces a huge Content-Length)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                self.send_response(200)
+                if self.path == "/announced.jpg":
+                    self.send_header("Content-Length", str(10**12))
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(b"\xff" * 65536)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_every_user_controlled_size_capped_endless_download_stops_and_leaves_nothing(tmp_path: Path) -> None:
+    import polars as pl
+
+    from pipeline.download.http import FetchOptions, RemoteFile, fetch_file
+    from pipeline.download.images import download_images
+
+    server = _Endless()
+    try:
+        opts = FetchOptions(timeout=5, retries=2, max_bytes=3 << 20, max_image_bytes=1 << 20)
+        result = fetch_file(RemoteFile(url=f"{server.url}/stream.bin", dest=tmp_path / "f.bin"), opts)
+        assert result.status == "failed" and "exceeds the limit of 3,145,728 bytes" in result.reason
+        assert result.attempts == 1  # never retried
+        items = pl.DataFrame(
+            {"item_id": ["a", "b"], "image_ref": [f"{server.url}/x.jpg", f"{server.url}/announced.jpg"]}
+        )
+        summary = download_images(items, tmp_path / "images", opts, 2, progress=False)
+    finally:
+        server.close()
+    assert summary.failed == 2 and all("limit of 1,048,576 bytes" in r.reason for r in summary.results)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["manifest.json"]
+
+
+def test_every_user_controlled_size_capped_evaluate_ks_by_item_count() -> None:
+    import numpy as np
+
+    from pipeline.evaluation import evaluate_vectors
+
+    vectors = np.vstack([np.zeros((1, 4)), np.eye(4)[[0, 1, 2, 3, 0, 1, 2]]]).astype(np.float32)  # 7 items
+    with pytest.raises(ValueError, match=r"`evaluate.ks` = \[10, 1000000000\]: K = 1000000000 is more than the 7 "):
+        evaluate_vectors("m", None, vectors, lambda stage: np.ones((1, 4), np.float32), [10**9, 10])  # type: ignore[arg-type]

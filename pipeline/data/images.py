@@ -71,17 +71,23 @@ def card_colour(colour_key: str) -> tuple[int, int, int]:
 
 
 def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int, max_lines: int) -> list[str]:
-    """Greedy word wrap to ``width`` pixels; overlong words are cut, and an ellipsis marks dropped text."""
+    """Greedy word wrap to ``width`` pixels; overlong words are cut, and an ellipsis marks dropped text.
+
+    Linear in ``len(text)``: no glyph is narrower than a pixel, so at most ``width`` characters fit on a line and
+    text past ``(max_lines + 1) * width`` characters can never be drawn; wrapping stops after ``max_lines + 1``.
+    """
     lines: list[str] = []
     current = ""
-    for word in text.split():
+    for word in text[: (max_lines + 1) * width].split():
+        if len(lines) > max_lines:
+            break
         candidate = f"{current} {word}" if current else word
         if font.getlength(candidate) <= width:
             current = candidate
             continue
         if current:
             lines.append(current)
-        while font.getlength(word) > width:  # a single word wider than the card
+        while font.getlength(word) > width and len(lines) <= max_lines:  # a single word wider than the card
             cut = max(1, int(len(word) * width / font.getlength(word)) - 1)
             lines.append(word[:cut])
             word = word[cut:]

@@ -74,6 +74,10 @@ class FetchOptions:
     backoff: float = 1.0  # base delay in seconds
     max_backoff: float = 60.0
     chunk_size: int = 1 << 20
+    # Largest body kept, in bytes: a body that grows past it (an endless stream, a wrong URL) is cut, removed and
+    # recorded as failed. Raw files may be tens of GB (Amazon 2023); images use max_image_bytes (download.images).
+    max_bytes: int = 200 << 30
+    max_image_bytes: int = 50 << 20
 
 
 @dataclass
@@ -154,9 +158,14 @@ def _request_once(remote: RemoteFile, part: Path, opts: FetchOptions, on_bytes: 
             mode, how = "ab", "resumed"
         length_header = response.headers.get("Content-Length")
         length = int(length_header) if length_header and length_header.isdigit() else None
+        if length is not None and offset + length > opts.max_bytes:
+            part.unlink(missing_ok=True)
+            raise _Fail(_too_large(offset + length, opts.max_bytes))
         received = 0
         with open(part, mode) as f:
             while True:
+                if offset + received > opts.max_bytes:
+                    break
                 try:
                     chunk = response.read(opts.chunk_size)
                 except (OSError, http.client.HTTPException) as e:
@@ -166,9 +175,19 @@ def _request_once(remote: RemoteFile, part: Path, opts: FetchOptions, on_bytes: 
                 f.write(chunk)
                 received += len(chunk)
                 on_bytes(len(chunk))
+        if offset + received > opts.max_bytes:  # an endless body: nothing of it is kept
+            part.unlink(missing_ok=True)
+            raise _Fail(_too_large(offset + received, opts.max_bytes, at_least=True))
         if length is not None and received < length:
             raise _Retry(f"truncated body: received {received} of {length} bytes")
     return how
+
+
+def _too_large(size: int, limit: int, at_least: bool = False) -> str:
+    return (
+        f"body of {'more than ' if at_least else ''}{size:,} bytes exceeds the limit of {limit:,} bytes; not kept "
+        "(raise --max-file-gb / --max-image-mb if the file is really that large)"
+    )
 
 
 def fetch_file(

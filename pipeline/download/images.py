@@ -12,6 +12,7 @@ Resume: an item whose image file already exists is not requested again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import urllib.parse
@@ -120,6 +121,7 @@ def download_images(
         todo.append(RemoteFile(url=url, dest=dest))
     log.info("images: %d to fetch, %d already present, %d items without an image URL", len(todo), len(cached),
              without_url)  # fmt: skip
+    opts = dataclasses.replace(opts, max_bytes=opts.max_image_bytes)
     fetched = fetch_all(todo, opts, workers, check=verify_image, desc="images", unit="img", progress=progress)
     for result in fetched:
         if result.ok:

@@ -140,13 +140,16 @@ def _item_images(spec: catalog.Dataset, data_path: Path, images_dir: Path, opts:
     return download_images(items, images_dir, opts, workers, progress=progress)
 
 
-def download_dataset(cfg: DownloadConfig, *, progress: bool = True) -> DownloadSummary:
+def download_dataset(
+    cfg: DownloadConfig, *, progress: bool = True, limits: dict[str, int] | None = None
+) -> DownloadSummary:
     """Fetch ``cfg.dataset`` into its output folder; see the module docstring. Raises ``DownloadError`` when the
-    data set is unknown, must be obtained by hand, or no network is reachable."""
+    data set is unknown, must be obtained by hand, or no network is reachable. ``limits``: ``max_bytes`` /
+    ``max_image_bytes`` of :class:`FetchOptions` (their defaults otherwise)."""
     spec, category, out = resolve(cfg)
     if spec.base_url is None:
         raise DownloadError(f"{spec.name} cannot be downloaded by this tool.\n{spec.manual.format(out=out)}")
-    opts = FetchOptions(timeout=cfg.timeout, retries=cfg.retries)
+    opts = FetchOptions(timeout=cfg.timeout, retries=cfg.retries, **(limits or {}))
     urls = [spec.url(f, cfg.base_url) for f in spec.files(category)]
     check_reachable(urls[0], cfg.timeout)
     remotes = []
