@@ -46,11 +46,13 @@ def staged_outputs(out_dir: Path, names: Sequence[str]) -> Iterator[Path]:
 
     Only when the block succeeds and every name exists in the staging folder are they moved into ``out_dir``
     together (the old ones are moved aside first, then removed); on any error the staging folder is deleted and
-    ``out_dir`` keeps its previous outputs untouched. Other entries of ``out_dir`` are left alone.
+    ``out_dir`` keeps its previous outputs untouched. Other entries of ``out_dir`` are left alone. Staging folders
+    carry their process id: those of processes no longer running (a killed run) are removed here.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staged.", dir=out_dir.parent))
+    remove_stale_staging(out_dir)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staged.{os.getpid()}.", dir=out_dir.parent))
     stage.chmod(0o777 & ~current_umask())
     try:
         yield stage
@@ -62,10 +64,34 @@ def staged_outputs(out_dir: Path, names: Sequence[str]) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove ``.<out>.staged.<pid>.*`` / ``.<out>.old.<pid>.*`` folders whose process is gone; returns them."""
+    removed = []
+    for kind in ("staged", "old"):
+        for folder in Path(out_dir).parent.glob(f".{Path(out_dir).name}.{kind}.*"):
+            pid = folder.name.removeprefix(f".{Path(out_dir).name}.{kind}.").split(".", 1)[0]
+            if folder.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
+
+
 def _swap_in(stage: Path, out_dir: Path, names: Sequence[str]) -> None:
     """Move ``stage/<name>`` to ``out_dir/<name>`` for every name; the replaced ones go to a trash folder first."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+    trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.{os.getpid()}.", dir=out_dir.parent))
     try:
         for name in names:
             if (out_dir / name).exists() or (out_dir / name).is_symlink():

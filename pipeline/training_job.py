@@ -74,14 +74,31 @@ def train_to_dir(
             raise ValueError(f"{baseline}: a {checkpoint.get('model_name')} checkpoint; the baseline must be sasrec")
         model.init_id_head_from_sasrec(checkpoint["state_dict"], str(baseline))
     start = time.perf_counter()
-    with distributed.main_only(lambda: Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False)) as live:
-        result = fit(model, split, train_cfg, max_seq_len, None, live=live)  # None: the checkpoint is written here
-    if not distributed.is_main():
-        return result  # rank 0 writes the checkpoint and the summary
+    # Rank 0 writes model.pt, train_summary.json and dvclive/ into a staging folder, swapped in together at the end:
+    # a failed or interrupted run leaves the previous three whole (pipeline.io.staged_outputs).
+    with distributed.published(out, OUTPUTS) as stage:
+        with distributed.main_only(lambda: Live(dir=str(stage / "dvclive"), dvcyaml=False, save_dvc_exp=False)) as live:
+            result = fit(model, split, train_cfg, max_seq_len, None, live=live)  # None: the checkpoint is written here
+        if distributed.is_main():
+            _write_outputs(stage, model, model_name, result, train_cfg, max_seq_len, fingerprint, device, start)
+    return result
+
+
+def _write_outputs(
+    stage: Path,
+    model: Any,
+    model_name: str,
+    result: TrainResult,
+    train_cfg: TrainConfig,
+    max_seq_len: int,
+    fingerprint: Any,
+    device: Any,
+    start: float,
+) -> None:
     best = (result.best_epoch, result.best_valid)  # fit has loaded the best epoch's weights back into the model
-    save_checkpoint(out / CHECKPOINT_NAME, model, max_seq_len, train_cfg, *best, fingerprint=fingerprint)
+    save_checkpoint(stage / CHECKPOINT_NAME, model, max_seq_len, train_cfg, *best, fingerprint=fingerprint)
     write_summary(
-        out / "train_summary.json",
+        stage / "train_summary.json",
         result,
         model_name=model_name,
         device=str(device),
@@ -89,4 +106,3 @@ def train_to_dir(
         total_seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(),
     )
-    return result

@@ -418,3 +418,115 @@ def test_every_user_controlled_size_capped_evaluate_ks_by_item_count() -> None:
     vectors = np.vstack([np.zeros((1, 4)), np.eye(4)[[0, 1, 2, 3, 0, 1, 2]]]).astype(np.float32)  # 7 items
     with pytest.raises(ValueError, match=r"`evaluate.ks` = \[10, 1000000000\]: K = 1000000000 is more than the 7 "):
         evaluate_vectors("m", None, vectors, lambda stage: np.ones((1, 4), np.float32), [10**9, 10])  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. Training stages publish their outputs together
+
+
+def _train_project(tmp_path: Path) -> list[str]:
+    """test_train's stage data (40 users, SASRec, 2 epochs); the train stage's argv without --out."""
+    import numpy as np
+    import polars as pl
+    import yaml
+
+    from tests.test_train import MAX_LEN, NUM_ITEMS, cycle_split
+
+    split = cycle_split(num_users=40)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    held_out = zip(split.train, split.valid_target, split.test_target, strict=True)
+    sequences = [np.concatenate([t, [v, w]]).astype(np.int32).tolist() for t, v, w in held_out]
+    pl.DataFrame(
+        {"user_idx": np.arange(1, 41, dtype=np.int32), "user_id": [f"u{i}" for i in range(40)], "items": sequences,
+         "timestamps": [list(range(len(s))) for s in sequences]}
+    ).write_parquet(prepared / "sequences.parquet")  # fmt: skip
+    pl.DataFrame(
+        {"item_idx": np.arange(1, NUM_ITEMS + 1, dtype=np.int32), "item_id": [str(i) for i in range(NUM_ITEMS)],
+         "text": [""] * NUM_ITEMS, "image_path": [None] * NUM_ITEMS}
+    ).write_parquet(prepared / "items.parquet")  # fmt: skip
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["data"]["max_seq_len"] = MAX_LEN
+    params["train"] |= {"epochs": 2, "device": "cpu", "batch_size": 16, "num_threads": 1}
+    params["model"] |= {"name": "sasrec", "hidden_dim": 16, "num_layers": 1, "num_heads": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return ["--params", str(tmp_path / "params.yaml"), "--prepared", str(prepared), "--features", str(tmp_path / "f")]
+
+
+def test_training_outputs_published_together_a_failed_run_keeps_the_previous_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.training_job
+    from stages.train import app
+
+    argv = [*_train_project(tmp_path), "--out", str(tmp_path / "models")]
+    assert CliRunner().invoke(app, argv).exit_code == 0
+    before = _tree(tmp_path / "models")
+    assert {"model.pt", "train_summary.json", "dvclive/metrics.json"} <= set(before)
+    real_fit = pipeline.training_job.fit
+
+    def failing_fit(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        real_fit(*args, **kwargs)  # dvclive has logged this run's epochs (into the staging folder)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pipeline.training_job, "fit", failing_fit)
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 1 and "disk full" in result.output
+    assert _tree(tmp_path / "models") == before  # model.pt, train_summary.json and dvclive/ all from the first run
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".models.")]  # no staging folder left
+
+
+def test_training_outputs_published_together_sigterm_keeps_the_previous_set(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stages.train import app
+
+    argv = [*_train_project(tmp_path), "--out", str(tmp_path / "models")]
+    assert CliRunner().invoke(app, argv).exit_code == 0
+    before = _tree(tmp_path / "models")
+    script = (
+        "import sys, time, pipeline.training_job as j\n"
+        "real = j.fit\n"
+        "def slow(*a, **k):\n"
+        "    r = real(*a, **k)\n"
+        "    open(sys.argv[1], 'w').close()\n"
+        "    time.sleep(120)\n"
+        "    return r\n"
+        "j.fit = slow\n"
+        "from stages.train import app\n"
+        "app(sys.argv[2:])\n"
+    )
+    flag = tmp_path / "trained"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(flag), *argv], env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert flag.exists(), proc.stderr.read() if proc.poll() is not None else "training never finished"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "terminated by SIGTERM" in err
+    assert _tree(tmp_path / "models") == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".models.")]
+
+
+def test_training_outputs_published_together_staged_folders_of_killed_runs_are_removed(tmp_path: Path) -> None:
+    import os
+
+    from pipeline.io import staged_outputs
+
+    dead = tmp_path / ".models.staged.999999999.abc123"  # no such process
+    legacy = tmp_path / ".models.staged.k2j4h5"  # written before staging folders carried a pid
+    mine = tmp_path / f".models.staged.{os.getpid()}.live"  # a running process's: kept
+    for folder in (dead, legacy, mine):
+        (folder / "dvclive").mkdir(parents=True)
+    with staged_outputs(tmp_path / "models", ["a"]) as stage:
+        (stage / "a").write_text("new")
+    assert not dead.exists() and not legacy.exists() and mine.exists()
+    assert (tmp_path / "models" / "a").read_text() == "new"

@@ -102,7 +102,7 @@ def _rank_main(rank: int, port: int, tmp: str) -> None:
         sasrec_cfg = SASRecConfig(hidden_dim=16, num_layers=1, num_heads=2, dropout=0.0)
         cfg = test_train.train_cfg(epochs=2)
         out = Path(tmp) / f"out{rank}"  # a directory per rank: only rank 0's may appear
-        train_to_dir("sasrec", sasrec_cfg, cfg, test_train.MAX_LEN, Path(tmp) / "prepared", Path(tmp), out)
+        train_to_dir("sasrec", sasrec_cfg, cfg, test_train.MAX_LEN, Path(tmp) / "prepared", Path(tmp) / "features", out)
 
 
 def free_port() -> int:
