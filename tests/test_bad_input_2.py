@@ -530,3 +530,77 @@ def test_training_outputs_published_together_staged_folders_of_killed_runs_are_r
         (stage / "a").write_text("new")
     assert not dead.exists() and not legacy.exists() and mine.exists()
     assert (tmp_path / "models" / "a").read_text() == "new"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. A corrupt cache shard is named, skipped and re-encoded; one bad item never stops a download
+
+
+def _flip_inside(npz: Path, member: str) -> None:
+    """Flip one byte of ``member``'s stored data: the zip's CRC check fails when (and only when) it is read."""
+    import zipfile
+
+    with zipfile.ZipFile(npz) as z:
+        info = z.getinfo(member)
+    data = bytearray(npz.read_bytes())
+    name_len, extra_len = (
+        int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little"),
+    )
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + info.compress_size - 1] ^= 0xFF  # the last byte of the array data, past the .npy header
+    npz.write_bytes(bytes(data))
+
+
+def test_corrupt_cache_shard_is_named_skipped_and_reencoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import numpy as np
+
+    from pipeline.features.embed import embed_items
+    from tests.fixtures import fake_encoder
+    from tests.test_feature_cache import titles, write_items
+
+    fake_encoder.register_for(monkeypatch)
+    items = write_items(tmp_path / "items.parquet", titles(12))
+    cache = tmp_path / "cache"
+    embed_items(items, tmp_path / "first", cache, fake_encoder.config(4))
+    shards = sorted(cache.rglob("shard-*.npz"))
+    assert len(shards) == 3
+    _flip_inside(shards[1], "pooled.npy")
+    with caplog.at_level(logging.WARNING):
+        manifest = embed_items(items, tmp_path / "second", cache, fake_encoder.config(4))
+    assert f"{shards[1]} is corrupt" in caplog.text
+    assert manifest["modalities"]["text"]["encoded"] == 4  # the bad shard's four inputs, nothing else
+    assert np.array_equal(np.load(tmp_path / "first" / "text.npy"), np.load(tmp_path / "second" / "text.npy"))
+    assert (shards[1].parent / f".corrupt-{shards[1].name}").exists() and not shards[1].exists()
+    third = embed_items(items, tmp_path / "third", cache, fake_encoder.config(4))
+    assert third["modalities"]["text"]["encoded"] == 0  # the replacement shard serves the next run
+
+
+def test_one_bad_item_never_stops_a_download_run(tmp_path: Path) -> None:
+    import json
+
+    import polars as pl
+
+    from pipeline.download.http import FetchOptions
+    from pipeline.download.images import download_images
+    from tests.test_download import Loopback, _jpeg
+
+    images = tmp_path / "images"
+    (images / "b.jpg.part").mkdir(parents=True)  # b's download cannot be written here: a local failure for b alone
+    server = Loopback()
+    try:
+        for name in ("a", "b", "c"):
+            server.add(f"/{name}.jpg", _jpeg())
+        ids = ["a", "b", "c", "y" * 300]
+        urls = [f"{server.url}/{i}.jpg" for i in ("a", "b", "c", "a")]
+        summary = download_images(pl.DataFrame({"item_id": ids, "image_ref": urls}), images, FetchOptions(5, 0), 2,
+                                  progress=False)  # fmt: skip
+    finally:
+        server.close()
+    assert [r.status for r in summary.results] == ["ok", "failed", "ok", "ok"]
+    assert summary.results[1].reason.startswith("IsADirectoryError: ")
+    assert len(json.loads((images / "manifest.json").read_text())["files"]) == 4

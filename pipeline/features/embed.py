@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from pipeline.config import EmbedConfig
 from pipeline.data.images import checked_image, image_root
-from pipeline.features.cache import EmbeddingCache, content_digest, item_key
+from pipeline.features.cache import CorruptShardError, EmbeddingCache, content_digest, item_key
 from pipeline.features.clip_words import WORDS_FILE, ImageWords
 from pipeline.features.encoders import (
     MODALITIES,
@@ -377,6 +377,26 @@ def _encode_missing(
         cache.flush()  # an interrupted shard keeps what it finished (a SIGKILL loses at most this shard)
 
 
+def _fill(
+    out: _Outputs,
+    mask: np.ndarray,
+    cache: EmbeddingCache,
+    keys: list[str],
+    rows_by_key: dict[str, list[int]],
+    store_tokens: bool,
+    done: set[str],
+) -> None:
+    """Copy the cached vectors of ``keys`` into every item row that has that input; ``done`` collects the keys."""
+    for positions, pooled, tokens, tmask in cache.read(keys, store_tokens):
+        shard_keys = [keys[p] for p in positions]
+        counts = [len(rows_by_key[k]) for k in shard_keys]
+        item_rows = np.array([r for k in shard_keys for r in rows_by_key[k]], dtype=np.int64)
+        rep = np.repeat(np.arange(len(shard_keys)), counts)
+        out.put(item_rows, pooled[rep], None if tokens is None else tokens[rep], None if tmask is None else tmask[rep])
+        mask[item_rows] = True
+        done.update(shard_keys)
+
+
 def embed_modality(
     modality: str,
     encoder: Encoder,
@@ -439,13 +459,20 @@ def embed_modality(
 
     out = _Outputs(out_dir, modality, n + 1, store_tokens)
     mask = np.zeros(n + 1, dtype=bool)  # (N+1,)
-    for positions, pooled, tokens, tmask in cache.read(hit_keys, store_tokens):
-        keys = [hit_keys[p] for p in positions]
-        counts = [len(rows_by_key[k]) for k in keys]
-        item_rows = np.array([r for k in keys for r in rows_by_key[k]], dtype=np.int64)
-        rep = np.repeat(np.arange(len(keys)), counts)
-        out.put(item_rows, pooled[rep], None if tokens is None else tokens[rep], None if tmask is None else tmask[rep])
-        mask[item_rows] = True
+    pending, reencoded = hit_keys, 0
+    while pending:
+        done: set[str] = set()
+        try:
+            _fill(out, mask, cache, pending, rows_by_key, store_tokens, done)
+            pending = []
+        except CorruptShardError as bad:  # named, skipped, and its inputs encoded again into a new shard
+            cache.discard(bad.shard)
+            again = [k for k in bad.keys if not cache.has(k, store_tokens)]
+            sources = [raw[rows_by_key[k][0] - 1] for k in again]
+            _encode_missing(modality, encoder, again, sources, cache, store_tokens, shard_size, SINGLE, root)
+            reencoded += len(again)
+            pending = [k for k in pending if k not in done and cache.has(k, store_tokens)]
+    encoded += reencoded
 
     if out.pooled is None:
         dummy = _dummy_output(encoder, store_tokens)
