@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 from torch import nn
 
@@ -24,6 +23,7 @@ from pipeline.data.cold_start import ColdItems, cold_mask
 from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import Stage, UserSplit
 from pipeline.inference import item_table, user_queries
+from pipeline.io import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def evaluate_popularity(
 def load_user_ids(prepared_dir: Path, split: UserSplit) -> np.ndarray:
     """(U,) original user ids in split order, read from ``sequences.parquet`` and checked against the split."""
     path = prepared_dir / "sequences.parquet"
-    frame = pl.read_parquet(path, columns=["user_idx", "user_id"])
+    frame = read_parquet(path, "Run `dvc repro prepare`.", columns=["user_idx", "user_id"])
     if not np.array_equal(frame["user_idx"].to_numpy(), split.user_idx):
         raise ValueError(f"{path}: user_idx order differs from the loaded split; rerun `dvc repro prepare`")
     return frame["user_id"].to_numpy()

@@ -180,3 +180,50 @@ def _refuse(out_key: str, out: Path | str, relation: str, in_key: str, given: Pa
         f"{out_key} {out} {relation} the input {in_key} {given}; a stage's outputs must lie outside its inputs "
         f"(nothing was written or deleted). Fix: choose another {out_key}"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the pipeline's own files: every failure names the file and the fix.
+
+
+def read_parquet(path: Path, hint: str, **kwargs: Any) -> Any:
+    """``polars.read_parquet(path, **kwargs)``; a damaged or foreign file is a ``ValueError`` naming it and ``hint``."""
+    import polars as pl
+
+    try:
+        return pl.read_parquet(path, **kwargs)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found. {hint}") from None
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise ValueError(f"{path}: not a readable Parquet file ({_first_line(e)}). {hint}") from None
+
+
+def load_npy(path: Path, hint: str) -> Any:
+    """``numpy.load(path)`` of a ``.npy`` array (no pickles); a truncated or random file names itself and ``hint``."""
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found. {hint}") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npy array ({_first_line(e)}). {hint}") from None
+
+
+def read_json(path: Path, hint: str) -> Any:
+    """The JSON document in ``path``; a broken one is a ``ValueError`` naming the file, the line and ``hint``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found. {hint}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason}). {hint}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}). {hint}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:200]

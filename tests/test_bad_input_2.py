@@ -604,3 +604,54 @@ def test_one_bad_item_never_stops_a_download_run(tmp_path: Path) -> None:
     assert [r.status for r in summary.results] == ["ok", "failed", "ok", "ok"]
     assert summary.results[1].reason.startswith("IsADirectoryError: ")
     assert len(json.loads((images / "manifest.json").read_text())["files"]) == 4
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 8. Every error that comes from a file names the file
+
+
+@pytest.fixture
+def embedded_fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    from pipeline.features.embed import embed_items
+    from tests.fixtures import fake_encoder
+    from tests.test_embed import write_dataset
+
+    fake_encoder.register_for(monkeypatch)
+    prepared = write_dataset(tmp_path)
+    embed_items(prepared / "items.parquet", tmp_path / "features", tmp_path / "cache", fake_encoder.config(4))
+    return prepared, tmp_path / "features"
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "message"),
+    [
+        (
+            "prepared/items.parquet",
+            "truncate",
+            r"items.parquet: not a readable Parquet file \(.*\). Run `dvc repro prepare`",
+        ),
+        (
+            "prepared/sequences.parquet",
+            "random",
+            r"sequences.parquet: not a readable Parquet file .* Run `dvc repro prepare`",
+        ),
+        ("features/text.npy", "truncate", r"text.npy: not a readable .npy array \(.*\). Run `dvc repro embed`"),
+        ("features/text_mask.npy", "random", r"text_mask.npy: not a readable .npy array \(.*\). Run `dvc repro embed`"),
+        ("features/manifest.json", "truncate", r"manifest.json:\d+:\d+: not valid JSON \(.*\). Run `dvc repro embed`"),
+        ("features/manifest.json", "list", r"manifest.json: not a features manifest \(a JSON object\)"),
+    ],
+)
+def test_every_error_from_a_file_names_the_file(
+    embedded_fake: tuple[Path, Path], file: str, damage: str, message: str
+) -> None:
+    import os
+
+    from pipeline.features.store import load_catalog
+
+    prepared, features = embedded_fake
+    path = prepared.parent / file
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "random": os.urandom(len(data)), "list": b"[1, 2]"}[damage])
+    with pytest.raises(ValueError, match=message) as info:
+        load_catalog(features, prepared, ("text",))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)

@@ -50,7 +50,7 @@ from pipeline.features.encoders import (
     sha256_json,
 )
 from pipeline.features.ranks import SINGLE, Ranks
-from pipeline.io import atomic_path, check_disjoint, write_json_atomic
+from pipeline.io import atomic_path, check_disjoint, read_parquet, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +78,17 @@ def read_items(path: Path, need_images: bool) -> pl.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; run `dvc repro prepare` first (or pass --items)")
     columns = ["item_idx", "item_id", "text"] + (["image_path"] if need_images else [])
-    schema = pl.read_parquet_schema(path)
+    try:
+        schema = pl.read_parquet_schema(path)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{path}: not a readable Parquet file ({reason}). Run `dvc repro prepare`.") from None
     for column in columns:
         if column not in schema:
             raise ValueError(
                 f"{path}: missing column `{column}` (columns: {', '.join(schema)}). Rerun `dvc repro prepare`."
             )
-    items = pl.read_parquet(path, columns=columns)
+    items = read_parquet(path, "Run `dvc repro prepare`.", columns=columns)
     idx = items["item_idx"].to_numpy()
     expected = np.arange(1, len(items) + 1)
     if len(idx) == 0:
