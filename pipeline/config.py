@@ -442,8 +442,8 @@ class _StrictLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):  # `*name`: params never need one, and nested ones grow exponentially
             mark = self.peek_event().start_mark
             raise ConfigError(
-                f"{self.name}:{mark.line + 1}: YAML aliases (`*name`) are not supported in a params file; write the "
-                "value out"
+                f"{self.name}:{mark.line + 1}: YAML aliases (`*name`, also as merge keys `<<: *name`) are not "
+                "supported in a params file; write the value out"
             )
         return super().compose_node(parent, index)
 

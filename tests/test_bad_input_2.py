@@ -324,7 +324,9 @@ def test_every_section_range_checked_yaml_merge_keys_and_aliases(tmp_path: Path)
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
     )
     path.write_text(laughs, encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"YAML aliases \(`\*name`\) are not supported"):
+    with pytest.raises(
+        ConfigError, match=r"YAML aliases \(`\*name`, also as merge keys `<<: \*name`\) are not supported"
+    ):
         load_raw(path)
 
 
