@@ -25,12 +25,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import torch
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, read_parquet
 from pipeline.models import registry
 
 FORMAT_VERSION = 2  # 2: checksum + data fingerprint
@@ -88,7 +87,7 @@ def data_fingerprint(prepared_dir: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    num_items = int(pl.scan_parquet(path).select(pl.len()).collect().item())
+    num_items = read_parquet(path, "Run `dvc repro prepare`.", columns=["item_idx"]).height
     return {"items_sha256": digest.hexdigest(), "num_items": num_items}
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -70,14 +72,36 @@ def cli_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = _exit_on_sigterm()
         try:
             return command(*args, **kwargs)
         except (click.exceptions.Exit, typer.Exit, click.ClickException, click.Abort):  # typer.Exit: own class
             raise
+        except Terminated as e:  # SIGTERM: cleanup ran (staging folders removed, previous outputs kept)
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(code=128 + signal.SIGTERM) from e
         except Exception as e:
             if debug_enabled():
                 raise
             typer.echo(error_line(e), err=True)
             raise typer.Exit(code=1) from e
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so every ``finally`` (staging cleanup) runs before exiting."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated("terminated by SIGTERM; the previous outputs are kept")
+
+
+def _exit_on_sigterm() -> Any:
+    """Turn SIGTERM into :class:`Terminated` for the command's duration (main thread only); the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)

@@ -335,8 +335,8 @@ def from_dict(cls: type, raw: Any, file: Path, prefix: str = "") -> Any:
     values = {n: _coerce(raw[n], hints[n], _join(prefix, n), file) for n in names}
     for name, value in values.items():
         check_range(_join(prefix, name), value, file)
-    if prefix == "model":
-        _check_heads_divide(values, file)
+    if prefix in ("model", "baseline.model"):
+        _check_heads_divide(values, file, prefix)
     return cls(**values)
 
 
@@ -375,9 +375,12 @@ def _num(value: float | None) -> str:
 
 AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
 FRACTION, PROBABILITY = Range(0, 1, high_open=True), Range(0, 1)
+SEED = Range(0, 2**32 - 1)  # what numpy, torch and FAISS accept as a seed
+MAX_SEQ_LEN = Range(1, 100_000)  # positions a model embeds (and attends over, L^2): beyond this nothing trains
 RANGES: dict[str, Range] = {
-    **dict.fromkeys(("data.user_core", "data.item_core", "data.max_seq_len"), AT_LEAST_1),
-    "data.seed": AT_LEAST_0,
+    **dict.fromkeys(("data.user_core", "data.item_core"), AT_LEAST_1),
+    "data.max_seq_len": MAX_SEQ_LEN,
+    "data.seed": SEED,
     "data.min_rating": Range(),  # finite
     "data.cold_start_fraction": FRACTION,
     "data.cold_target_share": Range(0, 1, low_open=True, high_open=True),
@@ -387,14 +390,16 @@ RANGES: dict[str, Range] = {
     **{f"{s}.{k}": AT_LEAST_1 for s in ("train", "pretrain") for k in ("epochs", "batch_size")},
     **{f"{s}.{k}": AT_LEAST_0 for s in ("train", "pretrain") for k in ("weight_decay", "patience")},
     **{f"{s}.{k}": POSITIVE for s in ("train", "pretrain") for k in ("lr", "grad_clip")},
-    **dict.fromkeys(("train.seed", "train.num_threads"), AT_LEAST_0),
+    "train.seed": SEED,
+    "train.num_threads": AT_LEAST_0,
     "train.nproc": AT_LEAST_1,
-    **dict.fromkeys(("evaluate.batch_size", "evaluate.knn_history"), AT_LEAST_1),
+    **dict.fromkeys(("evaluate.batch_size", "evaluate.knn_history", "evaluate.bootstrap_resamples"), AT_LEAST_1),
+    "evaluate.bootstrap_seed": SEED,
     **{f"{s}.{k}": AT_LEAST_1 for s in ("evaluate", "recommend") for k in ("ivf.nlist", "ivf.nprobe", "hnsw.m")},
     **{f"{s}.{k}": AT_LEAST_1 for s in ("evaluate", "recommend") for k in ("hnsw.ef_construction", "hnsw.ef_search")},
-    **{f"{s}.ivf.seed": AT_LEAST_0 for s in ("evaluate", "recommend")},
+    **{f"{s}.ivf.seed": SEED for s in ("evaluate", "recommend")},
     **dict.fromkeys(("recommend.k", "recommend.batch_size", "recommend.gallery_users"), AT_LEAST_1),
-    "recommend.gallery_seed": AT_LEAST_0,
+    "recommend.gallery_seed": SEED,
     **{f"model.{k}": AT_LEAST_1 for k in ("hidden_dim", "num_layers", "num_heads", "fusion_layers", "fusion_heads")},
     "model.num_experts": AT_LEAST_1,
     **dict.fromkeys(("model.dropout", "model.adaptor_dropout", "model.id_dropout"), FRACTION),
@@ -409,25 +414,25 @@ def check_range(key: str, value: Any, file: Path, rule_key: str | None = None) -
     """``value`` of dotted ``key`` lies in its :data:`RANGES` entry (None = a key's "off" value is always fine).
 
     ``rule_key``: the :data:`RANGES` entry to use when it is not ``key`` (``model.mp4sr.dropout`` -> ``model.dropout``).
-    """
+    ``baseline.train.*`` and ``baseline.model.*`` follow the rules of ``train.*`` and ``model.*``."""
     if key == "evaluate.ks":
         if not value:
             raise ConfigError(f"{file}: `evaluate.ks` = [] must list at least one cut-off K, e.g. [5, 10, 20]")
         for i, k in enumerate(value):
             check_range(f"evaluate.ks[{i}]", k, file)
         return
-    rule = AT_LEAST_1 if key.startswith("evaluate.ks[") else RANGES.get(rule_key or key)
+    rule = AT_LEAST_1 if key.startswith("evaluate.ks[") else RANGES.get(rule_key or key.removeprefix("baseline."))
     if rule is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return
     if not rule.holds(value):
         raise ConfigError(f"{file}: `{key}` = {value!r} must be {rule.text()}")
 
 
-def _check_heads_divide(values: dict[str, Any], file: Path) -> None:
+def _check_heads_divide(values: dict[str, Any], file: Path, prefix: str = "model") -> None:
     for heads in ("num_heads", "fusion_heads"):
         dim, n = values.get("hidden_dim"), values.get(heads)
         if isinstance(dim, int) and isinstance(n, int) and n >= 1 and dim % n:
-            raise ConfigError(f"{file}: `model.{heads}` = {n} must divide `model.hidden_dim` = {dim}")
+            raise ConfigError(f"{file}: `{prefix}.{heads}` = {n} must divide `{prefix}.hidden_dim` = {dim}")
 
 
 def _join(prefix: str, name: str) -> str:
@@ -437,11 +442,25 @@ def _join(prefix: str, name: str) -> str:
 class _StrictLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key repeated in one mapping (plain YAML keeps the last one silently)."""
 
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):  # `*name`: params never need one, and nested ones grow exponentially
+            mark = self.peek_event().start_mark
+            raise ConfigError(
+                f"{self.name}:{mark.line + 1}: YAML aliases (`*name`, also as merge keys `<<: *name`) are not "
+                "supported in a params file; write the value out"
+            )
+        return super().compose_node(parent, index)
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise ConfigError(
+                    f"{self.name}:{line}: YAML merge keys (`<<:`) are not supported in a params file; write every "
+                    "key of the section out (each section lists all its keys)"
+                )
+            key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise ConfigError(
                     f"{self.name}:{line}: duplicate key `{key}` (first on line {seen[key]}); keep one of them"
@@ -467,9 +486,14 @@ def parse_yaml(text: str, path: Path) -> Any:
         loader.dispose()
 
 
+MAX_PARAMS_BYTES = 1 << 20  # a params file is a few KB; this bounds the time and memory of loading one
+
+
 def load_raw(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
+    if path.stat().st_size > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a params file is at most {MAX_PARAMS_BYTES:,}")
     raw = parse_yaml(path.read_text(encoding="utf-8"), path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a YAML mapping of sections")

@@ -29,8 +29,9 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -218,3 +219,11 @@ def relaunch(cfg: TrainConfig, module: str, args: list[str], section: str = "tra
 def cli_args(**options: Any) -> list[str]:
     """``--name value`` pairs (underscores become dashes) for re-running a stage with the options it was given."""
     return [part for name, value in options.items() for part in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def published(out: Path, names: Sequence[str]) -> AbstractContextManager[Path]:
+    """Rank 0: :func:`pipeline.io.staged_outputs` (a staging folder whose ``names`` replace ``out``'s together);
+    other ranks write nothing and get ``out`` itself."""
+    from pipeline.io import staged_outputs
+
+    return staged_outputs(out, names) if is_main() else nullcontext(Path(out))

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 from torch import nn
 
@@ -24,6 +23,7 @@ from pipeline.data.cold_start import ColdItems, cold_mask
 from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import Stage, UserSplit
 from pipeline.inference import item_table, user_queries
+from pipeline.io import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,11 @@ def evaluate_vectors(
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"evaluate.ks must be a non-empty list of positive integers, got {ks}")
+    num_items = len(item_vectors) - 1  # row 0 is padding
+    if ks[-1] > num_items:  # a cut-off past the catalogue means nothing (and would size every top-K array)
+        raise ValueError(
+            f"`evaluate.ks` = {ks}: K = {ks[-1]} is more than the {num_items} items ranked; keep every K <= {num_items}"
+        )
     search_index = faiss_index.build_index(item_vectors, index, device)
     flat = None if search_index.exact else faiss_index.build_index(item_vectors, faiss_index.FLAT, device)
     result = EvaluationResult(name=name, user_idx=split.user_idx, ks=ks)
@@ -153,9 +158,9 @@ def rank_among(queries: np.ndarray, item_vectors: np.ndarray, candidates: np.nda
     """(U, k) item indices: each query's best ``k`` of ``candidates`` only (same scores and tie order as a full
     ranking restricted to them; -1 pads when there are fewer than ``k``)."""
     table = np.vstack([item_vectors[:1], item_vectors[candidates]])  # (C+1, D): row 0 stays padding
-    local, _ = retrieval.top_k(queries, table, [np.zeros(0, dtype=np.int64)] * len(queries), k)  # (U, k)
+    local, _ = retrieval.top_k(queries, table, [np.zeros(0, dtype=np.int64)] * len(queries), k)  # (U, min(k, C))
     mapped = np.where(local > 0, candidates[np.clip(local - 1, 0, None)], retrieval.PAD_ITEM)
-    return mapped.astype(np.int64)
+    return retrieval.pad_columns(mapped.astype(np.int64), k)  # (U, k); k <= N (evaluate_vectors)
 
 
 def _fmt(values: dict[str, float]) -> str:
@@ -274,7 +279,7 @@ def evaluate_popularity(
 def load_user_ids(prepared_dir: Path, split: UserSplit) -> np.ndarray:
     """(U,) original user ids in split order, read from ``sequences.parquet`` and checked against the split."""
     path = prepared_dir / "sequences.parquet"
-    frame = pl.read_parquet(path, columns=["user_idx", "user_id"])
+    frame = read_parquet(path, "Run `dvc repro prepare`.", columns=["user_idx", "user_id"])
     if not np.array_equal(frame["user_idx"].to_numpy(), split.user_idx):
         raise ValueError(f"{path}: user_idx order differs from the loaded split; rerun `dvc repro prepare`")
     return frame["user_id"].to_numpy()

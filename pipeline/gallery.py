@@ -23,6 +23,7 @@ from torch import nn
 
 from pipeline import retrieval
 from pipeline.data.dataset import eval_inputs
+from pipeline.data.images import checked_image, image_root
 from pipeline.data.splits import UserSplit, load_split
 from pipeline.inference import item_table, user_queries
 from pipeline.io import write_text_atomic
@@ -66,14 +67,15 @@ def test_top_k(
     return GalleryRun(name, items, scores)
 
 
-def resolve_image(image_path: str | None, prepared_dir: Path) -> Path | None:
-    """``items.parquet``'s image path (relative to the repository root, as the pipeline writes it) as a file."""
+def resolve_image(image_path: str | None, prepared_dir: Path, root: Path | None = None) -> Path | None:
+    """``items.parquet``'s image path (relative to the repository root, as the pipeline writes it) as a file, or
+    None when absent or resolving outside ``root`` (:func:`pipeline.data.images.image_root`)."""
     if not image_path:
         return None
     path = Path(image_path)
     for candidate in (path, Path(prepared_dir).resolve().parents[1] / path, Path(prepared_dir) / "images" / path.name):
         if candidate.is_file():
-            return candidate
+            return checked_image(candidate, root)[0]  # None when it resolves outside the image folder
     return None
 
 
@@ -106,10 +108,11 @@ def write_gallery(
     titles = ["", *items["title"].to_list()]
     image_paths = ["", *items["image_path"].to_list()]
     thumbs: dict[int, str] = {}
+    root = image_root(prepared_dir)  # each image is checked against it when opened
 
     def figure(item: int, extra: str = "", caption: str = "", tooltip: str = "") -> str:
         if item not in thumbs:
-            thumbs[item] = thumbnail_uri(resolve_image(image_paths[item], prepared_dir))
+            thumbs[item] = thumbnail_uri(resolve_image(image_paths[item], prepared_dir, root))
         title = html.escape(titles[item])
         hover = html.escape(tooltip or titles[item])
         return (

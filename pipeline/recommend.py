@@ -34,7 +34,7 @@ from pipeline import faiss_index, retrieval
 from pipeline.config import IndexConfig
 from pipeline.data.dataset import left_pad
 from pipeline.inference import item_table, load_trained, user_queries
-from pipeline.io import staged_outputs, write_json_atomic
+from pipeline.io import read_json, read_parquet, staged_outputs, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def item_rows(prepared_dir: Path) -> pl.DataFrame:
     path = Path(prepared_dir) / "items.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found. Run `dvc repro prepare`.")
-    items = pl.read_parquet(path)
+    items = read_parquet(path, "Run `dvc repro prepare`.")
     if not np.array_equal(items["item_idx"].to_numpy(), np.arange(1, items.height + 1)):
         raise ValueError(f"{path}: item_idx must be 1..N in order; run `dvc repro prepare`")
     title = pl.col("title").cast(pl.String) if "title" in items.columns else pl.lit(None, dtype=pl.String)
@@ -140,7 +140,9 @@ def load_index(index_dir: Path) -> ItemIndex:
     for name in (FAISS_FILE, ITEMS_FILE, MANIFEST_FILE):
         if not (index_dir / name).is_file():
             raise FileNotFoundError(f"{index_dir / name} not found; {RERUN} (or python -m stages.recommend)")
-    manifest = json.loads((index_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = read_json(index_dir / MANIFEST_FILE, RERUN)
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{index_dir / MANIFEST_FILE}: not an index manifest (a JSON object); {RERUN}")
     if manifest.get("format") != INDEX_FORMAT:
         raise ValueError(f"{index_dir / MANIFEST_FILE}: index format {manifest.get('format')!r} is not {INDEX_FORMAT}")
     try:
@@ -148,7 +150,7 @@ def load_index(index_dir: Path) -> ItemIndex:
     except RuntimeError as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"{index_dir / FAISS_FILE} is not a readable FAISS index ({reason}); {RERUN}") from None
-    items = pl.read_parquet(index_dir / ITEMS_FILE)
+    items = read_parquet(index_dir / ITEMS_FILE, RERUN)
     if not (index.ntotal == items.height == manifest["num_items"] and index.d == manifest["dim"]):
         raise ValueError(
             f"{index_dir}: items.faiss holds {index.ntotal} x {index.d} vectors, items.parquet {items.height} rows, "
@@ -257,7 +259,7 @@ def user_sequences(prepared_dir: Path) -> pl.DataFrame:
     path = Path(prepared_dir) / "sequences.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found. Run `dvc repro prepare`.")
-    return pl.read_parquet(path, columns=["user_idx", "user_id", "items"])
+    return read_parquet(path, "Run `dvc repro prepare`.", columns=["user_idx", "user_id", "items"])
 
 
 def user_history(sequences: pl.DataFrame, user_id: str) -> np.ndarray:

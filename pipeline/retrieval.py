@@ -69,7 +69,7 @@ def top_k(
     also holds here), else FAISS's default.
 
     Returns ``(items, scores)``: (U, k) int64 and (U, k) float32, best first, padded with -1 / -inf when fewer
-    than ``k`` items remain (see the module docstring for the tie order).
+    than ``k`` items remain (see the module docstring for the tie order); ``k`` above the item count N is N.
     """
     vectors = check_item_vectors(item_vectors)
     num_items = vectors.shape[0] - 1
@@ -84,6 +84,7 @@ def top_k(
         raise ValueError(f"k must be >= 1, got {k}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    k = min(k, max(num_items, 1))  # no list is longer than the catalogue: a huge k never allocates (U, k)
     histories = [np.asarray(h, dtype=np.int64).reshape(-1) for h in histories]
     _check_histories(histories, num_items)
     if index is None:
@@ -127,6 +128,13 @@ def top_k(
 
 def _unseen(history: np.ndarray, num_items: int) -> int:
     return num_items - len(np.unique(history[history > 0]))
+
+
+def pad_columns(items: np.ndarray, k: int) -> np.ndarray:
+    """(U, k) items: ``items`` (U, k') with ``PAD_ITEM`` columns added when the catalogue had fewer than k items."""
+    if items.shape[1] >= k:
+        return items
+    return np.hstack([items, np.full((len(items), k - items.shape[1]), PAD_ITEM, dtype=items.dtype)])  # (U, k)
 
 
 def dense_top_k(

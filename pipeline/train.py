@@ -267,8 +267,8 @@ def validate(
     """Valid HR/NDCG/MRR@10: full ranking over all items with each user's training history masked."""
     queries = user_queries(model, inputs, batch_size, device)  # (U, D)
     items = item_table(model)  # (N+1, D)
-    topk, _ = retrieval.top_k(queries, items, split.history("valid"), VALID_K)  # (U, 10)
-    return metrics.compute(topk, split.target("valid"), [VALID_K])
+    topk, _ = retrieval.top_k(queries, items, split.history("valid"), VALID_K)  # (U, min(10, N))
+    return metrics.compute(retrieval.pad_columns(topk, VALID_K), split.target("valid"), [VALID_K])  # (U, 10) in
 
 
 def peak_rss_mb() -> float:

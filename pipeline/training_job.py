@@ -22,6 +22,7 @@ from pipeline.checkpoint import data_fingerprint, read_checkpoint, save_checkpoi
 from pipeline.config import TrainConfig
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
+from pipeline.io import check_disjoint
 from pipeline.models import registry
 from pipeline.pretrain import init_from_pretrained
 from pipeline.train import (
@@ -32,6 +33,8 @@ from pipeline.train import (
     seed_everything,
     write_summary,
 )
+
+OUTPUTS = (CHECKPOINT_NAME, "train_summary.json", "dvclive")  # published together (pipeline.io.staged_outputs)
 
 
 def train_to_dir(
@@ -49,6 +52,10 @@ def train_to_dir(
 
     ``baseline``: the SASRec baseline's checkpoint, read only by a model configured to start from it (ODMT's
     ``init_from_baseline``)."""
+    check_disjoint(
+        {"--out": out}, {"--prepared": prepared, "--features": features},
+        {"--pretrained": pretrained, "--baseline": baseline}, published=OUTPUTS,
+    )  # fmt: skip
     spec = registry.spec(model_name)
     device = distributed.device_for(train_cfg.device)
     catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
@@ -67,14 +74,31 @@ def train_to_dir(
             raise ValueError(f"{baseline}: a {checkpoint.get('model_name')} checkpoint; the baseline must be sasrec")
         model.init_id_head_from_sasrec(checkpoint["state_dict"], str(baseline))
     start = time.perf_counter()
-    with distributed.main_only(lambda: Live(dir=str(out / "dvclive"), dvcyaml=False, save_dvc_exp=False)) as live:
-        result = fit(model, split, train_cfg, max_seq_len, None, live=live)  # None: the checkpoint is written here
-    if not distributed.is_main():
-        return result  # rank 0 writes the checkpoint and the summary
+    # Rank 0 writes model.pt, train_summary.json and dvclive/ into a staging folder, swapped in together at the end:
+    # a failed or interrupted run leaves the previous three whole (pipeline.io.staged_outputs).
+    with distributed.published(out, OUTPUTS) as stage:
+        with distributed.main_only(lambda: Live(dir=str(stage / "dvclive"), dvcyaml=False, save_dvc_exp=False)) as live:
+            result = fit(model, split, train_cfg, max_seq_len, None, live=live)  # None: the checkpoint is written here
+        if distributed.is_main():
+            _write_outputs(stage, model, model_name, result, train_cfg, max_seq_len, fingerprint, device, start)
+    return result
+
+
+def _write_outputs(
+    stage: Path,
+    model: Any,
+    model_name: str,
+    result: TrainResult,
+    train_cfg: TrainConfig,
+    max_seq_len: int,
+    fingerprint: Any,
+    device: Any,
+    start: float,
+) -> None:
     best = (result.best_epoch, result.best_valid)  # fit has loaded the best epoch's weights back into the model
-    save_checkpoint(out / CHECKPOINT_NAME, model, max_seq_len, train_cfg, *best, fingerprint=fingerprint)
+    save_checkpoint(stage / CHECKPOINT_NAME, model, max_seq_len, train_cfg, *best, fingerprint=fingerprint)
     write_summary(
-        out / "train_summary.json",
+        stage / "train_summary.json",
         result,
         model_name=model_name,
         device=str(device),
@@ -82,4 +106,3 @@ def train_to_dir(
         total_seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(),
     )
-    return result

@@ -42,6 +42,8 @@ def main(
     workers: Annotated[int, typer.Option(min=1, help="concurrent requests")] = 8,
     retries: Annotated[int, typer.Option(min=0, help="retries per file after the first attempt")] = 4,
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds per connect/read before a retry")] = 30.0,
+    max_file_gb: Annotated[float, typer.Option(min=0.001, help="largest raw file kept (GB)")] = 200.0,
+    max_image_mb: Annotated[float, typer.Option(min=0.001, help="largest image kept (MB)")] = 50.0,
     base_url: Annotated[
         str | None, typer.Option(help=f"mirror for the catalogue's base URL (or {BASE_URL_ENV})")
     ] = None,
@@ -52,8 +54,9 @@ def main(
 ) -> None:
     """Download one data set; finished files are kept, so an interrupted run resumes where it stopped."""
     setup_logging()
+    limits = {"max_bytes": int(max_file_gb * 2**30), "max_image_bytes": int(max_image_mb * 2**20)}
     if dataset == "table":  # the image URLs of your own item table (params.yaml `data:`)
-        _table_images(load_section(DataConfig, "data", params), FetchOptions(timeout=timeout, retries=retries), workers)
+        _table_images(load_section(DataConfig, "data", params), FetchOptions(timeout, retries, **limits), workers)
         return
     if dataset is None:
         cfg: DownloadConfig = load_section(DownloadConfig, "download", params)
@@ -61,7 +64,7 @@ def main(
         out_str = str(out) if out is not None else None
         cfg = DownloadConfig(dataset, category, out_str, images, workers, retries, timeout, base_url, url_list)
     try:
-        summary = download_dataset(cfg)
+        summary = download_dataset(cfg, limits=limits)
     except DownloadError as e:
         log.error("%s", e)
         raise typer.Exit(code=2) from e

@@ -25,6 +25,7 @@ from pipeline.evaluation import (
 )
 from pipeline.experiments import experiments_sections
 from pipeline.inference import load_trained, resolve_device
+from pipeline.io import check_disjoint
 from pipeline.models.registry import spec
 from pipeline.references import cold_start_references
 from pipeline.report import paired_text, runs_of, text_table, write_report
@@ -57,6 +58,8 @@ def main(
     """Rank all items for every user (history masked) at valid and test; write reports/ and print the tables."""
     setup_logging()
     cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
+    files = {"--model": model, "--baseline": baseline, "--model's dvclive": model.parent / "dvclive"}
+    check_disjoint({"--out": out}, {"--prepared": prepared, "--features": features}, files)
     torch_device = resolve_device(device)
     net, checkpoint, catalog = load_trained(model, features, prepared, torch_device)
     base_net, base_checkpoint, _ = load_trained(baseline, features, prepared, torch_device)

@@ -19,6 +19,7 @@ from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, RecommendConfig, load_section
 from pipeline.gallery import export_gallery
 from pipeline.inference import load_trained, resolve_device
+from pipeline.io import check_disjoint
 from pipeline.recommend import Recommender, export, format_table, parse_history, user_history, user_sequences
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -51,6 +52,8 @@ def main(
     if k < 1:
         raise ValueError(f"--k = {k} must be >= 1")
     if not query:
+        inputs, files = {"--prepared": prepared, "--features": features}, {"--model": model, "--baseline": baseline}
+        check_disjoint({"--out": out, "--gallery": gallery}, inputs, files)
         cfg: RecommendConfig = load_section(RecommendConfig, "recommend", params)
         torch_device = resolve_device(device)
         base, base_checkpoint, _ = load_trained(baseline, features, prepared, torch_device)  # fail before writing

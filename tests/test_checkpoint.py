@@ -201,7 +201,14 @@ def test_evaluate_stage_refuses_a_bad_checkpoint_with_one_line(tmp_path: Path, d
         ids = pl.read_parquet(prepared / "items.parquet")["item_id"].to_list()
         items_parquet(prepared, [f"{i}-other" for i in ids])
     args = ["--params", str(params), "--prepared", str(prepared), "--features", str(tmp_path / "features")]
-    args += ["--model", str(model_pt), "--baseline", str(models / "baseline" / "model.pt"), "--out", str(tmp_path)]
+    args += [
+        "--model",
+        str(model_pt),
+        "--baseline",
+        str(models / "baseline" / "model.pt"),
+        "--out",
+        str(tmp_path / "reports"),
+    ]
     result = CliRunner().invoke(app, [*args, "--device", "cpu"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # clean exit
     lines = result.output.strip().splitlines()
@@ -227,7 +234,7 @@ def test_training_job_writes_the_fingerprint_of_its_items(tmp_path: Path) -> Non
         }
     ).write_parquet(prepared / "sequences.parquet")
     config = SASRecConfig(hidden_dim=8, num_layers=1, num_heads=1, dropout=0.0)
-    train_to_dir("sasrec", config, train_cfg(epochs=1), 12, prepared, tmp_path, tmp_path / "models")
+    train_to_dir("sasrec", config, train_cfg(epochs=1), 12, prepared, tmp_path / "features", tmp_path / "models")
     checkpoint = read_checkpoint(tmp_path / "models" / "model.pt")
     assert checkpoint["data_fingerprint"] == data_fingerprint(prepared) and checkpoint["epoch"] == 1
 

@@ -97,7 +97,7 @@ def _rank_main(rank: int, port: int, tmp: str) -> None:
         sasrec_cfg = SASRecConfig(hidden_dim=16, num_layers=1, num_heads=2, dropout=0.0)
         cfg = toys.train_cfg(epochs=2)
         out = Path(tmp) / f"out{rank}"  # a directory per rank: only rank 0's may appear
-        train_to_dir("sasrec", sasrec_cfg, cfg, toys.MAX_LEN, Path(tmp) / "prepared", Path(tmp), out)
+        train_to_dir("sasrec", sasrec_cfg, cfg, toys.MAX_LEN, Path(tmp) / "prepared", Path(tmp) / "features", out)
 
 
 def free_port() -> int:
@@ -224,7 +224,7 @@ def _stage_under_torchrun_equals_one_process(
         raw["train"] |= {"launcher": launcher, "nproc": n}
         params, out = tmp_path / f"{launcher}.yaml", tmp_path / launcher
         params.write_text(yaml.safe_dump(raw))
-        args = ["--params", str(params), "--prepared", str(prepared), "--features", str(tmp_path)]
+        args = ["--params", str(params), "--prepared", str(prepared), "--features", str(tmp_path / "features")]
         result = CliRunner().invoke(train_app, [*args, "--out", str(out)])
         assert result.exit_code == 0, result.output
         summary = json.loads((out / "train_summary.json").read_text())

@@ -87,6 +87,7 @@ def test_absolute_image_ref_outside_images_dir_is_rejected(tmp_path: Path) -> No
     items = _items(["p", "q"], [str(secret), str(inside)])
     result, stats = attach_images(items, str(images), tmp_path / "out")
     assert result["image_path"].to_list() == [None, str(inside)]
+    assert stats.pop("renamed_file_names") == 0
     assert stats == {"source": "images_dir", "present": 1, "missing": 0, "corrupt": 0, "rejected_outside_root": 1}
 
 
@@ -292,9 +293,9 @@ def _params(tmp_path: Path, section: str, key: str, value: object, name: str = "
         ("train", "lr", -0.1, r"`train.lr` = -0.1 must be > 0"),
         ("train", "lr", float("nan"), r"`train.lr` = nan must be > 0"),
         ("train", "patience", -1, r"`train.patience` = -1 must be >= 0"),
-        ("train", "seed", -1, r"`train.seed` = -1 must be >= 0"),
+        ("train", "seed", -1, r"`train.seed` = -1 must be in \[0, 4294967295\]"),
         ("train", "num_threads", -3, r"`train.num_threads` = -3 must be >= 0"),
-        ("data", "max_seq_len", 0, r"`data.max_seq_len` = 0 must be >= 1"),
+        ("data", "max_seq_len", 0, r"`data.max_seq_len` = 0 must be in \[1, 100000\]"),
         ("data", "cold_start_fraction", 1.0, r"`data.cold_start_fraction` = 1.0 must be in \[0, 1\)"),
         ("evaluate", "ks", [], r"`evaluate.ks` = \[\] must list at least one"),
         ("evaluate", "ks", [0], r"`evaluate.ks\[0\]` = 0 must be >= 1"),

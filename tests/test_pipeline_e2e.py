@@ -133,7 +133,7 @@ def test_dvc_repro_on_your_own_table_with_images_by_relative_path(tmp_path: Path
     stats = json.loads((project / "data/prepared/stats.json").read_text())
     assert stats["source"] == "table" and stats["users"] == 30
     assert stats["images"] | {"present": 40} == {"source": "images_dir", "present": 40, "missing": 0, "corrupt": 0,
-                                                 "rejected_outside_root": 0}  # fmt: skip
+                                                 "rejected_outside_root": 0, "renamed_file_names": 0}  # fmt: skip
     items = pl.read_parquet(project / "data/prepared/items.parquet")
     assert items["item_id"].str.starts_with("m").all() and items["text"].str.contains(". Genres: ").all()
     assert items["image_path"].str.starts_with(str(raw / "images" / "posters")).all()

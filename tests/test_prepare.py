@@ -154,7 +154,8 @@ def test_prepare_outputs_and_stats(tmp_path: Path, handmade) -> None:
     }  # fmt: skip
     assert stats["metadata_items_not_in_catalog"] == {"never_interacted": 1, "filtered_out": 0}
     assert stats["images"] == {
-        "source": "synthetic_title_cards", "present": 4, "missing": 0, "corrupt": 0, "rejected_outside_root": 0
+        "source": "synthetic_title_cards", "present": 4, "missing": 0, "corrupt": 0, "rejected_outside_root": 0,
+        "renamed_file_names": 0,
     }  # fmt: skip
     assert any("synthetic title card" in note for note in stats["notes"])
 
@@ -258,7 +259,8 @@ def test_images_dir_present_missing_corrupt(tmp_path: Path) -> None:
     (out / "images" / "1.png").write_bytes(b"stale card")  # cards of an earlier run are removed
     result, stats = attach_images(items, str(images_dir), out)
     assert stats == {
-        "source": "images_dir", "present": 3, "missing": 2, "corrupt": 1, "rejected_outside_root": 0
+        "source": "images_dir", "present": 3, "missing": 2, "corrupt": 1, "rejected_outside_root": 0,
+        "renamed_file_names": 0,
     }  # fmt: skip
     assert result["image_path"].to_list() == [
         str(images_dir / "a.png"), str(images_dir / "b_c.JPG"), None, None, str(images_dir / "sub" / "f.webp"), None

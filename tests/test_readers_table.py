@@ -237,7 +237,7 @@ def _png(path: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["../outside.png", "/etc/passwd", "a/../../x.png"])
 def test_image_paths_must_stay_inside_images_dir(tmp_path: Path, bad: str) -> None:
-    images = tmp_path / "images"
+    images = tmp_path / "raw" / "images"  # data.path is tmp_path/raw; the outputs go beside it, never inside
     _png(images / "posters" / "a.png")
     items = f"sku,name,img\nA,Shoe,posters/a.png\nB,Hat,{images / 'posters' / 'a.png'}\nC,Bag,{bad}\n"
     root = write(tmp_path, f"uid,sku,ts\nu,A,{T0}\n", items=items)
@@ -256,11 +256,11 @@ def test_image_urls_and_relative_paths_through_prepare_and_download(tmp_path: Pa
 
 
 def _image_urls_through_prepare_and_download(tmp_path: Path, base_url: str) -> None:
-    images = tmp_path / "images"
+    images = tmp_path / "raw" / "images"  # data.path is tmp_path/raw; the outputs go beside it, never inside
     _png(images / "posters" / "a.png")
     items = f"sku,name,img\nA,Shoe,posters/a.png\nB,Hat,{base_url}/b.jpg\nC,Bag,\nD,Cap,ftp://x/d.png\n"
     events = "uid,sku,ts\n" + "".join(f"u{u},{s},{T0 + i}\n" for u in range(3) for i, s in enumerate("ABC"))
-    root = write(tmp_path, events, items=items)
+    root = write(tmp_path / "raw", events, items=items)
     item_columns = TableItemColumns(id="sku", text=["name"], image="img")
     cfg = table(root, images, item_columns=item_columns)
     with pytest.raises(DataFormatError, match=r"items.csv: row 4: image 'ftp://x/d.png' is a URL that is not http"):

@@ -184,7 +184,14 @@ def test_train_stage_writes_checkpoint_summary_and_dvclive(tmp_path: Path) -> No
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     out = tmp_path / "models"
-    args = ["--params", str(tmp_path / "params.yaml"), "--prepared", str(prepared), "--features", str(tmp_path)]
+    args = [
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--prepared",
+        str(prepared),
+        "--features",
+        str(tmp_path / "features"),
+    ]
     result = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "train_summary.json").read_text())

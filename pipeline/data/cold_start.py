@@ -49,7 +49,6 @@ setting, and the rare naturally unseen targets in the normal setting.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ import polars as pl
 
 from pipeline.config import ConfigError
 from pipeline.data.splits import Stage, UserSplit
+from pipeline.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,8 @@ def load_cold_items(prepared_dir: Path) -> ColdItems | None:
     path = prepared_dir / "stats.json"
     if not path.exists():
         return None
-    summary = json.loads(path.read_text()).get("cold_start", {})
+    stats = read_json(path, "Run `dvc repro prepare`.")
+    summary = stats.get("cold_start", {}) if isinstance(stats, dict) else {}
     if not summary.get("held_out_items"):
         return None
     if "valid_items" not in summary:

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from pipeline.config import ConfigError
-from pipeline.data.paths import inside_root, safe_file_stem
+from pipeline.data.paths import file_stems, inside_root, safe_file_stem
 from pipeline.io import current_umask
 
 log = logging.getLogger(__name__)
@@ -71,17 +71,23 @@ def card_colour(colour_key: str) -> tuple[int, int, int]:
 
 
 def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int, max_lines: int) -> list[str]:
-    """Greedy word wrap to ``width`` pixels; overlong words are cut, and an ellipsis marks dropped text."""
+    """Greedy word wrap to ``width`` pixels; overlong words are cut, and an ellipsis marks dropped text.
+
+    Linear in ``len(text)``: no glyph is narrower than a pixel, so at most ``width`` characters fit on a line and
+    text past ``(max_lines + 1) * width`` characters can never be drawn; wrapping stops after ``max_lines + 1``.
+    """
     lines: list[str] = []
     current = ""
-    for word in text.split():
+    for word in text[: (max_lines + 1) * width].split():
+        if len(lines) > max_lines:
+            break
         candidate = f"{current} {word}" if current else word
         if font.getlength(candidate) <= width:
             current = candidate
             continue
         if current:
             lines.append(current)
-        while font.getlength(word) > width:  # a single word wider than the card
+        while font.getlength(word) > width and len(lines) <= max_lines:  # a single word wider than the card
             cut = max(1, int(len(word) * width / font.getlength(word)) - 1)
             lines.append(word[:cut])
             word = word[cut:]
@@ -267,9 +273,16 @@ def find_images(
     counts = {"present": 0, "missing": 0, "corrupt": 0, "rejected_outside_root": 0}
     examples: dict[str, list[str]] = {k: [] for k in counts}
     ids = items["item_id"].to_list()
-    names = [image_file_stem(i) for i in ids] if stems is None else stems
+    renamed = 0
+    if stems is None:  # named after the item id: ids sharing a safe name get distinct ones
+        stems, renamed = file_stems(ids)
+    if renamed:
+        log.warning(
+            "%d item id(s) share a file name with another id once made safe (e.g. a/b and a_b) or are too long: "
+            "looked up as <name>~<hash>.<ext> (python -m stages.download table writes them so)", renamed
+        )  # fmt: skip
     for item_id, stem, ref in tqdm(
-        zip(ids, names, refs, strict=True), total=items.height, desc="images", mininterval=2.0
+        zip(ids, stems, refs, strict=True), total=items.height, desc="images", mininterval=2.0
     ):
         path = _candidate(stem, ref, index, images_dir) if stem is not None else None
         if path is None:
@@ -294,7 +307,7 @@ def find_images(
             "%d image paths resolve outside data.images_dir %s (e.g. %s); not read, masked as missing",
             counts["rejected_outside_root"], root, examples["rejected_outside_root"][:3],
         )  # fmt: skip
-    return paths, counts
+    return paths, counts | {"renamed_file_names": renamed}
 
 
 def attach_images(
@@ -316,20 +329,22 @@ def attach_images(
     if images_dir is None:
         paths: list[str | None] = list(write_title_cards(items, out_dir, published_dir))
         stats = {"source": "synthetic_title_cards", "present": len(paths), "missing": 0, "corrupt": 0}
-        stats |= {"rejected_outside_root": 0}
+        stats |= {"rejected_outside_root": 0, "renamed_file_names": 0}  # cards are named by item_idx
     else:
         paths, counts = find_images(items, Path(images_dir), stems)
         stats = {"source": source, **counts}
-        write_image_index(items, paths, out_dir / "images")
+        write_image_index(items, paths, out_dir / "images", Path(images_dir))
     return items.with_columns(pl.Series("image_path", paths, dtype=pl.String)), stats
 
 
-def write_image_index(items: pl.DataFrame, paths: list[str | None], images_out: Path) -> None:
+def write_image_index(items: pl.DataFrame, paths: list[str | None], images_out: Path, root: Path) -> None:
     """With real images, ``images/`` holds no pictures but an index of the files used (path, size, mtime).
 
     The folder is the DVC output that ``embed`` depends on, so any change in which files are used, or in their size
     or modification time as seen by ``prepare``, reaches ``embed``. (DVC cannot watch ``data.images_dir`` itself:
     after changing images in place, run ``dvc repro --force prepare``.) Cards of an earlier run are removed.
+    ``root`` (``data.images_dir``, resolved) is recorded: embed and the gallery check every file against it when
+    they open it (:func:`image_root`).
     """
     rows = []
     for item_id, path in zip(items["item_id"].to_list(), paths, strict=True):
@@ -339,6 +354,37 @@ def write_image_index(items: pl.DataFrame, paths: list[str | None], images_out: 
     tmp = images_out.with_name(images_out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "index.json").write_text(json.dumps({"source": "images_dir", "images": rows}, indent=1) + "\n")
+    index = {"source": "images_dir", "root": str(root.resolve()), "images": rows}
+    (tmp / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     shutil.rmtree(images_out, ignore_errors=True)
     tmp.rename(images_out)
+
+
+def image_root(prepared_dir: Path) -> Path | None:
+    """The folder every ``image_path`` of ``prepared_dir/items.parquet`` must resolve into when it is opened.
+
+    ``data.images_dir`` as recorded by prepare in ``images/index.json``; ``images/`` itself for title cards; None
+    for an items table not written by prepare (no ``images/`` folder), whose paths are then not checked.
+    """
+    images = Path(prepared_dir) / "images"
+    index = images / "index.json"
+    if not index.is_file():
+        return images if images.is_dir() else None
+    try:
+        root = json.loads(index.read_text(encoding="utf-8")).get("root")
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"{index}: not a valid image index ({e}). Run `dvc repro prepare --force`.") from None
+    if not isinstance(root, str):
+        raise ValueError(f"{index} names no image root (an older prepare wrote it). Run `dvc repro prepare --force`.")
+    return Path(root)
+
+
+def checked_image(path: str | Path | None, root: Path | None) -> tuple[Path | None, str]:
+    """``(path, "ok")`` when ``path`` may be opened now, else ``(None, reason)``: ``missing`` or
+    ``rejected_outside_root`` (it resolves, symlinks followed, outside ``root``; None = no root to check)."""
+    if not path:
+        return None, "missing"
+    if root is not None and not inside_root(Path(path), root):
+        log.warning("%s resolves outside the image folder %s: not read", path, root)
+        return None, "rejected_outside_root"
+    return Path(path), "ok"

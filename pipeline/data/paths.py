@@ -8,7 +8,9 @@ paths with :func:`safe_file_stem`, and every image path is resolved (symlinks in
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -43,3 +45,29 @@ def inside_root(path: Path, root: Path) -> bool:
         return path.resolve(strict=False).is_relative_to(root.resolve(strict=False))
     except (OSError, RuntimeError):  # a symlink loop, an unreadable component
         return False
+
+
+MAX_STEM_BYTES = 200  # file systems allow 255 bytes per name; room is left for ".jpeg", ".part" and a prefix
+
+
+def file_stems(item_ids: list[str]) -> tuple[list[str], int]:
+    """One distinct file stem per distinct id of ``item_ids`` (:func:`safe_file_stem`), and how many were renamed.
+
+    Two ids that make the same safe stem (``a/b`` and ``a_b``) would share one image: the id that is its stem
+    unchanged keeps it and the others get ``<stem>~<sha256(id)[:12]>``; a stem longer than ``MAX_STEM_BYTES`` is cut
+    and gets the same suffix (no "File name too long"). Ids that need neither keep the plain stem, so existing
+    image folders stay valid.
+    """
+    plain = [safe_file_stem(i) for i in item_ids]
+    owners: dict[str, set[str]] = {}
+    for item_id, stem in zip(item_ids, plain, strict=True):
+        owners.setdefault(stem, set()).add(item_id)
+    shared = Counter({stem: len(ids) for stem, ids in owners.items() if len(ids) > 1})
+    stems, renamed = [], set()
+    for item_id, stem in zip(item_ids, plain, strict=True):
+        if len(stem.encode("utf-8")) > MAX_STEM_BYTES or (stem in shared and stem != item_id):
+            cut = stem.encode("utf-8")[: MAX_STEM_BYTES - 13].decode("utf-8", errors="ignore")
+            stem = f"{cut}~{hashlib.sha256(item_id.encode('utf-8')).hexdigest()[:12]}"
+            renamed.add(item_id)
+        stems.append(stem)
+    return stems, len(renamed)

@@ -45,7 +45,7 @@ from pipeline.data.images import attach_images
 from pipeline.data.posters import POSTER_SOURCES, check_posters_dir, poster_lookup, poster_stats
 from pipeline.data.readers import get_reader
 from pipeline.data.schema import INTERACTION_SCHEMA, ITEM_REQUIRED_COLUMNS, RawData
-from pipeline.io import staged_outputs, write_json_atomic
+from pipeline.io import check_disjoint, staged_outputs, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,25 @@ def _validate_posters(cfg: DataConfig) -> None:
             "data.posters_dir (MovieLens posters named by MovieID) and set data.images_dir: null, or the reverse"
         )
     check_posters_dir(Path(cfg.posters_dir))
+
+
+def input_folders(cfg: DataConfig) -> dict[str, Path | None]:
+    """The folders prepare reads (``data.path``, ``data.images_dir``, ``data.posters_dir``, the folders of
+    ``data.table``'s files)."""
+    folders: dict[str, Path | None] = {"data.path": _path(cfg.path), "data.images_dir": _path(cfg.images_dir)}
+    folders["data.posters_dir"] = _path(cfg.posters_dir)
+    for key in ("interactions", "items"):
+        spec = getattr(cfg.table, key)
+        if cfg.source == "table" and spec is not None:
+            path = Path(spec) if Path(spec).is_absolute() or cfg.path is None else Path(cfg.path) / spec
+            while any(c in path.name for c in "*?[") or (path.suffix and not path.is_dir()):
+                path = path.parent  # a glob or a file: the folder it lives in
+            folders[f"data.table.{key}"] = path
+    return folders
+
+
+def _path(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def check_raw(raw: RawData, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -280,6 +299,7 @@ def _item_codes(items: pl.DataFrame) -> pl.DataFrame:
 def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     """Read ``cfg.source``, clean it, and write items.parquet, sequences.parquet, images/ and stats.json."""
     validate_config(cfg)
+    check_disjoint({"--out": out_dir}, input_folders(cfg))  # before anything is read, written or deleted
     started = time.perf_counter()
     raw = get_reader(cfg.source)(cfg)
     interactions, meta = check_raw(raw, cfg.source)

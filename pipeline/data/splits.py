@@ -9,6 +9,8 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from pipeline.io import read_parquet
+
 Stage = Literal["valid", "test"]
 
 
@@ -56,4 +58,4 @@ def leave_one_out(sequences: pl.DataFrame) -> UserSplit:
 
 
 def load_split(prepared_dir: Path) -> UserSplit:
-    return leave_one_out(pl.read_parquet(prepared_dir / "sequences.parquet"))
+    return leave_one_out(read_parquet(prepared_dir / "sequences.parquet", "Run `dvc repro prepare`."))

@@ -17,6 +17,7 @@ For each file (:func:`fetch_file`):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -73,6 +74,10 @@ class FetchOptions:
     backoff: float = 1.0  # base delay in seconds
     max_backoff: float = 60.0
     chunk_size: int = 1 << 20
+    # Largest body kept, in bytes: a body that grows past it (an endless stream, a wrong URL) is cut, removed and
+    # recorded as failed. Raw files may be tens of GB (Amazon 2023); images use max_image_bytes (download.images).
+    max_bytes: int = 200 << 30
+    max_image_bytes: int = 50 << 20
 
 
 @dataclass
@@ -153,9 +158,14 @@ def _request_once(remote: RemoteFile, part: Path, opts: FetchOptions, on_bytes: 
             mode, how = "ab", "resumed"
         length_header = response.headers.get("Content-Length")
         length = int(length_header) if length_header and length_header.isdigit() else None
+        if length is not None and offset + length > opts.max_bytes:
+            part.unlink(missing_ok=True)
+            raise _Fail(_too_large(offset + length, opts.max_bytes))
         received = 0
         with open(part, mode) as f:
             while True:
+                if offset + received > opts.max_bytes:
+                    break
                 try:
                     chunk = response.read(opts.chunk_size)
                 except (OSError, http.client.HTTPException) as e:
@@ -165,9 +175,19 @@ def _request_once(remote: RemoteFile, part: Path, opts: FetchOptions, on_bytes: 
                 f.write(chunk)
                 received += len(chunk)
                 on_bytes(len(chunk))
+        if offset + received > opts.max_bytes:  # an endless body: nothing of it is kept
+            part.unlink(missing_ok=True)
+            raise _Fail(_too_large(offset + received, opts.max_bytes, at_least=True))
         if length is not None and received < length:
             raise _Retry(f"truncated body: received {received} of {length} bytes")
     return how
+
+
+def _too_large(size: int, limit: int, at_least: bool = False) -> str:
+    return (
+        f"body of {'more than ' if at_least else ''}{size:,} bytes exceeds the limit of {limit:,} bytes; not kept "
+        "(raise --max-file-gb / --max-image-mb if the file is really that large)"
+    )
 
 
 def fetch_file(
@@ -245,7 +265,7 @@ def fetch_all(
                 bar.update(n)
 
     with bar, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool:
-        futures = {pool.submit(fetch_file, f, opts, check, on_bytes): i for i, f in enumerate(files)}
+        futures = {pool.submit(_fetch_one, f, opts, check, on_bytes): i for i, f in enumerate(files)}
         for future in as_completed(futures):
             i = futures[future]
             results[i] = future.result()
@@ -254,6 +274,19 @@ def fetch_all(
             if not results[i].ok:
                 log.warning("failed: %s (%s)", files[i].url, results[i].reason)
     return [r for r in results if r is not None]
+
+
+def _fetch_one(
+    remote: RemoteFile, opts: FetchOptions, check: Callable[[Path], str | None] | None, on_bytes: Callable[[int], None]
+) -> FetchResult:
+    """:func:`fetch_file`, with a local failure (a name the file system refuses, a full disk) recorded for this file
+    alone: one bad item never stops the run nor the manifest."""
+    try:
+        return fetch_file(remote, opts, check, on_bytes)
+    except (OSError, ValueError) as e:
+        with contextlib.suppress(OSError):  # nothing half-written is left behind
+            remote.dest.with_name(remote.dest.name + ".part").unlink(missing_ok=True)
+        return FetchResult(url=remote.url, path=str(remote.dest), status="failed", reason=f"{type(e).__name__}: {e}")
 
 
 def check_reachable(url: str, timeout: float) -> None:

@@ -12,6 +12,7 @@ Resume: an item whose image file already exists is not requested again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import urllib.parse
@@ -21,8 +22,8 @@ from pathlib import Path
 import polars as pl
 from PIL import Image
 
-from pipeline.data.images import IMAGE_EXTENSIONS, image_file_stem
-from pipeline.data.paths import inside_root
+from pipeline.data.images import IMAGE_EXTENSIONS
+from pipeline.data.paths import file_stems, inside_root
 from pipeline.download.http import FetchOptions, FetchResult, RemoteFile, fetch_all, write_manifest
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class ImageSummary:
     items: int  # items in the frame
     without_url: int  # no http(s) image_ref
     results: list[FetchResult]
+    renamed: int = 0  # ids given a <stem>~<hash> name (pipeline.data.paths.file_stems)
 
     @property
     def failed(self) -> int:
@@ -105,11 +107,11 @@ def download_images(
     cached: list[FetchResult] = []
     todo: list[RemoteFile] = []
     without_url = 0
-    for item_id, url in items.select("item_id", "image_ref").iter_rows():
+    stems, renamed = file_stems(items["item_id"].to_list())  # distinct ids never share a file (a/b vs a_b)
+    for stem, url in zip(stems, items["image_ref"].to_list(), strict=True):
         if not url or not url.startswith(("http://", "https://")):
             without_url += 1
             continue
-        stem = image_file_stem(item_id)
         if stem in present:
             path = images_dir / present[stem]
             cached.append(FetchResult(url=url, path=str(path), status="ok", reason="already present"))
@@ -119,6 +121,7 @@ def download_images(
         todo.append(RemoteFile(url=url, dest=dest))
     log.info("images: %d to fetch, %d already present, %d items without an image URL", len(todo), len(cached),
              without_url)  # fmt: skip
+    opts = dataclasses.replace(opts, max_bytes=opts.max_image_bytes)
     fetched = fetch_all(todo, opts, workers, check=verify_image, desc="images", unit="img", progress=progress)
     for result in fetched:
         if result.ok:
@@ -126,10 +129,15 @@ def download_images(
                 result.path = str(_normalise_format(Path(result.path)))
             except OSError as e:  # verified a moment ago; only a disk problem can get here
                 result.status, result.reason = "failed", f"could not store the image: {e}"
-    summary = ImageSummary(items=items.height, without_url=without_url, results=cached + fetched)
+    summary = ImageSummary(items=items.height, without_url=without_url, results=cached + fetched, renamed=renamed)
     write_manifest(
         images_dir / "manifest.json",
-        {"items": summary.items, "items_without_url": without_url, "layout": "<image_file_stem(item_id)>.<ext>"},
+        {
+            "items": summary.items,
+            "items_without_url": without_url,
+            "renamed_file_names": renamed,
+            "layout": "<image_file_stem(item_id)>.<ext>; ids sharing a stem or too long: <stem>~<sha256[:12]>.<ext>",
+        },
         summary.results,
     )
     if summary.failed:

@@ -36,6 +36,7 @@ from pipeline.download.http import (
     write_manifest,
 )
 from pipeline.download.images import ImageSummary, download_images
+from pipeline.io import check_disjoint
 
 log = logging.getLogger(__name__)
 
@@ -140,17 +141,20 @@ def _item_images(spec: catalog.Dataset, data_path: Path, images_dir: Path, opts:
     return download_images(items, images_dir, opts, workers, progress=progress)
 
 
-def download_dataset(cfg: DownloadConfig, *, progress: bool = True) -> DownloadSummary:
+def download_dataset(
+    cfg: DownloadConfig, *, progress: bool = True, limits: dict[str, int] | None = None
+) -> DownloadSummary:
     """Fetch ``cfg.dataset`` into its output folder; see the module docstring. Raises ``DownloadError`` when the
-    data set is unknown, must be obtained by hand, or no network is reachable."""
+    data set is unknown, must be obtained by hand, or no network is reachable. ``limits``: ``max_bytes`` /
+    ``max_image_bytes`` of :class:`FetchOptions` (their defaults otherwise)."""
     spec, category, out = resolve(cfg)
     if cfg.url_list is not None and spec.name != "ml1m_posters":
         raise DownloadError(f"--url-list is read only by ml1m_posters, not {spec.name}; drop it")
     if spec.name == "ml1m_posters":
-        return _posters(cfg, out, progress)
+        return _posters(cfg, out, progress, limits)
     if spec.base_url is None:
         raise DownloadError(f"{spec.name} cannot be downloaded by this tool.\n{spec.manual.format(out=out)}")
-    opts = FetchOptions(timeout=cfg.timeout, retries=cfg.retries)
+    opts = FetchOptions(timeout=cfg.timeout, retries=cfg.retries, **(limits or {}))
     urls = [spec.url(f, cfg.base_url) for f in spec.files(category)]
     check_reachable(urls[0], cfg.timeout)
     remotes = []
@@ -175,10 +179,10 @@ def download_dataset(cfg: DownloadConfig, *, progress: bool = True) -> DownloadS
     return summary
 
 
-def _posters(cfg: DownloadConfig, out: Path, progress: bool) -> DownloadSummary:
+def _posters(cfg: DownloadConfig, out: Path, progress: bool, limits: dict[str, int] | None) -> DownloadSummary:
     from pipeline.download.posters import download_ml1m_posters
 
-    opts = FetchOptions(timeout=cfg.timeout, retries=cfg.retries)
+    opts = FetchOptions(timeout=cfg.timeout, retries=cfg.retries, **(limits or {}))
     got = download_ml1m_posters(out, opts, cfg.workers, cfg.base_url, cfg.url_list, progress=progress)
     summary = DownloadSummary(dataset="ml1m_posters", out=out, data_path=out, files=got.files)
     if not summary.ok:
@@ -196,12 +200,15 @@ def download_table_images(data: DataConfig, opts: FetchOptions, workers: int, *,
     Stored as ``<images_dir>/<item id>.<ext>``, the layout prepare looks up first, so the next ``dvc repro`` finds
     them with no other change. Local paths in the image column are left alone (they are already on disk).
     """
-    from pipeline.data.readers.table import read_table_items
+    from pipeline.data.readers.table import read_table_items, table_files
 
     if data.source != "table" or data.table.item_columns.image is None or data.images_dir is None:
         raise DownloadError(
             "python -m stages.download table fetches the image URLs of your item table: set data.source: table, "
             "data.table.item_columns.image (the URL column) and data.images_dir (where to store them) in params.yaml"
         )
+    base = Path(data.path) if data.path is not None else None
+    files, _ = table_files(data.table.items, base, "items", data.table.format)
+    check_disjoint({"data.images_dir": data.images_dir}, {}, {f"data.table.items ({f.name})": f for f in files})
     items, _ = read_table_items(data)
     return download_images(items, Path(data.images_dir), opts, workers, progress=progress)

@@ -55,6 +55,14 @@ def item_key(identity_hash: str, digest: str) -> str:
     return hashlib.sha256(f"{identity_hash}:{digest}".encode()).hexdigest()
 
 
+class CorruptShardError(Exception):
+    """A shard failed while its arrays were read (a bad CRC, a truncated member); ``keys`` were read from it."""
+
+    def __init__(self, shard: Path, error: BaseException, keys: list[str]) -> None:
+        super().__init__(f"{shard}: {type(error).__name__}: {error}")
+        self.shard, self.keys = shard, keys
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     shard: Path
@@ -133,11 +141,26 @@ class EmbeddingCache:
         for shard, pairs in by_shard.items():
             positions = np.array([p for p, _ in pairs], dtype=np.int64)
             rows = np.array([r for _, r in pairs], dtype=np.int64)
-            with np.load(shard) as data:
-                pooled = data["pooled"][rows]  # (K, d)
-                tokens = data["tokens"][rows] if need_tokens else None  # (K, T, dt)
-                mask = data["token_mask"][rows] if need_tokens else None  # (K, T)
+            try:
+                with np.load(shard) as data:
+                    pooled = data["pooled"][rows]  # (K, d)
+                    tokens = data["tokens"][rows] if need_tokens else None  # (K, T, dt)
+                    mask = data["token_mask"][rows] if need_tokens else None  # (K, T)
+            except _SHARD_ERRORS as error:  # e.g. a bad CRC in pooled.npy, found only now that it is read
+                raise CorruptShardError(shard, error, [keys[p] for p, _ in pairs]) from error
             yield positions, pooled, tokens, mask
+
+    def discard(self, shard: Path) -> None:
+        """Set a corrupt shard aside (renamed ``.corrupt-<name>``, never read again) and forget its entries."""
+        logger.warning(
+            "embedding cache: %s is corrupt; set aside as .corrupt-%s, its items re-encoded", shard, shard.name
+        )
+        try:
+            os.replace(shard, shard.with_name(f".corrupt-{shard.name}"))
+        except OSError as error:
+            logger.warning("embedding cache: could not set %s aside (%s)", shard, error)
+        self.skipped_shards.append(shard)
+        self.index = {k: e for k, e in self.index.items() if e.shard != shard}
 
     # --- writing -------------------------------------------------------------------------------------------------
 

@@ -36,7 +36,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.config import EmbedConfig
-from pipeline.features.cache import EmbeddingCache, content_digest, item_key
+from pipeline.data.images import checked_image, image_root
+from pipeline.features.cache import CorruptShardError, EmbeddingCache, content_digest, item_key
 from pipeline.features.clip_words import WORDS_FILE, ImageWords
 from pipeline.features.encoders import (
     MODALITIES,
@@ -49,7 +50,7 @@ from pipeline.features.encoders import (
     sha256_json,
 )
 from pipeline.features.ranks import SINGLE, Ranks
-from pipeline.io import atomic_path, write_json_atomic
+from pipeline.io import atomic_path, check_disjoint, read_parquet, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +78,17 @@ def read_items(path: Path, need_images: bool) -> pl.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; run `dvc repro prepare` first (or pass --items)")
     columns = ["item_idx", "item_id", "text"] + (["image_path"] if need_images else [])
-    schema = pl.read_parquet_schema(path)
+    try:
+        schema = pl.read_parquet_schema(path)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{path}: not a readable Parquet file ({reason}). Run `dvc repro prepare`.") from None
     for column in columns:
         if column not in schema:
             raise ValueError(
                 f"{path}: missing column `{column}` (columns: {', '.join(schema)}). Rerun `dvc repro prepare`."
             )
-    items = pl.read_parquet(path, columns=columns)
+    items = read_parquet(path, "Run `dvc repro prepare`.", columns=columns)
     idx = items["item_idx"].to_numpy()
     expected = np.arange(1, len(items) + 1)
     if len(idx) == 0:
@@ -167,6 +172,30 @@ class _Outputs:
 # --- inputs -----------------------------------------------------------------------------------------------------
 
 
+def digests_hash(digests: list[str | None]) -> str:
+    """The fingerprint of a modality's encoded content: sha256 over every item's content digest ("-" for none)."""
+    return hashlib.sha256("\n".join(d or "-" for d in digests).encode()).hexdigest()
+
+
+def files_hash(paths: list[str | None]) -> str:
+    """sha256 over every image path with its size and mtime: a cheap test that no image changed since embed."""
+    parts = []
+    for path in paths:
+        try:
+            info = os.stat(path) if path else None
+        except OSError:
+            info = None
+        parts.append(f"{path}|{info.st_size}|{info.st_mtime_ns}" if info is not None else f"{path}|-")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def content_fingerprint(modality: str, items: pl.DataFrame, root: Path | None) -> str:
+    """:func:`digests_hash` of what ``items`` holds now for ``modality`` (text strings, or image file bytes)."""
+    if modality == "text":
+        return digests_hash(_text_inputs(items["text"].to_list()).digests)
+    return digests_hash(_image_inputs(items["item_id"].to_list(), items["image_path"].to_list(), root).digests)
+
+
 @dataclass
 class _Inputs:
     """What one modality reads for every item (index i = item_idx i+1)."""
@@ -182,11 +211,12 @@ def _text_inputs(texts: list[str]) -> _Inputs:
     return _Inputs(digests, {"missing": empty, "empty_text": empty})
 
 
-def _hash_file(path: str | None) -> tuple[str, str | None]:
-    if path is None or path == "":
-        return "missing", None
+def _hash_file(path: str | None, root: Path | None) -> tuple[str, str | None]:
+    checked, status = checked_image(path, root)  # resolved and checked against the image folder when opened
+    if checked is None:
+        return status, None
     try:
-        data = Path(path).read_bytes()
+        data = checked.read_bytes()
     except FileNotFoundError:
         return "missing_file", None
     except OSError:
@@ -194,19 +224,21 @@ def _hash_file(path: str | None) -> tuple[str, str | None]:
     return "ok", content_digest(data)
 
 
-def _image_inputs(item_ids: list[str], paths: list[str | None]) -> _Inputs:
+def _image_inputs(item_ids: list[str], paths: list[str | None], root: Path | None) -> _Inputs:
     with ThreadPoolExecutor(IO_WORKERS) as pool:
-        results = list(pool.map(_hash_file, paths, chunksize=64))
-    counts = {"missing": 0, "missing_path": 0, "missing_file": 0, "unreadable": 0}
+        results = list(pool.map(_hash_file, paths, [root] * len(paths), chunksize=64))
+    counts = {"missing": 0, "missing_path": 0, "missing_file": 0, "unreadable": 0, "rejected_outside_root": 0}
     examples: dict[str, list[dict[str, str]]] = {"missing_file": [], "corrupt": []}
     for item_id, path, (status, _) in zip(item_ids, paths, results, strict=True):
         if status == "missing":
             counts["missing_path"] += 1
+        elif status == "rejected_outside_root":
+            counts[status] += 1
         elif status in ("missing_file", "unreadable"):
             counts[status] += 1
             if len(examples["missing_file"]) < 5:
                 examples["missing_file"].append({"item_id": item_id, "path": str(path), "reason": status})
-    counts["missing"] = counts["missing_path"] + counts["missing_file"] + counts["unreadable"]
+    counts["missing"] = sum(counts[k] for k in ("missing_path", "missing_file", "unreadable", "rejected_outside_root"))
     if counts["missing_file"] + counts["unreadable"]:
         first = examples["missing_file"][0]
         logger.warning(
@@ -219,10 +251,13 @@ def _image_inputs(item_ids: list[str], paths: list[str | None]) -> _Inputs:
     return _Inputs([d for _, d in results], counts, examples)
 
 
-def _decode_image(path: str, encoder: ImageEncoder) -> tuple[torch.Tensor | None, str | None]:
-    """Read, decode and preprocess one image; (None, reason) when it is corrupt."""
+def _decode_image(path: str, encoder: ImageEncoder, root: Path | None) -> tuple[torch.Tensor | None, str | None]:
+    """Read, decode and preprocess one image; (None, reason) when it is corrupt or now resolves outside ``root``."""
+    checked, status = checked_image(path, root)  # checked again: the file may have been replaced since hashing
+    if checked is None:
+        return None, status
     try:
-        with Image.open(path) as image:
+        with Image.open(checked) as image:
             image.draft("RGB", (448, 448))  # JPEG: decode at a reduced scale that still covers the model input
             image.load()
             return encoder.preprocess(image), None
@@ -263,7 +298,12 @@ def _encode_texts(
 
 
 def _encode_images(
-    encoder: ImageEncoder, paths: list[str], batches: list[list[int]], want_tokens: bool, corrupt: dict[int, str]
+    encoder: ImageEncoder,
+    paths: list[str],
+    batches: list[list[int]],
+    want_tokens: bool,
+    corrupt: dict[int, str],
+    root: Path | None = None,
 ) -> Iterator[tuple[int, list[int], Encoded | None]]:
     """Decode the next batch in a thread pool while the current one is encoded; yield (batch number, positions
     encoded, outputs or None when the whole batch was corrupt). Corrupt positions go to ``corrupt`` before the
@@ -271,7 +311,7 @@ def _encode_images(
     with ThreadPoolExecutor(IO_WORKERS) as pool:
 
         def submit(batch: list[int]) -> list[Future]:
-            return [pool.submit(_decode_image, paths[i], encoder) for i in batch]
+            return [pool.submit(_decode_image, paths[i], encoder, root) for i in batch]
 
         pending = submit(batches[0]) if batches else []
         for b, batch in enumerate(batches):
@@ -304,6 +344,7 @@ def _encode_missing(
     store_tokens: bool,
     shard_size: int,
     ranks: Ranks,
+    root: Path | None = None,
 ) -> None:
     """Encode this process's shards of ``sources`` (cache keys ``keys``) into ``cache``, one flushed shard at a time.
 
@@ -319,13 +360,13 @@ def _encode_missing(
     if isinstance(encoder, TextEncoder):
         stream = _encode_texts(encoder, sources, batches, store_tokens)
     else:
-        stream = _encode_images(encoder, sources, batches, store_tokens, corrupt)
+        stream = _encode_images(encoder, sources, batches, store_tokens, corrupt, root)
     total = sum(len(batch) for batch in batches)
     bar = tqdm(total=total, desc=f"embed {modality} ({encoder.name})", unit="item", disable=not ranks.is_main)
     try:
         for b, positions, enc in stream:
             for p in batches[b]:
-                if p in corrupt:
+                if p in corrupt and corrupt[p] != "rejected_outside_root":  # a property of the path, not the bytes
                     cache.add_bad(keys[p], corrupt[p])
             if enc is not None:
                 pooled = enc.pooled.numpy()  # (B, d)
@@ -340,6 +381,26 @@ def _encode_missing(
         cache.flush()  # an interrupted shard keeps what it finished (a SIGKILL loses at most this shard)
 
 
+def _fill(
+    out: _Outputs,
+    mask: np.ndarray,
+    cache: EmbeddingCache,
+    keys: list[str],
+    rows_by_key: dict[str, list[int]],
+    store_tokens: bool,
+    done: set[str],
+) -> None:
+    """Copy the cached vectors of ``keys`` into every item row that has that input; ``done`` collects the keys."""
+    for positions, pooled, tokens, tmask in cache.read(keys, store_tokens):
+        shard_keys = [keys[p] for p in positions]
+        counts = [len(rows_by_key[k]) for k in shard_keys]
+        item_rows = np.array([r for k in shard_keys for r in rows_by_key[k]], dtype=np.int64)
+        rep = np.repeat(np.arange(len(shard_keys)), counts)
+        out.put(item_rows, pooled[rep], None if tokens is None else tokens[rep], None if tmask is None else tmask[rep])
+        mask[item_rows] = True
+        done.update(shard_keys)
+
+
 def embed_modality(
     modality: str,
     encoder: Encoder,
@@ -349,6 +410,7 @@ def embed_modality(
     store_tokens: bool,
     shard_size: int = 256,
     ranks: Ranks = SINGLE,
+    root: Path | None = None,
 ) -> dict[str, Any] | None:
     """Encode one modality of every item (cache first), write its arrays, return its manifest entry.
 
@@ -365,7 +427,7 @@ def embed_modality(
         inputs = _text_inputs(raw)
     else:
         raw = items["image_path"].to_list()
-        inputs = _image_inputs(item_ids, raw)
+        inputs = _image_inputs(item_ids, raw, root)
 
     identity = encoder.identity()
     identity_hash = sha256_json(identity)
@@ -383,7 +445,7 @@ def embed_modality(
 
     if miss_keys:
         sources = [raw[rows_by_key[k][0] - 1] for k in miss_keys]  # one input per unique key
-        _encode_missing(modality, encoder, miss_keys, sources, cache, store_tokens, shard_size, ranks)
+        _encode_missing(modality, encoder, miss_keys, sources, cache, store_tokens, shard_size, ranks, root)
     ranks.barrier()  # every process's shards are in the cache
     if not ranks.is_main:
         return None
@@ -401,13 +463,20 @@ def embed_modality(
 
     out = _Outputs(out_dir, modality, n + 1, store_tokens)
     mask = np.zeros(n + 1, dtype=bool)  # (N+1,)
-    for positions, pooled, tokens, tmask in cache.read(hit_keys, store_tokens):
-        keys = [hit_keys[p] for p in positions]
-        counts = [len(rows_by_key[k]) for k in keys]
-        item_rows = np.array([r for k in keys for r in rows_by_key[k]], dtype=np.int64)
-        rep = np.repeat(np.arange(len(keys)), counts)
-        out.put(item_rows, pooled[rep], None if tokens is None else tokens[rep], None if tmask is None else tmask[rep])
-        mask[item_rows] = True
+    pending, reencoded = hit_keys, 0
+    while pending:
+        done: set[str] = set()
+        try:
+            _fill(out, mask, cache, pending, rows_by_key, store_tokens, done)
+            pending = []
+        except CorruptShardError as bad:  # named, skipped, and its inputs encoded again into a new shard
+            cache.discard(bad.shard)
+            again = [k for k in bad.keys if not cache.has(k, store_tokens)]
+            sources = [raw[rows_by_key[k][0] - 1] for k in again]
+            _encode_missing(modality, encoder, again, sources, cache, store_tokens, shard_size, SINGLE, root)
+            reencoded += len(again)
+            pending = [k for k in pending if k not in done and cache.has(k, store_tokens)]
+    encoded += reencoded
 
     if out.pooled is None:
         dummy = _dummy_output(encoder, store_tokens)
@@ -444,7 +513,8 @@ def embed_modality(
         "cache_misses": sum(len(rows_by_key[k]) for k in miss_keys),
         "encoded": encoded,
         "cache_dir": str(cache.dir),
-        "inputs_hash": hashlib.sha256("\n".join(d or "-" for d in inputs.digests).encode()).hexdigest(),
+        "inputs_hash": digests_hash(inputs.digests),  # the content encoded: checked by every reader (store.py)
+        **({"files_hash": files_hash(raw)} if modality == "image" else {}),
         "params_hash": sha256_json(asdict(encoder.config)),
         "examples": {k: v for k, v in examples.items() if v},
         "seconds": round(time.perf_counter() - start, 3),
@@ -467,6 +537,8 @@ def embed_items(
     :func:`pipeline.features.ranks.embed_session`); each encodes its share of the shards and rank 0 alone writes
     ``out_dir`` and returns the manifest (the others return None).
     """
+    check_disjoint({"--out": out_dir, "--cache": cache_dir}, {}, {"--items": items_path})
+    check_disjoint({"--out": out_dir}, {"--cache": cache_dir})
     shard_size = config.shard_size if shard_size is None else shard_size
     start = time.perf_counter()
     device = ranks.device(resolve_device(config.device))
@@ -474,6 +546,7 @@ def embed_items(
     encoders = {m: build_encoder(getattr(config, m), m, device) for m in MODALITIES}
     words = ImageWords(config, encoders["text"], device) if config.image_words.vocabulary is not None else None
     items = read_items(items_path, need_images=encoders["image"] is not None)
+    root = image_root(items_path.parent)  # every image is checked against it when it is opened
     if ranks.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # no manifest until every file below is complete
@@ -502,6 +575,7 @@ def embed_items(
             config.store_tokens and not as_words,
             shard_size=shard_size,
             ranks=ranks,
+            root=root,
         )
         if m is None:  # another process than rank 0: its shards are in the cache
             continue

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 
 from pipeline.catalog import ItemCatalog
+from pipeline.data.images import image_root
 from pipeline.data.splits import load_split
-from pipeline.features.embed import MANIFEST, feature_files
+from pipeline.features.embed import MANIFEST, content_fingerprint, feature_files, files_hash
 from pipeline.features.encoders import MODALITIES
+from pipeline.io import load_npy, read_json, read_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def _load_array(features_dir: Path, file: str, hint: str) -> np.ndarray:
     path = features_dir / file
     if not path.exists():
         raise FileNotFoundError(f"{_name(features_dir, file)} not found. {hint}")
-    return np.load(path)
+    return load_npy(path, hint)
 
 
 def _check_rows(features_dir: Path, file: str, array: np.ndarray, n: int, trailing: tuple[int, ...] | None) -> None:
@@ -50,7 +50,9 @@ def _read_manifest(features_dir: Path, n: int, item_ids: list[str]) -> dict[str,
     path = features_dir / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{_name(features_dir, MANIFEST)} not found (the embed stage did not finish). {RERUN}")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = read_json(path, RERUN)
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a features manifest (a JSON object). {RERUN}")
     items_hash = hashlib.sha256("\n".join(item_ids).encode()).hexdigest()
     if manifest.get("num_items") != n or manifest.get("items_hash") != items_hash:
         raise ValueError(
@@ -58,6 +60,27 @@ def _read_manifest(features_dir: Path, n: int, item_ids: list[str]) -> dict[str,
             f"the current one has {n}. {RERUN}"
         )
     return manifest
+
+
+def check_content(features_dir: Path, prepared_dir: Path, modality: str, entry: dict[str, Any]) -> None:
+    """The features were encoded from the content ``items.parquet`` holds now (text strings, image bytes).
+
+    Images are re-hashed only when a file's path, size or mtime changed since embed (``files_hash``), so an
+    unchanged folder costs one ``stat`` per item.
+    """
+    items_path = prepared_dir / "items.parquet"
+    columns = ["item_id", "text"] + (["image_path"] if modality == "image" else [])
+    items = read_parquet(items_path, "Run `dvc repro prepare`.", columns=columns)
+    if modality == "image" and entry.get("files_hash") == files_hash(items["image_path"].to_list()):
+        return
+    if "inputs_hash" not in entry or entry["inputs_hash"] != content_fingerprint(
+        modality, items, image_root(prepared_dir)
+    ):
+        what = "texts" if modality == "text" else "images"
+        raise ValueError(
+            f"{_name(features_dir, MANIFEST)}: the {modality} features were encoded from other {what} than "
+            f"{items_path} holds now (stale features). {RERUN}"
+        )
 
 
 def _popularity(prepared_dir: Path, n: int) -> tuple[torch.Tensor, int]:
@@ -95,7 +118,7 @@ def load_catalog(
     items_path = prepared_dir / "items.parquet"
     if not items_path.exists():
         raise FileNotFoundError(f"{items_path} not found. Run `dvc repro prepare`.")
-    item_ids = pl.read_parquet(items_path, columns=["item_id"])["item_id"].to_list()
+    item_ids = read_parquet(items_path, "Run `dvc repro prepare`.", columns=["item_id"])["item_id"].to_list()
     n = len(item_ids)
     popularity, longest = _popularity(prepared_dir, n)
     catalog = ItemCatalog(num_items=n, max_seq_len=max_seq_len or longest, popularity=popularity)
@@ -120,6 +143,7 @@ def load_catalog(
                 f"{_name(features_dir, MANIFEST)} was written. Set embed.{modality}.name (see params.yaml) and "
                 "run `dvc repro embed`."
             )
+        check_content(features_dir, prepared_dir, modality, entry)
         files = feature_files(modality)
         mask = _load_array(features_dir, files["mask"], RERUN)
         _check_rows(features_dir, files["mask"], mask, n, ())

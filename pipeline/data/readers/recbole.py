@@ -40,6 +40,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.config import ConfigError, DataConfig, RecboleConfig
+from pipeline.data.paths import inside_root
 from pipeline.data.readers import check_nonempty, check_unique_ids, format_error, read_text, split_lines
 from pipeline.data.readers.rawio import _MS, drop_bad_timestamps, epoch_seconds
 from pipeline.data.schema import INTERACTION_SCHEMA, DataFormatError, RawData
@@ -175,6 +176,7 @@ def read_recbole_files(
     preset whose names are fixed. ``require_items``: a missing ``.item`` is an error instead of a note.
     """
     where = (lambda key: f"{params}.{key}") if params else (lambda key: f"the {key.removesuffix('_field')} field")
+    _check_inside(root / f"{dataset}.inter", root)
     inter = read_atomic(root / f"{dataset}.inter", fix)
     required = {spec.user_field: where("user_field"), spec.item_field: where("item_field")}
     require_fields(inter, required, fix)
@@ -230,7 +232,15 @@ def read_recbole_files(
 
     item_path = root / f"{dataset}.item"
     items = None
-    if item_path.is_file() or require_items:
+    if item_path.is_file() and not inside_root(item_path, root):
+        if require_items:
+            _check_inside(item_path, root)
+        notes.append(
+            f"{item_path}: 1 file rejected_outside_root (it resolves outside data.path {root}; not read): items "
+            "have no text; copy the file into data.path"
+        )
+        log.warning("%s", notes[-1])
+    elif item_path.is_file() or require_items:
         items = read_atomic(item_path, fix)
         require_fields(items, {spec.item_field: where("item_field")}, fix)
         check_nonempty(items.path, items.frame, (spec.item_field,), fix)
@@ -251,6 +261,15 @@ def read_recbole_files(
 
 # ----------------------------------------------------------------------------------------------------------------
 # The generic reader.
+
+
+def _check_inside(path: Path, root: Path) -> None:
+    """A file read from ``data.path`` must resolve (symlinks followed) inside it, checked just before it is opened."""
+    if not inside_root(path, root):
+        raise DataFormatError(
+            f"{path}: rejected_outside_root: it resolves to {path.resolve()}, outside data.path {root}, so it is not "
+            "read. Fix: copy the file into data.path"
+        )
 
 
 def _dataset_name(cfg: DataConfig) -> tuple[Path, str]:

@@ -41,6 +41,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.config import ConfigError, DataConfig, TableConfig
+from pipeline.data.paths import inside_root
 from pipeline.data.readers.rawio import (
     BlockChecker,
     InteractionCheck,
@@ -90,8 +91,15 @@ def _format_of(path: Path) -> str | None:
     return None
 
 
-def table_files(spec: str | None, base: Path | None, key: str, fmt: str) -> tuple[list[Path], str]:
-    """The files of ``data.table.<key>`` (a file, folder or glob) in sorted order, and their one format."""
+def table_files(
+    spec: str | None, base: Path | None, key: str, fmt: str, notes: list[str] | None = None
+) -> tuple[list[Path], str]:
+    """The files of ``data.table.<key>`` (a file, folder or glob) in sorted order, and their one format.
+
+    Each file is resolved (symlinks followed) and kept only inside its root: the folder named (or the glob's
+    folder), else ``data.path`` for a relative file name. The others are never read: counted in ``notes`` as
+    ``rejected_outside_root`` (and an error when no file is left).
+    """
     if spec is None:
         raise ConfigError(
             f"data.source=table needs `data.table.{key}`: a file, folder or glob of {key}, e.g. "
@@ -100,19 +108,24 @@ def table_files(spec: str | None, base: Path | None, key: str, fmt: str) -> tupl
     path = Path(spec) if Path(spec).is_absolute() or base is None else base / spec
     if any(c in spec for c in _GLOB):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        parts = path.parts
+        fixed = next(i for i, part in enumerate(parts) if any(c in part for c in _GLOB))
+        root = Path(*parts[:fixed]) if fixed else Path(".")  # the folder before the first wildcard
     elif path.is_dir():
+        root = path
         files = sorted(
             p
             for p in path.rglob("*")
             if p.is_file() and _format_of(p) and not any(part[:1] in "._" for part in p.relative_to(path).parts)
         )
     elif path.is_file():
-        files = [path]
+        files, root = [path], (base if base is not None and not Path(spec).is_absolute() else path)
     else:
         raise DataFormatError(
             f"data.table.{key} = {spec!r}: {path} does not exist. Fix: point it at a file, a "
             "folder or a glob (relative paths are under data.path)"
         )
+    files = _inside(files, root, key, notes)
     if not files:
         raise DataFormatError(
             f"data.table.{key} = {spec!r}: no table files ({', '.join(FORMATS)}) at {path}. "
@@ -134,6 +147,21 @@ def table_files(spec: str | None, base: Path | None, key: str, fmt: str) -> tupl
             "format per table, or narrow the glob"
         )
     return files, kinds[0]  # type: ignore[return-value]
+
+
+def _inside(files: list[Path], root: Path, key: str, notes: list[str] | None) -> list[Path]:
+    """``files`` that resolve inside ``root``; the others are logged and counted as ``rejected_outside_root``."""
+    kept = [f for f in files if inside_root(f, root)]
+    rejected = [f for f in files if f not in kept]
+    if rejected:
+        note = (
+            f"data.table.{key}: {len(rejected)} file(s) rejected_outside_root (they resolve outside {root}; "
+            f"not read), e.g. {rejected[0]}"
+        )
+        log.warning("%s", note)
+        if notes is not None:
+            notes.append(note)
+    return kept
 
 
 def _scan(path: Path, fmt: str, notes: list[str]) -> pl.LazyFrame:
@@ -179,7 +207,9 @@ def id_text(expr: pl.Expr, dtype: pl.DataType, path: Path, column: str, key: str
         return expr.cast(pl.String)
     if dtype.is_float():
         integral = expr.is_finite() & (expr == expr.floor()) & (expr.abs() < 2.0**53)
-        return pl.when(integral).then(expr.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(expr.cast(pl.String))
+        as_int = expr.cast(pl.Int64, strict=False).cast(pl.String)
+        finite = pl.when(expr.is_finite()).then(expr.cast(pl.String))  # NaN / inf: null-like, counted as missing
+        return pl.when(integral).then(as_int).otherwise(finite)
     raise DataFormatError(
         f"{path}: column {column!r} (`{key}`) has type {dtype}; an id must be text or a number. "
         f"Fix: set {key} to an id column"
@@ -450,7 +480,7 @@ def read_table_items(cfg: DataConfig, notes: list[str] | None = None) -> tuple[p
             "stages.download table)"
         )
     base = Path(cfg.path) if cfg.path is not None else None
-    files, fmt = table_files(t.items, base, "items", t.format)
+    files, fmt = table_files(t.items, base, "items", t.format, notes)
     raw = _scan_items(files, fmt, t, notes)
     if cfg.images_dir is not None and t.item_columns.image is not None:
         check_image_refs(raw, files, Path(cfg.images_dir))
@@ -482,7 +512,7 @@ def read_table(cfg: DataConfig) -> RawData:
     base = Path(cfg.path) if cfg.path is not None else None
     notes: list[str] = []
     items, item_files = read_table_items(cfg, notes)
-    files, fmt = table_files(t.interactions, base, "interactions", t.format)
+    files, fmt = table_files(t.interactions, base, "interactions", t.format, notes)
     drops: Counter[str] = Counter()
     check = _read_json(files, t, notes, drops) if fmt == "jsonl" else _read_scanned(files, fmt, t, notes)
     drops.update(check.drops)
