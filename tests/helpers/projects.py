@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from pipeline.catalog import ItemCatalog
 from pipeline.checkpoint import data_fingerprint, save_checkpoint
+from pipeline.features.embed import content_fingerprint
 from pipeline.models.sasrec import SASRec, SASRecConfig
 from pipeline.train import seed_everything
 from tests.helpers.training import train_cfg
@@ -46,8 +48,13 @@ def write_project(tmp_path: Path) -> tuple[Path, Path, Path]:
             "timestamps": pl.Series([list(range(len(s))) for s in seqs], dtype=pl.List(pl.Int64)),
         }
     ).write_parquet(prepared / "sequences.parquet")
-    pl.DataFrame(
-        {"item_idx": np.arange(1, num_items + 1, dtype=np.int32), "item_id": [f"m{i}" for i in range(1, num_items + 1)]}
+    pl.DataFrame(  # the items.parquet contract (DESIGN.md): item_idx, item_id, text, image_path
+        {
+            "item_idx": np.arange(1, num_items + 1, dtype=np.int32),
+            "item_id": [f"m{i}" for i in range(1, num_items + 1)],
+            "text": [f"Movie {i} (1995) Drama" for i in range(1, num_items + 1)],
+            "image_path": pl.Series([None] * num_items, dtype=pl.String),
+        }
     ).write_parquet(prepared / "items.parquet")
     (prepared / "stats.json").write_text(json.dumps({"users": num_users, "items": num_items, "notes": []}))
 
@@ -95,10 +102,13 @@ def recommend_args(p: dict[str, Path]) -> list[str]:
 
 
 def write_text_features(features: Path, prepared: Path, dim: int = 6) -> None:
-    """A features/ folder with pooled text features only (image switched off), as `embed` would write it."""
-    import hashlib
+    """A features/ folder with pooled text features only (image switched off), as `embed` would write it.
 
-    item_ids = pl.read_parquet(prepared / "items.parquet")["item_id"].to_list()
+    The manifest carries the item-id hash and the text content fingerprint that every reader checks
+    (``pipeline.features.store``), computed by the library functions the embed stage uses.
+    """
+    items = pl.read_parquet(prepared / "items.parquet")
+    item_ids = items["item_id"].to_list()
     rng = np.random.default_rng(3)
     pooled = rng.normal(size=(len(item_ids) + 1, dim)).astype(np.float32)
     pooled[0] = 0.0
@@ -110,7 +120,10 @@ def write_text_features(features: Path, prepared: Path, dim: int = 6) -> None:
     manifest = {
         "num_items": len(item_ids),
         "items_hash": hashlib.sha256("\n".join(item_ids).encode()).hexdigest(),
-        "modalities": {"text": {"enabled": True, "dim": dim}, "image": {"enabled": False}},
+        "modalities": {
+            "text": {"enabled": True, "dim": dim, "inputs_hash": content_fingerprint("text", items, None)},
+            "image": {"enabled": False, "encoder": "none"},
+        },
     }
     (features / "manifest.json").write_text(json.dumps(manifest))
 
