@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.io import check_disjoint
+from tests.helpers.loopback import Loopback
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -92,9 +93,9 @@ def test_outputs_disjoint_from_inputs_follows_symlinks_and_allows_siblings(tmp_p
 
 def test_files_checked_against_root_at_open_table_shard_symlink_is_not_read(tmp_path: Path) -> None:
     from pipeline.data.readers import get_reader
-    from tests.test_readers_table import T0, table, write
+    from tests.helpers.data import T0, table_cfg, write_table
 
-    root = write(tmp_path / "raw", "uid,sku,ts\n")
+    root = write_table(tmp_path / "raw", "uid,sku,ts\n")
     (root / "events").mkdir()
     (root / "events" / "part-0.csv").write_text(f"uid,sku,ts\nu1,A,{T0}\n", encoding="utf-8")
     outside = tmp_path / "elsewhere" / "secret.csv"
@@ -102,7 +103,7 @@ def test_files_checked_against_root_at_open_table_shard_symlink_is_not_read(tmp_
     outside.write_text(f"uid,sku,ts\nspy,B,{T0}\n", encoding="utf-8")
     (root / "events" / "part-1.csv").symlink_to(outside)
     for spec in ("events", "events/part-*.csv"):
-        raw = get_reader("table")(table(root, interactions=spec))
+        raw = get_reader("table")(table_cfg(root, interactions=spec))
         assert raw.interactions.collect()["user_id"].to_list() == ["u1"]  # the secret's row is never read
         assert any("1 file(s) rejected_outside_root" in n and "part-1.csv" in n for n in raw.notes)
 
@@ -113,12 +114,12 @@ def test_files_checked_against_root_at_open_images_in_embed_and_gallery(tmp_path
     from pipeline.data.images import attach_images, image_root
     from pipeline.features.embed import _image_inputs
     from pipeline.gallery import resolve_image
-    from tests.test_hostile_input import _items
+    from tests.helpers.data import image_ref_items
 
     images, prepared = tmp_path / "posters", tmp_path / "prepared"
     Image.new("RGB", (8, 8)).save(images.mkdir() or images / "a.png")
     Image.new("RGB", (8, 8)).save(images / "b.png")
-    items, _ = attach_images(_items(["a", "b"], [None, None]), str(images), prepared)
+    items, _ = attach_images(image_ref_items(["a", "b"], [None, None]), str(images), prepared)
     assert image_root(prepared) == images.resolve()
     secret = tmp_path / "secret.png"
     Image.new("RGB", (8, 8), (255, 0, 0)).save(secret)
@@ -134,18 +135,18 @@ def test_files_checked_against_root_at_open_images_in_embed_and_gallery(tmp_path
 def test_files_checked_against_root_at_open_recbole_files(tmp_path: Path) -> None:
     from pipeline.data.readers import get_reader
     from pipeline.data.schema import DataFormatError
-    from tests.test_readers_recbole import INTER, ITEM, cfg, write
+    from tests.helpers.data import RECBOLE_INTER, RECBOLE_ITEM, recbole_cfg, write_recbole
 
-    elsewhere = write(tmp_path / "elsewhere", "x", INTER, ITEM)
-    root = write(tmp_path / "Beauty", "Beauty", INTER)
+    elsewhere = write_recbole(tmp_path / "elsewhere", "x", RECBOLE_INTER, RECBOLE_ITEM)
+    root = write_recbole(tmp_path / "Beauty", "Beauty", RECBOLE_INTER)
     (root / "Beauty.item").symlink_to(elsewhere / "x.item")
-    raw = get_reader("recbole")(cfg(root))
+    raw = get_reader("recbole")(recbole_cfg(root))
     assert any("Beauty.item: 1 file rejected_outside_root" in n for n in raw.notes)
     assert set(raw.items["text"].to_list()) == {""}  # the outside file's text never arrives
     (root / "Beauty.inter").unlink()
     (root / "Beauty.inter").symlink_to(elsewhere / "x.inter")
     with pytest.raises(DataFormatError, match=r"Beauty.inter: rejected_outside_root: it resolves to .*x.inter"):
-        get_reader("recbole")(cfg(root))
+        get_reader("recbole")(recbole_cfg(root))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -154,17 +155,17 @@ def test_files_checked_against_root_at_open_recbole_files(tmp_path: Path) -> Non
 
 def _table_with_images(tmp_path: Path, rows: list[tuple[str, str]]):  # noqa: ANN202 - a DataConfig
     from pipeline.config import TableItemColumns
-    from tests.test_readers_table import T0, table, write
+    from tests.helpers.data import T0, table_cfg, write_table
 
     items = "sku,name,img\n" + "".join(f'"{sku}",Thing,{img}\n' for sku, img in rows)
     events = "uid,sku,ts\n" + "".join(f'u{u},"{s}",{T0 + i}\n' for u in range(3) for i, (s, _) in enumerate(rows))
-    root = write(tmp_path / "raw", events, items=items)
+    root = write_table(tmp_path / "raw", events, items=items)
     images = tmp_path / "images"
     images.mkdir(exist_ok=True)
-    return table(root, images, item_columns=TableItemColumns(id="sku", text=["name"], image="img"))
+    return table_cfg(root, images, item_columns=TableItemColumns(id="sku", text=["name"], image="img"))
 
 
-def test_no_two_items_share_a_file_name_in_download_and_prepare(tmp_path: Path) -> None:
+def test_no_two_items_share_a_file_name_in_download_and_prepare(tmp_path: Path, server: Loopback) -> None:
     import json
 
     import polars as pl
@@ -173,19 +174,15 @@ def test_no_two_items_share_a_file_name_in_download_and_prepare(tmp_path: Path) 
     from pipeline.data.prepare import prepare
     from pipeline.download.http import FetchOptions
     from pipeline.download.run import download_table_images
-    from tests.test_download import Loopback, _jpeg
+    from tests.helpers.loopback import jpeg
 
     long_id = "x" * 300
-    server = Loopback()
-    try:
-        server.add("/1.jpg", _jpeg((200, 0, 0)))
-        server.add("/2.jpg", _jpeg((0, 0, 200)))
-        server.add("/3.jpg", _jpeg((0, 200, 0)))
-        rows = [("a/b", f"{server.url}/1.jpg"), ("a_b", f"{server.url}/2.jpg"), (long_id, f"{server.url}/3.jpg")]
-        cfg = _table_with_images(tmp_path, rows)
-        summary = download_table_images(cfg, FetchOptions(timeout=5, retries=0), 2, progress=False)
-    finally:
-        server.close()
+    server.add("/1.jpg", jpeg((200, 0, 0)))
+    server.add("/2.jpg", jpeg((0, 0, 200)))
+    server.add("/3.jpg", jpeg((0, 200, 0)))
+    rows = [("a/b", f"{server.url}/1.jpg"), ("a_b", f"{server.url}/2.jpg"), (long_id, f"{server.url}/3.jpg")]
+    cfg = _table_with_images(tmp_path, rows)
+    summary = download_table_images(cfg, FetchOptions(timeout=5, retries=0), 2, progress=False)
     assert summary.failed == 0 and summary.renamed == 2  # a/b and the 300-character id
     assert [r.reason for r in summary.results] == ["downloaded"] * 3  # never "ok, already present"
     manifest = json.loads((Path(cfg.images_dir) / "manifest.json").read_text())
@@ -205,7 +202,7 @@ def test_no_two_items_share_a_file_name_null_like_ids_are_missing(tmp_path: Path
 
     from pipeline.config import TableColumns, TableItemColumns
     from pipeline.data.readers import get_reader
-    from tests.test_readers_table import T0, table
+    from tests.helpers.data import T0, table_cfg
 
     root = tmp_path / "raw"
     root.mkdir()
@@ -213,7 +210,7 @@ def test_no_two_items_share_a_file_name_null_like_ids_are_missing(tmp_path: Path
         {"uid": [1.0, float("nan"), 2.0, 3.0], "sku": [10.0, 10.0, float("nan"), float("inf")], "ts": [T0] * 4}
     ).write_parquet(root / "events.parquet")
     pl.DataFrame({"sku": [10.0, float("nan")], "name": ["ten", "nan item"]}).write_parquet(root / "items.parquet")
-    cfg = table(
+    cfg = table_cfg(
         root, interactions="events.parquet", items="items.parquet", columns=TableColumns("uid", "sku", "ts"),
         item_columns=TableItemColumns(id="sku", text=["name"]),
     )  # fmt: skip
@@ -234,7 +231,7 @@ def test_features_fingerprint_content_stale_text_is_refused(tmp_path: Path, monk
     from pipeline.features.embed import embed_items
     from pipeline.features.store import load_catalog
     from tests.fixtures import fake_encoder
-    from tests.test_embed import write_dataset
+    from tests.helpers.data import write_dataset
 
     fake_encoder.register_for(monkeypatch)
     prepared = write_dataset(tmp_path)
@@ -302,10 +299,10 @@ def test_every_section_range_checked_at_load_naming_key_and_file(
         TrainConfig,
         load_section,
     )
-    from tests.test_hostile_input import _params
+    from tests.helpers.dvc_project import params_with
 
     classes = {"baseline": BaselineConfig, "train": TrainConfig, "evaluate": EvaluateConfig, "data": DataConfig}
-    path = _params(tmp_path, section, key, value, name="mine.yaml")
+    path = params_with(tmp_path, section, key, value, name="mine.yaml")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {message}"):
         load_section(classes.get(section, RecommendConfig), section, path)
 
@@ -426,42 +423,14 @@ def test_every_user_controlled_size_capped_evaluate_ks_by_item_count() -> None:
 # 6. Training stages publish their outputs together
 
 
-def _train_project(tmp_path: Path) -> list[str]:
-    """test_train's stage data (40 users, SASRec, 2 epochs); the train stage's argv without --out."""
-    import numpy as np
-    import polars as pl
-    import yaml
-
-    from tests.test_train import MAX_LEN, NUM_ITEMS, cycle_split
-
-    split = cycle_split(num_users=40)
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    held_out = zip(split.train, split.valid_target, split.test_target, strict=True)
-    sequences = [np.concatenate([t, [v, w]]).astype(np.int32).tolist() for t, v, w in held_out]
-    pl.DataFrame(
-        {"user_idx": np.arange(1, 41, dtype=np.int32), "user_id": [f"u{i}" for i in range(40)], "items": sequences,
-         "timestamps": [list(range(len(s))) for s in sequences]}
-    ).write_parquet(prepared / "sequences.parquet")  # fmt: skip
-    pl.DataFrame(
-        {"item_idx": np.arange(1, NUM_ITEMS + 1, dtype=np.int32), "item_id": [str(i) for i in range(NUM_ITEMS)],
-         "text": [""] * NUM_ITEMS, "image_path": [None] * NUM_ITEMS}
-    ).write_parquet(prepared / "items.parquet")  # fmt: skip
-    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    params["data"]["max_seq_len"] = MAX_LEN
-    params["train"] |= {"epochs": 2, "device": "cpu", "batch_size": 16, "num_threads": 1}
-    params["model"] |= {"name": "sasrec", "hidden_dim": 16, "num_layers": 1, "num_heads": 2}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return ["--params", str(tmp_path / "params.yaml"), "--prepared", str(prepared), "--features", str(tmp_path / "f")]
-
-
 def test_training_outputs_published_together_a_failed_run_keeps_the_previous_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pipeline.training_job
     from stages.train import app
+    from tests.helpers.training import write_stage_project
 
-    argv = [*_train_project(tmp_path), "--out", str(tmp_path / "models")]
+    argv = [*write_stage_project(tmp_path), "--out", str(tmp_path / "models")]
     assert CliRunner().invoke(app, argv).exit_code == 0
     before = _tree(tmp_path / "models")
     assert {"model.pt", "train_summary.json", "dvclive/metrics.json"} <= set(before)
@@ -486,8 +455,9 @@ def test_training_outputs_published_together_sigterm_keeps_the_previous_set(tmp_
     import time
 
     from stages.train import app
+    from tests.helpers.training import write_stage_project
 
-    argv = [*_train_project(tmp_path), "--out", str(tmp_path / "models")]
+    argv = [*write_stage_project(tmp_path), "--out", str(tmp_path / "models")]
     assert CliRunner().invoke(app, argv).exit_code == 0
     before = _tree(tmp_path / "models")
     script = (
@@ -563,7 +533,8 @@ def test_corrupt_cache_shard_is_named_skipped_and_reencoded(
 
     from pipeline.features.embed import embed_items
     from tests.fixtures import fake_encoder
-    from tests.test_feature_cache import titles, write_items
+    from tests.helpers.data import write_items
+    from tests.helpers.encoders import titles
 
     fake_encoder.register_for(monkeypatch)
     items = write_items(tmp_path / "items.parquet", titles(12))
@@ -582,27 +553,23 @@ def test_corrupt_cache_shard_is_named_skipped_and_reencoded(
     assert third["modalities"]["text"]["encoded"] == 0  # the replacement shard serves the next run
 
 
-def test_one_bad_item_never_stops_a_download_run(tmp_path: Path) -> None:
+def test_one_bad_item_never_stops_a_download_run(tmp_path: Path, server: Loopback) -> None:
     import json
 
     import polars as pl
 
     from pipeline.download.http import FetchOptions
     from pipeline.download.images import download_images
-    from tests.test_download import Loopback, _jpeg
+    from tests.helpers.loopback import jpeg
 
     images = tmp_path / "images"
     (images / "b.jpg.part").mkdir(parents=True)  # b's download cannot be written here: a local failure for b alone
-    server = Loopback()
-    try:
-        for name in ("a", "b", "c"):
-            server.add(f"/{name}.jpg", _jpeg())
-        ids = ["a", "b", "c", "y" * 300]
-        urls = [f"{server.url}/{i}.jpg" for i in ("a", "b", "c", "a")]
-        summary = download_images(pl.DataFrame({"item_id": ids, "image_ref": urls}), images, FetchOptions(5, 0), 2,
-                                  progress=False)  # fmt: skip
-    finally:
-        server.close()
+    for name in ("a", "b", "c"):
+        server.add(f"/{name}.jpg", jpeg())
+    ids = ["a", "b", "c", "y" * 300]
+    urls = [f"{server.url}/{i}.jpg" for i in ("a", "b", "c", "a")]
+    summary = download_images(pl.DataFrame({"item_id": ids, "image_ref": urls}), images, FetchOptions(5, 0), 2,
+                              progress=False)  # fmt: skip
     assert [r.status for r in summary.results] == ["ok", "failed", "ok", "ok"]
     assert summary.results[1].reason.startswith("IsADirectoryError: ")
     assert len(json.loads((images / "manifest.json").read_text())["files"]) == 4
@@ -616,7 +583,7 @@ def test_one_bad_item_never_stops_a_download_run(tmp_path: Path) -> None:
 def embedded_fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
     from pipeline.features.embed import embed_items
     from tests.fixtures import fake_encoder
-    from tests.test_embed import write_dataset
+    from tests.helpers.data import write_dataset
 
     fake_encoder.register_for(monkeypatch)
     prepared = write_dataset(tmp_path)

@@ -155,9 +155,9 @@ def test_a_value_set_for_a_model_is_honoured_and_read_by_no_other(tmp_path: Path
 
 def test_a_key_several_models_read_cannot_be_set_for_all_of_them(tmp_path: Path) -> None:
     path = write_params(tmp_path, lambda r: r["model"].update(dropout=0.3))
-    with pytest.raises(ConfigError, match=r"`model\.dropout` is read by several models \(mp4sr, odmt, sasrec, sasrec_fusion\), so "
-                       r"a value here would be read by whichever model is selected\. Set it for one model: "
-                       r"model\.odmt\.dropout"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"`model\.dropout` is read by several models "
+                       r"\(mp4sr, odmt, sasrec, sasrec_fusion\), so a value here would be read by whichever model is "
+                       r"selected\. Set it for one model: model\.odmt\.dropout"):  # fmt: skip
         load_params(path)
 
 

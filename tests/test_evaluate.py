@@ -242,7 +242,7 @@ def test_evaluate_stage_adds_the_control_rows_and_words_the_claim(tmp_path: Path
     from pipeline.checkpoint import data_fingerprint, save_checkpoint
     from pipeline.models.sasrec import SASRec, SASRecConfig
     from stages.evaluate import app
-    from tests.test_train import train_cfg
+    from tests.helpers.training import train_cfg
 
     params, prepared, models = write_project(tmp_path)
     write_text_features(tmp_path / "features", prepared)

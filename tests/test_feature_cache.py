@@ -13,7 +13,7 @@ from pipeline.features.cache import EmbeddingCache, content_digest, item_key
 from pipeline.features.embed import embed_items
 from pipeline.features.text_encoders import HFTextEncoder
 from tests.helpers.data import write_items
-from tests.helpers.encoders import TINY_WORDS, make_tiny_bert
+from tests.helpers.encoders import make_tiny_bert, titles
 
 IDENTITY = {"encoder": "fake", "max_tokens": 2}
 
@@ -75,13 +75,6 @@ def test_half_written_and_corrupt_shards_are_ignored(tmp_path: Path, caplog: pyt
 
 
 # --- through embed_items -------------------------------------------------------------------------------------------
-
-
-def titles(n: int, start: int = 0) -> list[str]:
-    return [
-        f"{TINY_WORDS[i % len(TINY_WORDS)]} {TINY_WORDS[(i // 3) % len(TINY_WORDS)]} {i}"
-        for i in range(start, start + n)
-    ]
 
 
 @pytest.fixture(scope="module")

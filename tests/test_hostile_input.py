@@ -12,7 +12,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,6 +28,8 @@ from pipeline.data.readers.rawio import check_delimited, read_json_lines
 from pipeline.data.schema import DataFormatError
 from pipeline.io import staged_outputs, write_json_atomic
 from pipeline.pretrain import PretrainConfig
+from tests.helpers.data import image_ref_items
+from tests.helpers.dvc_project import params_with
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real_formats"
 REPO = Path(__file__).resolve().parents[1]
@@ -45,13 +46,6 @@ def _png(path: Path) -> Path:
     return path
 
 
-def _items(ids: list[str], refs: list[str | None]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {"item_idx": list(range(1, len(ids) + 1)), "item_id": ids, "text": [""] * len(ids), "image_ref": refs},
-        schema={"item_idx": pl.Int32, "item_id": pl.String, "text": pl.String, "image_ref": pl.String},
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Path traversal
 
@@ -62,7 +56,7 @@ def test_symlink_in_images_dir_pointing_outside_is_rejected_not_read(tmp_path: P
     _png(images / "a.png")
     (images / "b.png").symlink_to(secret)
     (images / "inner.png").symlink_to(images / "a.png")  # a link that stays inside is fine
-    result, stats = attach_images(_items(["a", "b", "inner"], [None] * 3), str(images), tmp_path / "out")
+    result, stats = attach_images(image_ref_items(["a", "b", "inner"], [None] * 3), str(images), tmp_path / "out")
     assert stats["rejected_outside_root"] == 1 and stats["present"] == 2
     assert result["image_path"].to_list() == [str(images / "a.png"), None, str(images / "inner.png")]
     index = json.loads((tmp_path / "out" / "images" / "index.json").read_text())
@@ -73,7 +67,7 @@ def test_dotdot_item_id_and_ref_cannot_leave_images_dir(tmp_path: Path) -> None:
     images = tmp_path / "images"
     images.mkdir()
     _png(tmp_path / "outside" / "secret.jpg")
-    items = _items(["../outside/secret", "x"], [None, "../outside/secret.jpg"])
+    items = image_ref_items(["../outside/secret", "x"], [None, "../outside/secret.jpg"])
     result, stats = attach_images(items, str(images), tmp_path / "out")
     assert result["image_path"].to_list() == [None, None]
     assert stats["missing"] == 1 and stats["rejected_outside_root"] == 1  # the id is a file name, the ref a path
@@ -84,7 +78,7 @@ def test_absolute_image_ref_outside_images_dir_is_rejected(tmp_path: Path) -> No
     images = tmp_path / "images"
     inside = _png(images / "sub" / "ok.png")
     secret = _png(tmp_path / "elsewhere" / "secret.png")
-    items = _items(["p", "q"], [str(secret), str(inside)])
+    items = image_ref_items(["p", "q"], [str(secret), str(inside)])
     result, stats = attach_images(items, str(images), tmp_path / "out")
     assert result["image_path"].to_list() == [None, str(inside)]
     assert stats.pop("renamed_file_names") == 0
@@ -273,18 +267,6 @@ def test_outputs_get_the_umask_mode_not_0600(tmp_path: Path, tiny_ml1m_dir: Path
 # Params: ranges, duplicate keys, YAML syntax
 
 
-def _params(tmp_path: Path, section: str, key: str, value: object, name: str = "other.yaml") -> Path:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    node = raw[section]
-    *parents, last = key.split(".")
-    for part in parents:
-        node = node[part]
-    node[last] = value
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize(
     ("section", "key", "value", "message"),
     [
@@ -310,13 +292,13 @@ def _params(tmp_path: Path, section: str, key: str, value: object, name: str = "
 def test_out_of_range_param_names_the_given_file_and_dotted_key(
     tmp_path: Path, section: str, key: str, value: object, message: str
 ) -> None:
-    path = _params(tmp_path, section, key, value)
+    path = params_with(tmp_path, section, key, value)
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {message}"):
         load_params(path)
 
 
 def test_pretrain_ranges_are_checked(tmp_path: Path) -> None:
-    path = _params(tmp_path, "pretrain", "lr", 0)
+    path = params_with(tmp_path, "pretrain", "lr", 0)
     with pytest.raises(ConfigError, match=r"other.yaml: `pretrain.lr` = 0.0 must be > 0"):
         load_section(PretrainConfig, "pretrain", path)
 

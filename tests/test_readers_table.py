@@ -19,28 +19,8 @@ from pipeline.data.readers.table import read_table
 from pipeline.data.schema import INTERACTION_SCHEMA, DataFormatError
 from pipeline.download.http import DownloadError, FetchOptions
 from pipeline.download.run import download_table_images
-from tests.helpers.data import DATA_CFG
+from tests.helpers.data import T0, TABLE_CFG, TABLE_ITEMS_CSV, table_cfg, write_table
 from tests.helpers.loopback import Loopback, jpeg
-
-CFG = dataclasses.replace(DATA_CFG, source="table")
-T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
-ITEMS_CSV = "sku,name,brand\nA,Red Shoe,Nike\nB,Blue Hat,\nC,Green Bag,Acme\n"
-
-
-def table(root: Path, images_dir: Path | None = None, **kw: object) -> DataConfig:
-    columns = kw.pop("columns", TableColumns(user="uid", item="sku", timestamp="ts"))
-    item_columns = kw.pop("item_columns", TableItemColumns(id="sku", text=["name", "brand"]))
-    spec = TableConfig(
-        **{"interactions": "events.csv", "items": "items.csv", **kw}, columns=columns, item_columns=item_columns
-    )  # type: ignore[arg-type]
-    return dataclasses.replace(CFG, path=str(root), images_dir=str(images_dir) if images_dir else None, table=spec)
-
-
-def write(root: Path, events: str, items: str = ITEMS_CSV, name: str = "events.csv") -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / name).write_text(events, encoding="utf-8")
-    (root / "items.csv").write_text(items, encoding="utf-8")
-    return root
 
 
 def rows(cfg: DataConfig) -> list[tuple]:
@@ -55,31 +35,31 @@ def test_csv_renamed_columns_iso_timestamps_and_text(tmp_path: Path) -> None:
         "2023-11-14 22:13:22.9,C,u1,z\n"  # no offset: read in data.table.timezone
         "2023-11-14,A,u2,w\n"  # a date: midnight in that zone
     )
-    root = write(tmp_path, events)
-    got = rows(table(root, timezone="UTC"))
+    root = write_table(tmp_path, events)
+    got = rows(table_cfg(root, timezone="UTC"))
     assert got == [("u1", "A", T0, 0), ("u1", "B", T0 + 1, 1), ("u1", "C", T0 + 2, 2), ("u2", "A", 1699920000, 3)]
-    paris = rows(table(root, timezone="Europe/Paris"))
+    paris = rows(table_cfg(root, timezone="Europe/Paris"))
     assert [r[2] for r in paris] == [T0, T0 + 1, T0 + 2 - 3600, 1699920000 - 3600]  # only zone-less values move
-    raw = read_table(table(root, timezone="UTC", text_labels={"brand": "Made by"}))
+    raw = read_table(table_cfg(root, timezone="UTC", text_labels={"brand": "Made by"}))
     assert dict(raw.items.select("item_id", "text").iter_rows()) == {
         "A": "Red Shoe. Made by: Nike",
         "B": "Blue Hat",
         "C": "Green Bag. Made by: Acme",
     }
     assert raw.items["title"].to_list() == ["Red Shoe", "Blue Hat", "Green Bag"]
-    assert read_table(table(root, timezone="UTC")).items["text"][0] == "Red Shoe. Brand: Nike"  # default label
+    assert read_table(table_cfg(root, timezone="UTC")).items["text"][0] == "Red Shoe. Brand: Nike"  # default label
 
 
 def test_iso_without_a_stated_zone_is_an_error_naming_file_and_row(tmp_path: Path) -> None:
-    root = write(tmp_path, "uid,sku,ts\nu1,A,2023-11-14T22:13:20Z\nu1,B,2023-11-14 22:13:21\n")
+    root = write_table(tmp_path, "uid,sku,ts\nu1,A,2023-11-14T22:13:20Z\nu1,B,2023-11-14 22:13:21\n")
     with pytest.raises(
         DataFormatError,
         match=r"events.csv: row 2: ISO 8601 timestamp '2023-11-14 22:13:21' has no "
         r"time zone. Fix: .*data.table.timezone: UTC",
     ):
-        read_table(table(root))
+        read_table(table_cfg(root))
     with pytest.raises(ConfigError, match=r"`data.table.timezone` = 'Mars/Base' is not a time zone"):
-        read_table(table(root, timezone="Mars/Base"))
+        read_table(table_cfg(root, timezone="Mars/Base"))
 
 
 def test_tsv_epoch_units_and_counted_bad_rows(tmp_path: Path) -> None:
@@ -93,15 +73,15 @@ def test_tsv_epoch_units_and_counted_bad_rows(tmp_path: Path) -> None:
         "u1\tC\tyesterday\t1\n"  # not a timestamp
         "u1\tC\t-3\tbad\n"  # <= 0
     )
-    root = write(tmp_path, events, name="events.tsv")
+    root = write_table(tmp_path, events, name="events.tsv")
     columns = TableColumns(user="uid", item="sku", timestamp="ts", rating="stars")
-    raw = read_table(table(root, interactions="events.tsv", columns=columns))
+    raw = read_table(table_cfg(root, interactions="events.tsv", columns=columns))
     df = raw.interactions.collect()
     assert df.schema == pl.Schema(INTERACTION_SCHEMA)
     assert df.select("timestamp", "rating").rows() == [(T0, 5.0), (T0 + 1, 4.5)]
     assert raw.drops == {"missing_user": 1, "missing_item": 1, "missing_timestamp": 1, "bad_timestamp": 2}
     assert "1 timestamps were in milliseconds" in " ".join(raw.notes)
-    stated = read_table(table(root, interactions="events.tsv", columns=columns, timestamp_unit="s"))
+    stated = read_table(table_cfg(root, interactions="events.tsv", columns=columns, timestamp_unit="s"))
     assert stated.interactions.collect()["timestamp"].to_list() == [T0 + 1]  # T0 ms read as seconds: after 2100
 
 
@@ -124,7 +104,7 @@ def test_parquet_shards_list_columns_float_ids_and_nulls(tmp_path: Path) -> None
     ).write_parquet(tmp_path / "items.parquet")
     item_columns = TableItemColumns(id="sku", text=["name", "tags"])
     for spec in ("events", "events/part-*.parquet"):
-        cfg = table(tmp_path, interactions=spec, items="items.parquet", item_columns=item_columns)
+        cfg = table_cfg(tmp_path, interactions=spec, items="items.parquet", item_columns=item_columns)
         raw = read_table(cfg)
         df = raw.interactions.collect()
         assert df.select("user_id", "item_id", "timestamp", "row").rows() == [
@@ -143,21 +123,21 @@ def test_parquet_datetimes_need_a_zone_unless_they_carry_one(tmp_path: Path) -> 
     frame = pl.DataFrame({"uid": ["u", "u"], "sku": ["A", "B"], "ts": naive})
     frame.write_parquet(tmp_path / "naive.parquet")
     frame.with_columns(pl.col("ts").dt.replace_time_zone("Europe/Paris")).write_parquet(tmp_path / "aware.parquet")
-    write(tmp_path, "unused\n1\n")
+    write_table(tmp_path, "unused\n1\n")
     with pytest.raises(DataFormatError, match=r"naive.parquet: column 'ts' holds Datetime.*without a time zone"):
-        read_table(table(tmp_path, interactions="naive.parquet"))
-    assert [r[2] for r in rows(table(tmp_path, interactions="naive.parquet", timezone="UTC"))] == [T0, T0 + 1]
-    assert [r[2] for r in rows(table(tmp_path, interactions="aware.parquet"))] == [T0 - 3600, T0 - 3599]
+        read_table(table_cfg(tmp_path, interactions="naive.parquet"))
+    assert [r[2] for r in rows(table_cfg(tmp_path, interactions="naive.parquet", timezone="UTC"))] == [T0, T0 + 1]
+    assert [r[2] for r in rows(table_cfg(tmp_path, interactions="aware.parquet"))] == [T0 - 3600, T0 - 3599]
 
 
 def test_json_lines_shards_with_malformed_lines(tmp_path: Path) -> None:
     folder = tmp_path / "events"
     folder.mkdir()
-    (tmp_path / "items.csv").write_text(ITEMS_CSV)
+    (tmp_path / "items.csv").write_text(TABLE_ITEMS_CSV)
     with gzip.open(folder / "a.jsonl.gz", "wt") as f:
         f.write(json.dumps({"uid": 1, "sku": "A", "ts": T0}) + "\n{not json\n\n")
     (folder / "b.jsonl").write_text(json.dumps({"uid": 1, "sku": "B", "ts": "2023-11-14T22:13:21Z"}) + "\n")
-    raw = read_table(table(tmp_path, interactions="events", items="items.csv"))
+    raw = read_table(table_cfg(tmp_path, interactions="events", items="items.csv"))
     assert raw.interactions.collect().select("user_id", "item_id", "timestamp", "row").rows() == [
         ("1", "A", T0, 0),
         ("1", "B", T0 + 1, 3),  # row = line across shards (a.jsonl.gz has 3 lines)
@@ -169,15 +149,15 @@ def test_json_lines_shards_with_malformed_lines(tmp_path: Path) -> None:
         match=r"b.jsonl: no record has a field 'uid'.*fields of the first record: "
         r"user, sku, ts. Fix: set data.table.columns.user",
     ):
-        read_table(table(tmp_path, interactions="events", items="items.csv"))
+        read_table(table_cfg(tmp_path, interactions="events", items="items.csv"))
 
 
 def test_json_lines_items_with_list_text(tmp_path: Path) -> None:
-    write(tmp_path, f"uid,sku,ts\nu,A,{T0}\n", items="")
+    write_table(tmp_path, f"uid,sku,ts\nu,A,{T0}\n", items="")
     lines = [{"sku": "A", "name": "Shoe", "tags": ["red", "sale"]}, {"sku": "B", "name": "Hat", "tags": []}]
     (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     raw = read_table(
-        table(tmp_path, items="items.jsonl", item_columns=TableItemColumns(id="sku", text=["name", "tags"]))
+        table_cfg(tmp_path, items="items.jsonl", item_columns=TableItemColumns(id="sku", text=["name", "tags"]))
     )
     assert raw.items["text"].to_list() == ["Shoe. Tags: red, sale", "Hat"]
 
@@ -213,21 +193,21 @@ def test_json_lines_items_with_list_text(tmp_path: Path) -> None:
     ],
 )
 def test_config_and_column_errors(tmp_path: Path, kw: dict, error: type, match: str) -> None:
-    root = write(tmp_path, f"uid,sku,ts\nu,A,{T0}\n")
+    root = write_table(tmp_path, f"uid,sku,ts\nu,A,{T0}\n")
     pl.DataFrame({"uid": ["u"], "sku": ["A"], "ts": [T0]}).write_parquet(root / "events.parquet")
     with pytest.raises(error, match=match):
-        read_table(table(root, **kw))
+        read_table(table_cfg(root, **kw))
 
 
 def test_ragged_csv_and_mixed_formats_are_errors(tmp_path: Path) -> None:
-    root = write(tmp_path, f"uid,sku,ts\nu,A,{T0}\nu,B\n")
+    root = write_table(tmp_path, f"uid,sku,ts\nu,A,{T0}\nu,B\n")
     with pytest.raises(DataFormatError, match=r"events.csv:3: expected 3 fields"):
-        read_table(table(root))
+        read_table(table_cfg(root))
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "a.csv").write_text(f"uid,sku,ts\nu,A,{T0}\n")
     pl.DataFrame({"uid": ["u"], "sku": ["B"], "ts": [T0]}).write_parquet(tmp_path / "shards" / "b.parquet")
     with pytest.raises(DataFormatError, match=r"mixes formats \(csv, parquet\)"):
-        read_table(table(root, interactions="shards"))
+        read_table(table_cfg(root, interactions="shards"))
 
 
 def _png(path: Path) -> None:
@@ -240,10 +220,10 @@ def test_image_paths_must_stay_inside_images_dir(tmp_path: Path, bad: str) -> No
     images = tmp_path / "raw" / "images"  # data.path is tmp_path/raw; the outputs go beside it, never inside
     _png(images / "posters" / "a.png")
     items = f"sku,name,img\nA,Shoe,posters/a.png\nB,Hat,{images / 'posters' / 'a.png'}\nC,Bag,{bad}\n"
-    root = write(tmp_path, f"uid,sku,ts\nu,A,{T0}\n", items=items)
+    root = write_table(tmp_path, f"uid,sku,ts\nu,A,{T0}\n", items=items)
     item_columns = TableItemColumns(id="sku", text=["name"], image="img")
     with pytest.raises(DataFormatError, match=rf"items.csv: row 3: image path '{bad}' leaves data.images_dir"):
-        read_table(table(root, images, item_columns=item_columns))
+        read_table(table_cfg(root, images, item_columns=item_columns))
 
 
 def test_image_urls_and_relative_paths_through_prepare_and_download(tmp_path: Path) -> None:
@@ -260,9 +240,9 @@ def _image_urls_through_prepare_and_download(tmp_path: Path, base_url: str) -> N
     _png(images / "posters" / "a.png")
     items = f"sku,name,img\nA,Shoe,posters/a.png\nB,Hat,{base_url}/b.jpg\nC,Bag,\nD,Cap,ftp://x/d.png\n"
     events = "uid,sku,ts\n" + "".join(f"u{u},{s},{T0 + i}\n" for u in range(3) for i, s in enumerate("ABC"))
-    root = write(tmp_path / "raw", events, items=items)
+    root = write_table(tmp_path / "raw", events, items=items)
     item_columns = TableItemColumns(id="sku", text=["name"], image="img")
-    cfg = table(root, images, item_columns=item_columns)
+    cfg = table_cfg(root, images, item_columns=item_columns)
     with pytest.raises(DataFormatError, match=r"items.csv: row 4: image 'ftp://x/d.png' is a URL that is not http"):
         read_table(cfg)
     (root / "items.csv").write_text(items.replace("D,Cap,ftp://x/d.png\n", ""))
@@ -284,6 +264,6 @@ def _image_urls_through_prepare_and_download(tmp_path: Path, base_url: str) -> N
 
 
 def test_table_section_must_keep_defaults_for_other_sources() -> None:
-    changed = dataclasses.replace(CFG, source="ml1m_recbole", table=TableConfig(interactions="events.parquet"))
+    changed = dataclasses.replace(TABLE_CFG, source="ml1m_recbole", table=TableConfig(interactions="events.parquet"))
     with pytest.raises(ConfigError, match=r"`data.table` is read only by data.source: table"):
         validate_config(changed)

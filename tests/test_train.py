@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 import yaml
@@ -21,7 +20,7 @@ from pipeline.inference import item_table, user_queries
 from pipeline.models.sasrec import SASRec, SASRecConfig
 from pipeline.train import fit, seed_everything, validate, write_summary
 from stages.train import app
-from tests.helpers.training import MAX_LEN, NUM_ITEMS, catalog, cycle_split, train_cfg
+from tests.helpers.training import MAX_LEN, NUM_ITEMS, catalog, cycle_split, train_cfg, write_stage_project
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
@@ -156,42 +155,8 @@ def test_summary_is_plain_json(tmp_path: Path) -> None:
 
 
 def test_train_stage_writes_checkpoint_summary_and_dvclive(tmp_path: Path) -> None:
-    split = cycle_split(num_users=40)
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    held_out = zip(split.train, split.valid_target, split.test_target, strict=True)
-    sequences = [np.concatenate([t, [v, w]]) for t, v, w in held_out]
-    pl.DataFrame(
-        {
-            "user_idx": np.arange(1, 41, dtype=np.int32),
-            "user_id": [f"u{i}" for i in range(40)],
-            "items": [s.astype(np.int32).tolist() for s in sequences],
-            "timestamps": [list(range(len(s))) for s in sequences],
-        }
-    ).write_parquet(prepared / "sequences.parquet")
-    pl.DataFrame(
-        {
-            "item_idx": np.arange(1, NUM_ITEMS + 1, dtype=np.int32),
-            "item_id": [str(i) for i in range(NUM_ITEMS)],
-            "text": [""] * NUM_ITEMS,
-            "image_path": [None] * NUM_ITEMS,
-        }
-    ).write_parquet(prepared / "items.parquet")
-    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    params["data"]["max_seq_len"] = MAX_LEN
-    params["train"] |= {"epochs": 2, "device": "cpu", "batch_size": 16, "num_threads": 1}
-    params["model"] |= {"name": "sasrec", "sasrec": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-
+    args = write_stage_project(tmp_path)
     out = tmp_path / "models"
-    args = [
-        "--params",
-        str(tmp_path / "params.yaml"),
-        "--prepared",
-        str(prepared),
-        "--features",
-        str(tmp_path / "features"),
-    ]
     result = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "train_summary.json").read_text())
@@ -201,6 +166,7 @@ def test_train_stage_writes_checkpoint_summary_and_dvclive(tmp_path: Path) -> No
     assert json.loads((out / "dvclive" / "metrics.json").read_text())["step"] == 1  # steps 0 and 1 logged
     assert (out / "dvclive" / "plots" / "metrics" / "valid" / "NDCG@10.tsv").exists()
 
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["train"]["device"] = "tpu"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     bad = CliRunner().invoke(app, [*args, "--out", str(out)])

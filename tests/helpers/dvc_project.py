@@ -43,6 +43,19 @@ def tiny_params(raw_dir: Path, model: dict | None = None, data: dict | None = No
     return params
 
 
+def params_with(tmp_path: Path, section: str, key: str, value: object, name: str = "other.yaml") -> Path:
+    """This repository's params.yaml with ``section``'s dotted ``key`` set to ``value``, written to tmp_path/name."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    node = raw[section]
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def make_project(tmp_path: Path, model: dict | None = None, data: dict | None = None) -> Path:
     """A fresh git + DVC project holding this repository's pipeline, pointed at a tiny data set.
 

@@ -11,6 +11,14 @@ TINY_WORDS = "toy story heat casino jumanji the a of and comedy drama action spa
 TINY_CLIP = "TinyCLIP-test"
 
 
+def titles(n: int, start: int = 0) -> list[str]:
+    """``n`` distinct item titles in the tiny encoders' vocabulary (TINY_WORDS), numbered from ``start``."""
+    return [
+        f"{TINY_WORDS[i % len(TINY_WORDS)]} {TINY_WORDS[(i // 3) % len(TINY_WORDS)]} {i}"
+        for i in range(start, start + n)
+    ]
+
+
 def make_tiny_bert(directory: Path) -> Path:
     """A 1-layer, 16-d BERT + WordPiece tokenizer saved with save_pretrained (a local `hf` checkpoint)."""
     from transformers import BertConfig, BertModel, BertTokenizer

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
+import yaml
 
 from pipeline.catalog import ItemCatalog
 from pipeline.config import TrainConfig
 from pipeline.data.splits import UserSplit
+
+REPO = Path(__file__).resolve().parents[2]
 
 NUM_ITEMS = 30
 MAX_LEN = 12
@@ -44,3 +49,37 @@ def train_cfg(**overrides: Any) -> TrainConfig:
         num_threads=1,  # tiny tensors: one thread avoids OpenMP spin-waits on a busy machine
     )
     return TrainConfig(**(base | overrides))
+
+
+def write_stage_project(root: Path) -> list[str]:
+    """40 cycle users as ``root/prepared`` and ``root/params.yaml`` for a 2-epoch SASRec (width 16) on CPU.
+
+    Returns the train stage's argv without ``--out`` (``--features`` names a folder SASRec never reads).
+    """
+    split = cycle_split(num_users=40)
+    prepared = root / "prepared"
+    prepared.mkdir()
+    held_out = zip(split.train, split.valid_target, split.test_target, strict=True)
+    sequences = [np.concatenate([t, [v, w]]) for t, v, w in held_out]
+    pl.DataFrame(
+        {
+            "user_idx": np.arange(1, 41, dtype=np.int32),
+            "user_id": [f"u{i}" for i in range(40)],
+            "items": [s.astype(np.int32).tolist() for s in sequences],
+            "timestamps": [list(range(len(s))) for s in sequences],
+        }
+    ).write_parquet(prepared / "sequences.parquet")
+    pl.DataFrame(
+        {
+            "item_idx": np.arange(1, NUM_ITEMS + 1, dtype=np.int32),
+            "item_id": [str(i) for i in range(NUM_ITEMS)],
+            "text": [""] * NUM_ITEMS,
+            "image_path": [None] * NUM_ITEMS,
+        }
+    ).write_parquet(prepared / "items.parquet")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["max_seq_len"] = MAX_LEN
+    params["train"] |= {"epochs": 2, "device": "cpu", "batch_size": 16, "num_threads": 1}
+    params["model"] |= {"name": "sasrec", "sasrec": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return ["--params", str(root / "params.yaml"), "--prepared", str(prepared), "--features", str(root / "features")]
