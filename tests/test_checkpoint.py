@@ -25,7 +25,7 @@ from pipeline.checkpoint import (
 from pipeline.inference import load_trained
 from pipeline.models.sasrec import SASRec, SASRecConfig
 from tests.helpers.projects import write_project
-from tests.helpers.training import cycle_split, train_cfg
+from tests.helpers.training import cycle_split, train_cfg, write_prepared
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 12
@@ -220,19 +220,8 @@ def test_evaluate_stage_refuses_a_bad_checkpoint_with_one_line(tmp_path: Path, d
 def test_training_job_writes_the_fingerprint_of_its_items(tmp_path: Path) -> None:
     from pipeline.training_job import train_to_dir
 
-    split = cycle_split(num_users=20)
     prepared = tmp_path / "prepared"
-    held_out = zip(split.train, split.valid_target, split.test_target, strict=True)
-    sequences = [np.concatenate([t, [v, w]]) for t, v, w in held_out]
-    items_parquet(prepared, [str(i) for i in range(30)])
-    pl.DataFrame(
-        {
-            "user_idx": np.arange(1, 21, dtype=np.int32),
-            "user_id": [f"u{i}" for i in range(20)],
-            "items": [s.astype(np.int32).tolist() for s in sequences],
-            "timestamps": [list(range(len(s))) for s in sequences],
-        }
-    ).write_parquet(prepared / "sequences.parquet")
+    write_prepared(prepared, cycle_split(num_users=20), 30)
     config = SASRecConfig(hidden_dim=8, num_layers=1, num_heads=1, dropout=0.0)
     train_to_dir("sasrec", config, train_cfg(epochs=1), 12, prepared, tmp_path / "features", tmp_path / "models")
     checkpoint = read_checkpoint(tmp_path / "models" / "model.pt")

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.config import ConfigError, DataConfig
+from pipeline.config import ConfigError
 from pipeline.data.cold_start import (
     COLD_START_DROP_REASONS,
     ColdItems,
@@ -24,6 +24,7 @@ from pipeline.data.cold_start import (
 from pipeline.data.prepare import prepare, validate_config
 from pipeline.data.splits import UserSplit, leave_one_out, load_split
 from pipeline.evaluation import evaluate_popularity, evaluate_vectors, rank_among
+from tests.helpers.data import DATA_CFG
 
 
 def sequences(rows: list[list[int]]) -> pl.DataFrame:
@@ -154,18 +155,8 @@ def test_cold_masks_count_items_unseen_before_the_target() -> None:
     assert cold_valid_mask(split).tolist() == [True, False, False]
 
 
-CFG = DataConfig(
-    source="movielens",
-    path=None,
-    images_dir=None,
-    min_rating=None,
-    user_core=3,
-    item_core=2,
-    dedupe="user_item",
-    max_seq_len=50,
-    cold_start_fraction=0.2,
-    seed=42,
-    cold_target_share=0.3,
+CFG = dataclasses.replace(
+    DATA_CFG, source="movielens", item_core=2, cold_start_fraction=0.2, seed=42, cold_target_share=0.3
 )
 
 

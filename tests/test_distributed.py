@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -60,30 +59,6 @@ def jobs() -> dict[str, tuple[Any, UserSplit, Cfg, int]]:
     }
 
 
-def write_prepared(prepared: Path, split: UserSplit, num_items: int) -> None:
-    """sequences.parquet + items.parquet whose leave-one-out split is ``split``."""
-    prepared.mkdir(parents=True)
-    sequences = [
-        np.concatenate([t, [v, w]]) for t, v, w in zip(split.train, split.valid_target, split.test_target, strict=True)
-    ]
-    pl.DataFrame(
-        {
-            "user_idx": np.arange(1, len(sequences) + 1, dtype=np.int32),
-            "user_id": [f"u{i}" for i in range(len(sequences))],
-            "items": [s.astype(np.int32).tolist() for s in sequences],
-            "timestamps": [list(range(len(s))) for s in sequences],
-        }
-    ).write_parquet(prepared / "sequences.parquet")
-    pl.DataFrame(
-        {
-            "item_idx": np.arange(1, num_items + 1, dtype=np.int32),
-            "item_id": [str(i) for i in range(num_items)],
-            "text": [""] * num_items,
-            "image_path": [None] * num_items,
-        }
-    ).write_parquet(prepared / "items.parquet")
-
-
 def _rank_main(rank: int, port: int, tmp: str) -> None:
     """One rank: the environment torchrun would set, then the library's own entry points."""
     os.environ |= {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD)}
@@ -110,7 +85,7 @@ def free_port() -> int:
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run :func:`_rank_main` on 2 gloo ranks once for this module's tests; their outputs are in the directory."""
     tmp = tmp_path_factory.mktemp("ddp")
-    write_prepared(tmp / "prepared", toys.cycle_split(num_users=40), toys.NUM_ITEMS)
+    toys.write_prepared(tmp / "prepared", toys.cycle_split(num_users=40), toys.NUM_ITEMS)
     mp.spawn(_rank_main, args=(free_port(), str(tmp)), nprocs=WORLD, join=True)
     return tmp
 

@@ -13,19 +13,9 @@ from pipeline.config import ConfigError, DataConfig
 from pipeline.data.readers import READERS, get_reader
 from pipeline.data.readers.movielens import read_ml1m_recbole, read_movielens
 from pipeline.data.schema import INTERACTION_SCHEMA, DataFormatError
+from tests.helpers.data import DATA_CFG
 
-CFG = DataConfig(
-    source="movielens",
-    path=None,
-    images_dir=None,
-    min_rating=None,
-    user_core=5,
-    item_core=5,
-    dedupe="user_item",
-    max_seq_len=200,
-    cold_start_fraction=0.0,
-    seed=0,
-)
+CFG = dataclasses.replace(DATA_CFG, source="movielens", user_core=5, item_core=5, max_seq_len=200)
 
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
 ITEM_HEADER = "item_id:token\tmovie_title:token\trelease_year:float\tgenre:token"

@@ -115,18 +115,7 @@ def write_table(root: Path, events: str, items: str = TABLE_ITEMS_CSV, name: str
 
 # --- source `recbole`: <name>.inter / <name>.item ---------------------------------------------------------------------
 
-RECBOLE_CFG = DataConfig(
-    source="recbole",
-    path=None,
-    images_dir=None,
-    min_rating=None,
-    user_core=1,
-    item_core=1,
-    dedupe="user_item",
-    max_seq_len=50,
-    cold_start_fraction=0.0,
-    seed=0,
-)
+RECBOLE_CFG = dataclasses.replace(DATA_CFG, source="recbole", user_core=1)
 
 # A Amazon-style RecBole data set, not named after MovieLens: other field order, extra fields, float timestamps
 # (one with a fraction), genres in a token_seq field named `categories`, a float_seq, a `.user` and a `.kg` file.

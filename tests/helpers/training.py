@@ -51,32 +51,37 @@ def train_cfg(**overrides: Any) -> TrainConfig:
     return TrainConfig(**(base | overrides))
 
 
-def write_stage_project(root: Path) -> list[str]:
-    """40 cycle users as ``root/prepared`` and ``root/params.yaml`` for a 2-epoch SASRec (width 16) on CPU.
-
-    Returns the train stage's argv without ``--out`` (``--features`` names a folder SASRec never reads).
-    """
-    split = cycle_split(num_users=40)
-    prepared = root / "prepared"
-    prepared.mkdir()
-    held_out = zip(split.train, split.valid_target, split.test_target, strict=True)
-    sequences = [np.concatenate([t, [v, w]]) for t, v, w in held_out]
+def write_prepared(prepared: Path, split: UserSplit, num_items: int) -> None:
+    """sequences.parquet + items.parquet whose leave-one-out split is ``split``."""
+    prepared.mkdir(parents=True)
+    sequences = [
+        np.concatenate([t, [v, w]]) for t, v, w in zip(split.train, split.valid_target, split.test_target, strict=True)
+    ]
     pl.DataFrame(
         {
-            "user_idx": np.arange(1, 41, dtype=np.int32),
-            "user_id": [f"u{i}" for i in range(40)],
+            "user_idx": np.arange(1, len(sequences) + 1, dtype=np.int32),
+            "user_id": [f"u{i}" for i in range(len(sequences))],
             "items": [s.astype(np.int32).tolist() for s in sequences],
             "timestamps": [list(range(len(s))) for s in sequences],
         }
     ).write_parquet(prepared / "sequences.parquet")
     pl.DataFrame(
         {
-            "item_idx": np.arange(1, NUM_ITEMS + 1, dtype=np.int32),
-            "item_id": [str(i) for i in range(NUM_ITEMS)],
-            "text": [""] * NUM_ITEMS,
-            "image_path": [None] * NUM_ITEMS,
+            "item_idx": np.arange(1, num_items + 1, dtype=np.int32),
+            "item_id": [str(i) for i in range(num_items)],
+            "text": [""] * num_items,
+            "image_path": [None] * num_items,
         }
     ).write_parquet(prepared / "items.parquet")
+
+
+def write_stage_project(root: Path) -> list[str]:
+    """40 cycle users as ``root/prepared`` and ``root/params.yaml`` for a 2-epoch SASRec (width 16) on CPU.
+
+    Returns the train stage's argv without ``--out`` (``--features`` names a folder SASRec never reads).
+    """
+    prepared = root / "prepared"
+    write_prepared(prepared, cycle_split(num_users=40), NUM_ITEMS)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["max_seq_len"] = MAX_LEN
     params["train"] |= {"epochs": 2, "device": "cpu", "batch_size": 16, "num_threads": 1}
