@@ -36,6 +36,7 @@ import yaml
 from bench.control_rows import ROW_KEYS, control_kind, control_runs, paired_rows
 from bench.run_stage import StageRun, run_measured
 from pipeline.experiments import experiments_markdown
+from pipeline.images_plot import plot_cards_vs_posters
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.models import registry
 from pipeline.models.mp4sr import PRETRAIN_KEYS
@@ -323,6 +324,7 @@ def main(
             for row in reference_results(result):
                 write_json_atomic(results / suite / f"{row['name']}.json", row)
     pair_with_ensembles(done, variants, base, results / suite)
+    plot_cards_vs_posters(results)  # per-head NDCG@10, title cards against posters, where both suites ran
     markdown = experiments_markdown(results)
     write_text_atomic(results.parent / "experiments.md", markdown)
     typer.echo(markdown)

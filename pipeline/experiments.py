@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.evaluation import AMONG_COLD, COLD_START, subset_name
+from pipeline.images_plot import PLOT_NAME
 from pipeline.metrics import per_user_values, target_ranks
 from pipeline.significance import paired_difference
 
@@ -194,6 +195,9 @@ def experiments_markdown(results_dir: Path) -> str:
             heads = heads_table(paths)
             table = experiments_table(paths) + ("\n" + heads if heads else "")
             parts.append(f"### Suite `{suite_dir.name}`\n\n" + _budget_line(paths) + table)
+    if parts and (Path(results_dir) / PLOT_NAME).exists():  # written by bench.ablations where both suites ran
+        link = f"{Path(results_dir).name}/{PLOT_NAME}"  # relative to reports/ (report.md, experiments.md)
+        parts.append(f"### Title cards against real posters, per head\n\n![per-head test NDCG@10]({link})\n")
     return "\n".join(parts)
 
 
