@@ -150,7 +150,7 @@ def step_profile(
     Phases are timed by wrapping the model's methods (no change to what runs); CPU time, so other processes on the
     machine do not inflate it.
     """
-    from pipeline.models import odmt as odmt_module
+    from pipeline.models import losses  # ODMT calls losses.head_losses: the name patched below
 
     clock = time.process_time
     sums: dict[str, float] = {}
@@ -176,12 +176,12 @@ def step_profile(
     if hasattr(model, "item_table"):
         patched = [("item_table", "forward_item_side"), ("encode", "forward_user_side")]
     originals = {name: getattr(model, name) for name, _ in patched}
-    loss_fn = odmt_module.head_losses
+    loss_fn = losses.head_losses
     try:
         for name, key in patched:
             setattr(model, name, timed(key, originals[name]))
         if patched:
-            odmt_module.head_losses = timed("forward_loss", loss_fn)
+            losses.head_losses = timed("forward_loss", loss_fn)
         model.train()
         for i, batch in enumerate(batches):
             if i == 1:
@@ -205,7 +205,7 @@ def step_profile(
     finally:
         for name, _ in patched:
             delattr(model, name)  # back to the class's methods
-        odmt_module.head_losses = loss_fn
+        losses.head_losses = loss_fn
     steps = max(1, len(batches) - 1)
     profile = {key: round(value / steps, 4) for key, value in sums.items()}
     profile["step"] = round(sum(sums[k] for k in ("forward", "backward", "optimizer")) / steps, 4)
