@@ -17,7 +17,9 @@ import yaml
 from pipeline.catalog import ItemCatalog
 from pipeline.config import ConfigError, TrainConfig, from_dict
 from pipeline.data.dataset import left_pad
+from pipeline.fusion import ndcg_at_10_per_weight, simplex_grid
 from pipeline.models import losses, registry
+from pipeline.models.item_tokens import cap_tokens, packed_layout
 from pipeline.models.losses import LossOptions, chunk_logit_grads, head_losses, log_inclusion_probability
 from pipeline.models.odmt import (
     ODMT,
@@ -25,13 +27,9 @@ from pipeline.models.odmt import (
     ModalityInput,
     ODMTConfig,
     OnlineDistillation,
-    cap_tokens,
     distill_ramp,
     id_aware_mask,
-    ndcg_at_10_per_weight,
-    simplex_grid,
 )
-from pipeline.models.packing import packed_layout
 from pipeline.train import fit
 from tests.helpers.odmt import (
     DIM,

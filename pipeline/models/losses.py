@@ -247,3 +247,22 @@ def log_inclusion_probability(popularity: torch.Tensor, draws: int) -> torch.Ten
     counts = popularity.double() + 1.0  # +1 so items unseen in training stay finite
     q = counts / counts.sum()  # (N+1,)
     return torch.log(-torch.expm1(max(draws, 1) * torch.log1p(-q))).to(popularity.dtype)  # (N+1,)
+
+
+def in_batch_inputs(
+    popularity: torch.Tensor,
+    candidates: torch.Tensor,
+    input_ids: torch.Tensor,
+    targets: torch.Tensor,
+    has_target: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """``softmax: in_batch``'s extra :func:`head_losses` inputs: ``column_bias`` (C-1,) ``-log P(item in the batch)``
+    per column (logQ for unique candidates), ``seen`` (B, C-1) each user's own items (masked out as false negatives)
+    and ``rows`` (P,) the user of each position. ``candidates`` (C,) sorted, ``candidates[0]`` = padding."""
+    draws = int(torch.count_nonzero(torch.cat([input_ids[:, :1], targets], dim=1)))  # item occurrences
+    log_q = log_inclusion_probability(popularity, draws)[candidates[1:]]  # (C-1,)
+    seen = torch.zeros(input_ids.shape[0], len(candidates), dtype=torch.bool, device=input_ids.device)  # (B, C)
+    seen.scatter_(1, torch.searchsorted(candidates, input_ids), True)
+    seen.scatter_(1, torch.searchsorted(candidates, targets), True)
+    rows = has_target.nonzero()[:, 0]  # (P,): the user of each position
+    return {"column_bias": -log_q, "seen": seen[:, 1:], "rows": rows}

@@ -14,7 +14,7 @@ The paper's three parts, one module each:
 The ranking score is the weighted mean of the heads' scores, one inner product: ``user_vectors = concat(w_h u_h)``,
 ``item_vectors = concat(v_h)``; the weights are the buffer ``head_weight`` (chosen on validation with
 ``head_weights: validation``, :mod:`pipeline.fusion`). Training computes the cross-entropies and KD terms fused, in
-chunks (:mod:`pipeline.models.losses`); the item side runs over real tokens only (:mod:`pipeline.models.packing`).
+chunks (:mod:`pipeline.models.losses`); the item side runs over real tokens only (:mod:`pipeline.models.item_tokens`).
 Where this file departs from the paper or the authors' code (summary tokens, missing modalities, the KL form of KD,
 ``softmax: in_batch`` with logQ) and every extension key (``residual_id``, ``item_dropout``, ``distill_mode``,
 ``head_weights``, token caps, ``content_max_seq_len``, ``init_from_baseline``, ``compile_loss``): docs/models.md.
@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
-from pipeline.fusion import WEIGHT_GRID_STEP, ndcg_at_10_per_weight, simplex_grid
+from pipeline.fusion import best_head_weights
 from pipeline.models import losses
+from pipeline.models.item_tokens import block_outputs, cap_tokens, id_first_mask, packed_layout
 from pipeline.models.layers import (
     CausalTransformer,
     additive_mask,
@@ -42,7 +43,6 @@ from pipeline.models.layers import (
     init_weights,
     left_padded_positions,
 )
-from pipeline.models.packing import block_outputs, id_first_mask, packed_layout
 from pipeline.models.registry import register
 
 MODALITIES: tuple[str, ...] = ("text", "image")
@@ -590,7 +590,7 @@ class ODMT(nn.Module):
             table = self.item_table(candidates)  # {head: (C, D)}
             hidden = self.encode(input_ids, table, torch.searchsorted(candidates, input_ids))  # {head: (B, L, D)}
             target_col = torch.searchsorted(candidates, targets[has_target]) - 1  # (P,): column 0 = candidates[1]
-            in_batch = self._in_batch_inputs(candidates, input_ids, targets, has_target)
+            in_batch = losses.in_batch_inputs(self.popularity, candidates, input_ids, targets, has_target)
         columns = [table[h][1:] for h in self.heads]  # H x (C-1, D): padding (candidates[0] = 0) is no column
         recent = self.config.content_max_seq_len
         if 0 < recent < input_ids.shape[1]:  # content heads: the last `recent` columns only (full softmax)
@@ -602,19 +602,6 @@ class ODMT(nn.Module):
             return queries + [None] * len(self.modalities), columns, target_col, in_batch
         queries = [hidden[h][has_target] for h in self.heads]  # H x (P, D)
         return queries, columns, target_col, in_batch
-
-    def _in_batch_inputs(
-        self, candidates: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, has_target: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """In-batch softmax: ``-log P(item in the batch)`` per column (logQ correction for a candidate set of unique
-        items) and each user's own items, to mask."""
-        draws = int(torch.count_nonzero(torch.cat([input_ids[:, :1], targets], dim=1)))  # item occurrences
-        log_q = losses.log_inclusion_probability(self.popularity, draws)[candidates[1:]]  # (C-1,)
-        seen = torch.zeros(input_ids.shape[0], len(candidates), dtype=torch.bool, device=input_ids.device)  # (B, C)
-        seen.scatter_(1, torch.searchsorted(candidates, input_ids), True)
-        seen.scatter_(1, torch.searchsorted(candidates, targets), True)
-        rows = has_target.nonzero()[:, 0]  # (P,): the user of each position
-        return {"column_bias": -log_q, "seen": seen[:, 1:], "rows": rows}
 
     # --- ranking -----------------------------------------------------------------------------------------------
 
@@ -679,21 +666,9 @@ class ODMT(nn.Module):
             return self.head_weights
         was_training = self.training
         self.eval()
-        grid = simplex_grid(len(self.heads), WEIGHT_GRID_STEP).to(self.head_weight)  # (G, H)
         table = self.ranking_table()  # {head: (N+1, D)}
-        gains = torch.zeros(len(grid), dtype=torch.float64)  # (G,): summed NDCG@10
-        for start in range(0, len(input_ids), batch_size):
-            ids = input_ids[start : start + batch_size]  # (b, L)
-            keep = ids.ne(0).any(dim=0)  # (L,): trim columns that are padding in every row
-            queries = self.head_user_vectors(ids[:, keep.cumsum(0) > 0])  # {head: (b, D)}
-            gains += ndcg_at_10_per_weight(
-                [queries[h] @ table[h].T for h in self.heads],  # H x (b, N+1)
-                targets[start : start + batch_size],
-                exclude[start : start + batch_size],
-                grid,
-            )
-        best = int(torch.argmax(gains))  # first maximum: ties go to the earlier grid point
-        self.head_weight.copy_(grid[best])
+        best = best_head_weights(self.head_user_vectors, table, input_ids, targets, exclude, batch_size)  # (H,)
+        self.head_weight.copy_(best)
         self.train(was_training)
         return self.head_weights
 
@@ -701,31 +676,6 @@ class ODMT(nn.Module):
         """(N+1, H*D) ``concat(v_h)`` over heads (row 0 = padding, zeros)."""
         table = self.ranking_table()  # {head: (N+1, D)}
         return torch.cat([table[h] for h in self.heads], dim=1)  # (N+1, H*D)
-
-
-def cap_tokens(modality: str, tokens: torch.Tensor, mask: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``max_<m>_tokens``: (N+1, T, d) tokens and (N+1, T) mask -> at most ``cap`` tokens per item (0 = all).
-
-    Text keeps the first ``cap`` tokens (the tokenizer pads at the end). Image tokens are a row-major spatial grid
-    (``pipeline.features.encoders.token_grid``); it is average-pooled to the grid of at most ``cap`` cells that
-    embed would have stored with ``embed.image.max_tokens: cap`` (pooling before the linear projection equals
-    pooling after it).
-    """
-    if cap <= 0 or tokens.shape[1] <= cap:
-        return tokens, mask
-    if modality == "text":
-        return tokens[:, :cap], mask[:, :cap]
-    rows, count, dim = tokens.shape
-    height = max(1, math.isqrt(count))
-    width = count // height
-    if height * width != count:
-        raise ValueError(f"{modality} tokens: {count} per item is not a grid; set model.max_image_tokens: 0")
-    out_h = max(1, math.isqrt(cap))
-    out_w = max(1, cap // out_h)
-    grid = tokens.float().view(rows, height, width, dim).permute(0, 3, 1, 2)  # (N+1, d, h, w)
-    pooled = F.adaptive_avg_pool2d(grid, (min(out_h, height), min(out_w, width)))  # (N+1, d, h', w')
-    pooled = pooled.flatten(2).transpose(1, 2).to(tokens.dtype)  # (N+1, h'w', d)
-    return pooled, mask.any(dim=1, keepdim=True).expand(-1, pooled.shape[1])  # (N+1, h'w', d), (N+1, h'w')
 
 
 def _check_config(config: ODMTConfig) -> None:

@@ -1,4 +1,5 @@
-"""The packed layout of ODMT's item-side transformer: the same outputs as the padded one, less compute.
+"""ODMT's item-side token inputs: the model-side token caps (:func:`cap_tokens`) and the packed layout of the
+item-side transformer (the same outputs as the padded one, less compute).
 
 Attention over an item's tokens has no positions (only role embeddings), so its tokens may come in any order: each
 item is laid out ``[ID, summaries, its real tokens]``, items are grouped by length (:func:`packed_layout`) and each
@@ -9,10 +10,38 @@ positions (:func:`block_outputs`). Used by
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from pipeline.models.layers import TransformerBlock
+
+
+def cap_tokens(modality: str, tokens: torch.Tensor, mask: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``max_<m>_tokens``: (N+1, T, d) tokens and (N+1, T) mask -> at most ``cap`` tokens per item (0 = all).
+
+    Text keeps the first ``cap`` tokens (the tokenizer pads at the end). Image tokens are a row-major spatial grid
+    (``pipeline.features.encoders.token_grid``); it is average-pooled to the grid of at most ``cap`` cells that
+    embed would have stored with ``embed.image.max_tokens: cap`` (pooling before the linear projection equals
+    pooling after it).
+    """
+    if cap <= 0 or tokens.shape[1] <= cap:
+        return tokens, mask
+    if modality == "text":
+        return tokens[:, :cap], mask[:, :cap]
+    rows, count, dim = tokens.shape
+    height = max(1, math.isqrt(count))
+    width = count // height
+    if height * width != count:
+        raise ValueError(f"{modality} tokens: {count} per item is not a grid; set model.max_image_tokens: 0")
+    out_h = max(1, math.isqrt(cap))
+    out_w = max(1, cap // out_h)
+    grid = tokens.float().view(rows, height, width, dim).permute(0, 3, 1, 2)  # (N+1, d, h, w)
+    pooled = F.adaptive_avg_pool2d(grid, (min(out_h, height), min(out_w, width)))  # (N+1, d, h', w')
+    pooled = pooled.flatten(2).transpose(1, 2).to(tokens.dtype)  # (N+1, h'w', d)
+    return pooled, mask.any(dim=1, keepdim=True).expand(-1, pooled.shape[1])  # (N+1, h'w', d), (N+1, h'w')
+
 
 GROUP_ITEMS = 256  # the packed item transformer groups at least this many items of similar length per call
 
