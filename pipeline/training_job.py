@@ -23,7 +23,7 @@ from pipeline.config import TrainConfig
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
 from pipeline.io import check_disjoint
-from pipeline.models import registry
+from pipeline.models import contract, registry
 from pipeline.pretrain import init_from_pretrained
 from pipeline.train import (
     CHECKPOINT_NAME,
@@ -62,10 +62,10 @@ def train_to_dir(
     split = load_split(prepared)
     fingerprint = data_fingerprint(prepared)  # of the data read now, before the (long) training
     seed_everything(train_cfg.seed)  # before building: weight init is part of "same seed, same metrics"
-    model = registry.build_model(model_name, model_config, catalog)
+    model = registry.build_model(model_name, model_config, catalog, max_seq_len)
     if pretrained is not None:
         init_from_pretrained(model, pretrained)  # MP4SR: the pre-trained weights; other models or a marker: no-op
-    if getattr(model_config, "init_from_baseline", False):
+    if contract.starts_from_baseline(model):  # ODMT's init_from_baseline
         if baseline is None:
             raise ValueError("model.init_from_baseline is true but no baseline checkpoint was given (--baseline)")
         checkpoint = read_checkpoint(baseline)

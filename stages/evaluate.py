@@ -26,6 +26,7 @@ from pipeline.evaluation import (
 from pipeline.experiments import experiments_sections
 from pipeline.inference import load_trained, resolve_device
 from pipeline.io import check_disjoint
+from pipeline.models import contract
 from pipeline.models.registry import spec
 from pipeline.references import cold_start_references
 from pipeline.report import paired_text, runs_of, text_table, write_report
@@ -97,7 +98,7 @@ def main(
         base,
         controls,
         reads_content=bool(spec(checkpoint["model_name"]).needs_features),
-        heads=len(getattr(net, "heads", ("id",))),
+        heads=contract.head_count(net),
         resamples=cfg.bootstrap_resamples,
         seed=cfg.bootstrap_seed,
     )

@@ -60,7 +60,7 @@ def main(
                 write_marker(stage / PRETRAIN_NAME, reason)
             return
         seed_everything(train_cfg.seed)  # before building: weight init is part of "same seed, same metrics"
-        model = registry.build_model(model_cfg.name, model_cfg.build(params), catalog)
+        model = registry.build_model(model_cfg.name, model_cfg.build(params), catalog, max_seq_len)
         start = time.perf_counter()
         result = pretrain(model, split, pretrain_cfg, train_cfg, max_seq_len, stage / PRETRAIN_NAME, live=live)
         if distributed.is_main():

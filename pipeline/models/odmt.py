@@ -353,11 +353,13 @@ class ODMT(nn.Module):
     are kept as non-persistent buffers (they are data, not weights, and stay out of checkpoints).
     """
 
-    def __init__(self, config: ODMTConfig, catalog: ItemCatalog) -> None:
+    def __init__(self, config: ODMTConfig, catalog: ItemCatalog, max_seq_len: int | None = None) -> None:
+        """``max_seq_len`` sizes the user encoders' position tables; None = the catalog's."""
         super().__init__()
         _check_config(config)
         self.config = config
         self.num_items = catalog.num_items
+        self.max_seq_len = catalog.max_seq_len if max_seq_len is None else max_seq_len
         self.modalities = tuple(m for m in MODALITIES if m in catalog.features)
         if not self.modalities:
             raise ValueError(
@@ -384,7 +386,7 @@ class ODMT(nn.Module):
             config.dropout if config.item_dropout is None else config.item_dropout,
             config.id_aware_transformer,
         )
-        self.user_encoders = nn.ModuleDict({h: build_user_encoder(config, catalog.max_seq_len) for h in self.heads})
+        self.user_encoders = nn.ModuleDict({h: build_user_encoder(config, self.max_seq_len) for h in self.heads})
         self.distillation = OnlineDistillation(config.distill_temperature, config.distill_mode)
         self.apply(lambda m: init_weights(m, INIT_STD))
         for name, param in self.item_encoder.named_parameters():
@@ -479,6 +481,11 @@ class ODMT(nn.Module):
         self.id_emb.weight[has] = total[has] / count[has] * INIT_STD
 
     # --- item and user sides -----------------------------------------------------------------------------------
+
+    @property
+    def starts_from_baseline(self) -> bool:
+        """``init_from_baseline``: the training job then calls :meth:`init_id_head_from_sasrec`."""
+        return self.config.init_from_baseline
 
     @torch.no_grad()
     def init_id_head_from_sasrec(self, state: dict[str, torch.Tensor], source: str) -> None:
