@@ -1,5 +1,6 @@
 """Stage `recommend`: `export` (the DVC stage) -> recommendations/ (index/, topk.parquet) and reports/gallery.html;
-`query --history "Toy Story (1995),Fargo (1996)" [--k 10] [--json]` or `query --user 42`: one history's top-K."""
+`query --history "Toy Story (1995),Fargo (1996)" [--k 10] [--json]` or `query --user 42`: one history's top-K.
+Without a subcommand (the form from before the split): `query` with --history/--user, else `export`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pipeline.config import DEFAULT_PARAMS, RecommendConfig, load_section
 from pipeline.recommend import format_table
 from pipeline.recommend_job import export_to_dir, query
 
-app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
+QUERY_OPTIONS = {"--history", "--user"}
+route = cli.implied_command(lambda args: "query" if QUERY_OPTIONS & {a.split("=")[0] for a in args} else "export")
+app = typer.Typer(add_completion=False, help=__doc__, cls=route)
 Params = cli.params("only `recommend`")
 K = Annotated[int | None, typer.Option(help="items to return; default recommend.k")]
 
