@@ -24,6 +24,7 @@ from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import load_split
 from pipeline.fusion import WEIGHT_GRID_STEP, ndcg_at_10_per_weight, simplex_grid
 from pipeline.inference import load_trained
+from pipeline.models.odmt import ODMT
 
 app = typer.Typer(add_completion=False)
 
@@ -54,7 +55,7 @@ def main(
 ) -> None:
     torch.set_num_threads(threads)
     net, checkpoint, _ = load_trained(model, features, prepared)
-    if not hasattr(net, "head_user_vectors"):
+    if not isinstance(net, ODMT):
         raise typer.BadParameter(f"{model}: a {checkpoint.get('model_name')} checkpoint; this times ODMT's search")
     split = load_split(prepared)
     inputs = torch.from_numpy(np.ascontiguousarray(eval_inputs(split, "valid", int(checkpoint["max_seq_len"]))))

@@ -53,7 +53,8 @@ from pipeline.config import TrainConfig, from_dict
 from pipeline.data.dataset import NextItemDataset, collate
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
-from pipeline.models import registry
+from pipeline.models import contract, registry
+from pipeline.models.odmt import ODMT
 
 log = logging.getLogger("bench.train_speed")
 app = typer.Typer(add_completion=False)
@@ -150,7 +151,7 @@ def step_profile(
     Phases are timed by wrapping the model's methods (no change to what runs); CPU time, so other processes on the
     machine do not inflate it.
     """
-    from pipeline.models import odmt as odmt_module
+    from pipeline.models import losses  # ODMT calls losses.head_losses: the name patched below
 
     clock = time.process_time
     sums: dict[str, float] = {}
@@ -173,15 +174,15 @@ def step_profile(
         return run
 
     patched = []
-    if hasattr(model, "item_table"):
+    if isinstance(model, ODMT):  # its item side, user side and fused loss, timed apart
         patched = [("item_table", "forward_item_side"), ("encode", "forward_user_side")]
     originals = {name: getattr(model, name) for name, _ in patched}
-    loss_fn = odmt_module.head_losses
+    loss_fn = losses.head_losses
     try:
         for name, key in patched:
             setattr(model, name, timed(key, originals[name]))
         if patched:
-            odmt_module.head_losses = timed("forward_loss", loss_fn)
+            losses.head_losses = timed("forward_loss", loss_fn)
         model.train()
         for i, batch in enumerate(batches):
             if i == 1:
@@ -205,7 +206,7 @@ def step_profile(
     finally:
         for name, _ in patched:
             delattr(model, name)  # back to the class's methods
-        odmt_module.head_losses = loss_fn
+        losses.head_losses = loss_fn
     steps = max(1, len(batches) - 1)
     profile = {key: round(value / steps, 4) for key, value in sums.items()}
     profile["step"] = round(sum(sums[k] for k in ("forward", "backward", "optimizer")) / steps, 4)
@@ -226,13 +227,13 @@ def _worker(name: str, args: dict[str, Any]) -> dict[str, Any]:
     if train_cfg.num_threads > 0:
         torch.set_num_threads(train_cfg.num_threads)
     seed_everything(train_cfg.seed)
-    model = registry.build_model(name, model_cfg, catalog)
-    if getattr(model_cfg, "init_from_baseline", False) and args["baseline"]:  # as the train stage does
+    model = registry.build_model(name, model_cfg, catalog, max_seq_len)
+    if contract.starts_from_baseline(model) and args["baseline"]:  # as the train stage does
         checkpoint = read_checkpoint(Path(args["baseline"]))
         model.init_id_head_from_sasrec(checkpoint["state_dict"], args["baseline"])
-    elif getattr(model_cfg, "init_from_baseline", False) and args["to_best"]:
+    elif contract.starts_from_baseline(model) and args["to_best"]:
         raise typer.BadParameter(f"{name}: model.init_from_baseline needs SASRec trained first: --models sasrec,{name}")
-    if args["padded_items"] and hasattr(model, "item_encoder"):  # the reference layout, to measure packing
+    if args["padded_items"] and isinstance(model, ODMT):  # the reference layout, to measure packing
         model.item_encoder.packed = False
     if args["compile"]:
         model.forward = torch.compile(model.forward, dynamic=True)
@@ -266,8 +267,7 @@ def _worker(name: str, args: dict[str, Any]) -> dict[str, Any]:
                 break
             batches.append(batch)
         optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        if hasattr(model, "on_epoch_start"):
-            model.on_epoch_start(1)
+        contract.start_epoch(model, 1)
         start = time.perf_counter()
         if warmup:  # includes torch.compile's one-off compilation (compile_loss)
             _train_epoch(model, batches[:warmup], optimizer, train_cfg, device, "warm-up")
@@ -318,8 +318,8 @@ def _profile(model: torch.nn.Module, split: Any, train_cfg: TrainConfig, max_seq
     )
     batches = [batch for _, batch in zip(range(PROFILE_STEPS + 1), loader, strict=False)]
     copy = deepcopy(model)
-    if hasattr(copy, "on_epoch_start"):  # ODMT: the KD weight at the end of its ramp (the full cost of KD)
-        copy.on_epoch_start(max(1, getattr(getattr(copy, "config", None), "distill_ramp_epochs", 1)))
+    if isinstance(copy, ODMT):  # the KD weight at the end of its ramp (the full cost of KD)
+        copy.on_epoch_start(max(1, copy.config.distill_ramp_epochs))
     optimizer = torch.optim.AdamW(copy.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     return step_profile(copy, batches, optimizer, train_cfg)
 

@@ -10,7 +10,9 @@ import torch
 @dataclass
 class ItemCatalog:
     num_items: int  # N; item indices are 1..N, 0 is padding
-    max_seq_len: int  # longest input sequence a model reads (data.max_seq_len); sizes positional embeddings
+    # longest input sequence (data.max_seq_len, or the longest in the data): a model built without its own
+    # max_seq_len argument (registry.build_model always passes one) reads this many positions
+    max_seq_len: int
     popularity: torch.Tensor  # (N+1,) float32 training-interaction counts (row 0 = 0)
     # modality name ("text", "image") -> (N+1, d) float32 pooled features; row 0 zeros
     features: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -15,7 +15,6 @@ names the file and the fix (``run `dvc repro train``` or ``baseline``).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import pickle
@@ -211,12 +210,10 @@ def load_checkpoint(
             f"{path} was trained on {checkpoint['num_items']} items but the catalog has {catalog.num_items}; "
             f"the prepared data changed since training: {fix}"
         )
-    if catalog.max_seq_len != checkpoint["max_seq_len"]:
-        catalog = dataclasses.replace(catalog, max_seq_len=checkpoint["max_seq_len"])
     spec = model_spec(path, checkpoint)
     try:
         config = spec.config_cls(**checkpoint["model_config"])
-        model = registry.build_model(checkpoint["model_name"], config, catalog)
+        model = registry.build_model(checkpoint["model_name"], config, catalog, int(checkpoint["max_seq_len"]))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: cannot rebuild {checkpoint['model_name']!r} from its config ({e}); {fix}") from None
     _check_state_fits(path, model, checkpoint["state_dict"], fix)

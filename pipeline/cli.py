@@ -23,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 
 import click
 import typer
+from typer.core import TyperGroup
 
 DEBUG_ENV = "MMREC_DEBUG"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,6 +46,19 @@ def params(reads: str) -> Any:
 def out(writes: str) -> Any:
     """The ``--out`` option of a stage that writes ``writes`` there."""
     return Annotated[Path, typer.Option(help=f"output directory: {writes}")]
+
+
+def implied_command(route: Callable[[list[str]], str]) -> type[TyperGroup]:
+    """A typer group class (``typer.Typer(cls=...)``) for a stage split into subcommands: a command line that names
+    none (the form from before the split) runs the one ``route(args)`` names."""
+
+    class Group(TyperGroup):
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+                args = [route(args), *args]
+            return super().parse_args(ctx, args)
+
+    return Group
 
 
 def setup_logging(quiet: bool = False) -> None:

@@ -24,6 +24,7 @@ from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import Stage, UserSplit
 from pipeline.inference import item_table, user_queries
 from pipeline.io import read_parquet
+from pipeline.models import contract
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +210,10 @@ def model_queries(
 def evaluate_heads(model: nn.Module, split: UserSplit, name: str, **kwargs: Any) -> list[EvaluationResult]:
     """For a model that fuses several heads (ODMT: ``heads`` + ``single_head``), each head ranking alone, as runs
     named ``<name>[<head>]``; ``[]`` for single-head models. ``kwargs`` go to :func:`evaluate_model`."""
-    heads = getattr(model, "heads", ())
-    if len(heads) < 2 or not hasattr(model, "single_head"):
+    if not contract.is_multi_head(model):
         return []
     results = []
-    for head in heads:
+    for head in model.heads:
         with model.single_head(head):
             results.append(evaluate_model(model, split, name=f"{name}[{head}]", **kwargs))
     return results

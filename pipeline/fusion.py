@@ -9,7 +9,7 @@ and histories only, so it cannot read a test target.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,3 +147,36 @@ def fuse(name: str, scorers: Sequence[Scorer], weights: Sequence[float]) -> Scor
 def scaled(scorer: Scorer, factor: float) -> Scorer:
     """``scorer`` with every score multiplied by ``factor`` (queries scaled, items unchanged)."""
     return Scorer(scorer.name, scorer.items, {k: (factor * v).astype(np.float32) for k, v in scorer.queries.items()})
+
+
+@torch.no_grad()
+def best_head_weights(
+    head_queries: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    tables: dict[str, torch.Tensor],
+    input_ids: torch.Tensor,
+    targets: torch.Tensor,
+    exclude: torch.Tensor,
+    batch_size: int,
+) -> torch.Tensor:
+    """(H,) the simplex point (step :data:`WEIGHT_GRID_STEP`) whose fused score has the best summed valid NDCG@10.
+
+    ``head_queries`` maps (b, L) left-padded histories to {head: (b, D)} queries, ``tables`` {head: (N+1, D)} item
+    vectors (the heads in fusion order), ``input_ids`` (U, L) the valid inputs, ``targets`` (U,) the VALID targets,
+    ``exclude`` (U, N+1) bool the items each user may not be recommended. Ties go to the earlier grid point. ODMT's
+    ``head_weights: validation``.
+    """
+    heads = list(tables)
+    like = next(iter(tables.values()))
+    grid = simplex_grid(len(heads), WEIGHT_GRID_STEP).to(like)  # (G, H)
+    gains = torch.zeros(len(grid), dtype=torch.float64)  # (G,): summed NDCG@10
+    for start in range(0, len(input_ids), batch_size):
+        ids = input_ids[start : start + batch_size]  # (b, L)
+        keep = ids.ne(0).any(dim=0)  # (L,): trim columns that are padding in every row
+        queries = head_queries(ids[:, keep.cumsum(0) > 0])  # {head: (b, D)}
+        gains += ndcg_at_10_per_weight(
+            [queries[h] @ tables[h].T for h in heads],  # H x (b, N+1)
+            targets[start : start + batch_size],
+            exclude[start : start + batch_size],
+            grid,
+        )
+    return grid[int(torch.argmax(gains))]  # (H,): first maximum

@@ -142,7 +142,7 @@ def init_from_pretrained(model: nn.Module, path: Path) -> bool:
             f"{path} was pre-trained on {checkpoint['num_items']} items but the catalog has {model.num_items}; "
             "the prepared data changed: run `dvc repro pretrain`"
         )
-    max_seq_len = getattr(getattr(model, "backbone", None), "max_seq_len", checkpoint["max_seq_len"])
+    max_seq_len = model.max_seq_len  # the model contract (pipeline.models.contract.Recommender)
     if checkpoint["max_seq_len"] != max_seq_len:
         raise ValueError(
             f"{path} was pre-trained with data.max_seq_len = {checkpoint['max_seq_len']} but the model has "

@@ -139,7 +139,7 @@ def load_index(index_dir: Path) -> ItemIndex:
     index_dir = Path(index_dir)
     for name in (FAISS_FILE, ITEMS_FILE, MANIFEST_FILE):
         if not (index_dir / name).is_file():
-            raise FileNotFoundError(f"{index_dir / name} not found; {RERUN} (or python -m stages.recommend)")
+            raise FileNotFoundError(f"{index_dir / name} not found; {RERUN} (or python -m stages.recommend export)")
     manifest = read_json(index_dir / MANIFEST_FILE, RERUN)
     if not isinstance(manifest, dict):
         raise ValueError(f"{index_dir / MANIFEST_FILE}: not an index manifest (a JSON object); {RERUN}")

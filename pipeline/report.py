@@ -171,8 +171,7 @@ def _paired_section(paired: Mapping[str, Any]) -> str:
         f"Paired over the same users and targets: diff = {model} - {baseline}; 95% percentile bootstrap CI over "
         f"users ({paired['resamples']} resamples, seed {paired['seed']}); p = two-sided paired randomization "
         "(sign-flip) test. A CI that contains 0 means no demonstrated difference. A gain over one baseline alone "
-        "is not evidence of multimodal value (see Controls).\n\n"
-        + paired_table(paired["stages"], model, baseline)
+        "is not evidence of multimodal value (see Controls).\n\n" + paired_table(paired["stages"], model, baseline)
     )
 
 

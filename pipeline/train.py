@@ -1,10 +1,11 @@
 """The one training loop every model uses, plus checkpoints and the inference helpers evaluation needs.
 
-Phases (MP4SR's pre-training and fine-tuning) are data: :func:`fit` calls ``model.set_phase(phase)`` when the model
-has it, and ``model.on_epoch_start(epoch)`` before each epoch when it has that (ODMT's distillation ramp).
+Phases (MP4SR's pre-training and fine-tuning) are data: :func:`fit` enters ``phase`` in a phased model, tells an
+epoch-aware model each epoch (ODMT's distillation ramp) and lets a model tuned on validation choose after each epoch
+(the capabilities of :mod:`pipeline.models.contract`).
 
-Contract with models (see :mod:`pipeline.models.registry`): batches are left-padded and trimmed to their longest
-row, and evaluation inputs may be trimmed too, so a model's outputs must not depend on extra left padding.
+Contract with models (:class:`pipeline.models.contract.Recommender`): batches are left-padded and trimmed to their
+longest row, and evaluation inputs may be trimmed too, so a model's outputs must not depend on extra left padding.
 
 Under ``torchrun`` (:mod:`pipeline.distributed`) the same loop runs on every rank with the model in
 ``DistributedDataParallel``: each rank trains on its slice of every global batch of ``train.batch_size`` users;
@@ -36,6 +37,7 @@ from pipeline.data.dataset import NextItemDataset, collate, eval_inputs
 from pipeline.data.splits import UserSplit
 from pipeline.inference import item_table, resolve_device, user_queries  # noqa: F401 (resolve_device: re-exported)
 from pipeline.io import write_json_atomic
+from pipeline.models import contract
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,7 @@ def fit(
         torch.set_num_threads(train_cfg.num_threads)
     device = distributed.device_for(train_cfg.device)
     model.to(device)
-    if hasattr(model, "set_phase"):
-        model.set_phase(phase)
+    contract.set_phase(model, phase)
     trained = distributed.wrap(model, device)  # DDP over the process group, or the model itself
     main = distributed.is_main()
     dataset = NextItemDataset(split, max_seq_len)
@@ -113,8 +114,7 @@ def fit(
     step_losses: list[float] = []
     train_seconds, bad_epochs, stopped_early = 0.0, 0, False
     for epoch in range(1, train_cfg.epochs + 1):
-        if hasattr(model, "on_epoch_start"):
-            model.on_epoch_start(epoch)
+        contract.start_epoch(model, epoch)
         start, cpu_start = time.perf_counter(), time.process_time()
         losses = _train_epoch(trained, loader, optimizer, train_cfg, device, f"{phase} epoch {epoch}", step_losses)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -122,7 +122,7 @@ def fit(
         choice: dict[str, Any] = {}
         valid: dict[str, float] = {}  # validation is rank 0's; the other ranks get its metrics below
         valid_start = time.perf_counter()
-        if main and getattr(model, "selects_on_validation", False):  # ODMT's head_weights: validation (no test targets)
+        if main and contract.tunes_on_validation(model):  # ODMT's head_weights, MP4SR's cold_offset: valid only
             choice, valid = _select_on_validation(model, valid_inputs, split, train_cfg.batch_size, device)
         elif main:
             valid = validate(model, valid_inputs, split, train_cfg.batch_size, device)

@@ -1,4 +1,5 @@
-"""One training job from stage inputs to ``<out>/model.pt``: the body shared by the `train` and `baseline` stages.
+"""One training job from stage inputs to ``<out>/model.pt``: the body shared by the `train` and `baseline` stages;
+and :func:`pretrain_to_dir`, the `pretrain` stage's body.
 
 Loads the catalog (the features the model needs) and the leave-one-out split, seeds, builds the model, applies
 pre-trained weights (MP4SR; a no-op otherwise), fits with DVCLive logging under ``<out>/dvclive`` and writes
@@ -19,12 +20,20 @@ from dvclive import Live
 
 from pipeline import distributed
 from pipeline.checkpoint import data_fingerprint, read_checkpoint, save_checkpoint, verify_data
-from pipeline.config import TrainConfig
+from pipeline.config import ModelConfig, TrainConfig
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
 from pipeline.io import check_disjoint
-from pipeline.models import registry
-from pipeline.pretrain import init_from_pretrained
+from pipeline.models import contract, registry
+from pipeline.pretrain import (
+    PRETRAIN_NAME,
+    SUMMARY_NAME,
+    PretrainConfig,
+    init_from_pretrained,
+    pretrain,
+    skip_reason,
+    write_marker,
+)
 from pipeline.train import (
     CHECKPOINT_NAME,
     TrainResult,
@@ -35,6 +44,7 @@ from pipeline.train import (
 )
 
 OUTPUTS = (CHECKPOINT_NAME, "train_summary.json", "dvclive")  # published together (pipeline.io.staged_outputs)
+PRETRAIN_OUTPUTS = (PRETRAIN_NAME, SUMMARY_NAME, "dvclive")  # a marker too (dvclive/ then empty)
 
 
 def train_to_dir(
@@ -62,10 +72,10 @@ def train_to_dir(
     split = load_split(prepared)
     fingerprint = data_fingerprint(prepared)  # of the data read now, before the (long) training
     seed_everything(train_cfg.seed)  # before building: weight init is part of "same seed, same metrics"
-    model = registry.build_model(model_name, model_config, catalog)
+    model = registry.build_model(model_name, model_config, catalog, max_seq_len)
     if pretrained is not None:
         init_from_pretrained(model, pretrained)  # MP4SR: the pre-trained weights; other models or a marker: no-op
-    if getattr(model_config, "init_from_baseline", False):
+    if contract.starts_from_baseline(model):  # ODMT's init_from_baseline
         if baseline is None:
             raise ValueError("model.init_from_baseline is true but no baseline checkpoint was given (--baseline)")
         checkpoint = read_checkpoint(baseline)
@@ -106,3 +116,46 @@ def _write_outputs(
         total_seconds=time.perf_counter() - start,
         peak_rss_mb=peak_rss_mb(),
     )
+
+
+def pretrain_to_dir(
+    model_cfg: ModelConfig,
+    params: Path,
+    pretrain_cfg: PretrainConfig,
+    train_cfg: TrainConfig,
+    max_seq_len: int,
+    prepared: Path,
+    features: Path,
+    out: Path,
+) -> TrainResult | None:
+    """Pre-train the selected model (MP4SR) into ``<out>/pretrain.pt`` (best valid epoch kept), with
+    ``pretrain_summary.json`` and ``dvclive/``; or, when it has no pre-training phase or ``pretrain.enabled`` is
+    false, write the marker checkpoint and return None.
+
+    Inside :func:`pipeline.distributed.session` (joined here) under torchrun: rank 0 writes ``out``. The three
+    outputs are swapped in together at the end, or not at all (:func:`pipeline.distributed.published`).
+    """
+    check_disjoint({"--out": out}, {"--prepared": prepared, "--features": features})
+    reason = skip_reason(model_cfg.name, pretrain_cfg)
+    if reason is None:
+        spec = registry.spec(model_cfg.name, params)
+        catalog = load_catalog(features, prepared, spec.needs_features, max_seq_len, spec.all_modalities_required)
+        split = load_split(prepared)
+    with (
+        distributed.session(train_cfg.device),
+        distributed.published(out, PRETRAIN_OUTPUTS) as stage,  # rank 0: swapped in together, or not at all
+        distributed.main_only(lambda: Live(dir=str(stage / "dvclive"), dvcyaml=False, save_dvc_exp=False)) as live,
+    ):
+        if reason is not None:
+            if distributed.is_main():
+                write_marker(stage / PRETRAIN_NAME, reason)
+            return None
+        seed_everything(train_cfg.seed)  # before building: weight init is part of "same seed, same metrics"
+        model = registry.build_model(model_cfg.name, model_cfg.build(params), catalog, max_seq_len)
+        start = time.perf_counter()
+        result = pretrain(model, split, pretrain_cfg, train_cfg, max_seq_len, stage / PRETRAIN_NAME, live=live)
+        if distributed.is_main():
+            device, seconds = str(distributed.device_for(train_cfg.device)), time.perf_counter() - start
+            write_summary(stage / SUMMARY_NAME, result, enabled=True, model_name=model_cfg.name, device=device,
+                          total_seconds=seconds, peak_rss_mb=peak_rss_mb())  # fmt: skip
+    return result

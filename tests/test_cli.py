@@ -35,8 +35,9 @@ def test_quiet_logging_is_warnings_alone_without_timestamps() -> None:
 
 
 def test_shared_options_keep_the_names_and_defaults() -> None:
-    for app, stage_help in ((evaluate_app, "only `evaluate`"), (recommend_app, "only `recommend`")):
-        out = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    apps = ((evaluate_app, [], "only `evaluate`"), (recommend_app, ["export"], "only `recommend`"))
+    for app, args, stage_help in apps:
+        out = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "200"}).output
         for option in ("--params", "--prepared", "--features", "--model", "--baseline", "--out", "--device"):
             assert option in out
         assert f"params file; reads {stage_help}" in out

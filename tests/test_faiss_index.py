@@ -18,7 +18,7 @@ from pipeline.config import ConfigError, EvaluateConfig, HnswConfig, IndexConfig
 from pipeline.data.splits import UserSplit
 from pipeline.evaluation import evaluate_vectors
 from pipeline.report import index_section
-from tests.helpers.projects import RECOMMEND, recommend_args, write_project
+from tests.helpers.projects import RECOMMEND, query_args, recommend_args, write_project
 
 IVF = IndexConfig("ivf", IvfConfig(nlist=16, nprobe=4, seed=0), HnswConfig(m=16, ef_construction=64, ef_search=64))
 HNSW = IndexConfig("hnsw", IVF.ivf, IVF.hnsw)
@@ -276,5 +276,5 @@ def test_recommend_stage_exports_the_index_kind_of_its_params(tmp_path: Path) ->
     manifest = json.loads((paths["out"] / "index" / "manifest.json").read_text())
     assert manifest["index_kind"] == "hnsw" and manifest["faiss_factory"] == "HNSW8,Flat"
     assert manifest["faiss_index"] == "IndexHNSWFlat" and manifest["index_params"]["ef_search"] == 16
-    code = CliRunner().invoke(app, [*recommend_args(paths), "--user", "user0", "--json"])
+    code = CliRunner().invoke(app, [*query_args(paths), "--user", "user0", "--json"])
     assert code.exit_code == 0 and len(json.loads(code.stdout)) == RECOMMEND["k"]

@@ -17,24 +17,18 @@ import yaml
 from pipeline.catalog import ItemCatalog
 from pipeline.config import ConfigError, TrainConfig, from_dict
 from pipeline.data.dataset import left_pad
-from pipeline.models import odmt, registry
+from pipeline.fusion import ndcg_at_10_per_weight, simplex_grid
+from pipeline.models import losses, registry
+from pipeline.models.item_tokens import cap_tokens, packed_layout
+from pipeline.models.losses import LossOptions, chunk_logit_grads, head_losses, log_inclusion_probability
 from pipeline.models.odmt import (
     ODMT,
     IDAwareMultimodalTransformer,
-    LossOptions,
     ModalityInput,
     ODMTConfig,
     OnlineDistillation,
-    cap_tokens,
-    chunk_logit_grads,
     distill_ramp,
-    explicit_head_losses,
-    head_losses,
     id_aware_mask,
-    log_inclusion_probability,
-    ndcg_at_10_per_weight,
-    packed_layout,
-    simplex_grid,
 )
 from pipeline.train import fit
 from tests.helpers.odmt import (
@@ -47,6 +41,7 @@ from tests.helpers.odmt import (
     ODMT_PARAMS,
     TEXT_DIM,
     TEXT_TOKENS,
+    explicit_head_losses,
     make_catalog,
     make_model,
     tiny_split,
@@ -292,7 +287,7 @@ def test_fused_losses_equal_the_explicit_ones(
 ) -> None:
     """The chunked, closed-form-gradient losses equal cross-entropy + OnlineDistillation over explicit logits;
     ``functional``: through :func:`chunk_logit_grads`, the code ``compile_loss`` compiles (run eagerly here)."""
-    monkeypatch.setitem(odmt._COMPILED, "chunk", chunk_logit_grads)
+    monkeypatch.setitem(losses._COMPILED, "chunk", chunk_logit_grads)
     torch.manual_seed(heads + 10 * len(mode) + 100 * in_batch)
     count, cols, dim = 50, 13, 6
     hidden = [torch.randn(count, dim, dtype=torch.float64, requires_grad=True) for _ in range(heads)]

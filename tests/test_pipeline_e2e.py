@@ -35,7 +35,7 @@ def assert_recommendations(project: Path, items: pl.DataFrame) -> None:
     assert topk["item_id"].list.len().unique().to_list() == [10]
     assert (project / "reports/gallery.html").read_text().count('<tr class="user-row"') == min(20, topk.height)
     history = items["item_id"].head(5).to_list()
-    cli = [sys.executable, "-m", "stages.recommend", "--history", ",".join(history), "--k", "10", "--json"]
+    cli = [sys.executable, "-m", "stages.recommend", "query", "--history", ",".join(history), "--k", "10", "--json"]
     rows = json.loads(next(line for line in run(cli, project).splitlines() if line.startswith("[")))
     assert len(rows) == 10 and not {r["item_id"] for r in rows} & set(history)
 

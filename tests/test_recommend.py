@@ -19,7 +19,7 @@ from pipeline.data.dataset import left_pad
 from pipeline.data.splits import load_split
 from pipeline.inference import item_table, load_trained, user_queries
 from stages.recommend import app
-from tests.helpers.projects import RECOMMEND, recommend_args, write_project
+from tests.helpers.projects import RECOMMEND, query_args, recommend_args, write_project
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def project(tmp_path: Path) -> dict[str, Path]:
 
 
 def query(p: dict[str, Path], *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, [*recommend_args(p), *args])
+    result = CliRunner().invoke(app, [*query_args(p), *args])
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -191,7 +191,9 @@ def test_cli_unknown_ids_are_listed_or_skipped_with_a_warning(project: dict[str,
 def test_a_damaged_checkpoint_is_one_line_in_both_modes(project: dict[str, Path], mode: str) -> None:
     model_pt = project["models"] / "model.pt"
     model_pt.write_bytes(model_pt.read_bytes()[:100])  # truncated
-    code, out, err = query(project, *(["--history", "m3"] if mode == "query" else []))
+    argv = [*query_args(project), "--history", "m3"] if mode == "query" else recommend_args(project)  # stage: export
+    result = CliRunner().invoke(app, argv)
+    code, out, err = result.exit_code, result.stdout, result.stderr
     lines = err.strip().splitlines()
     assert code == 1 and out == "" and len(lines) == 1, err
     assert str(model_pt) in lines[0] and "dvc repro train" in lines[0] and "Traceback" not in err

@@ -174,5 +174,5 @@ def test_registered_and_buildable_from_params_yaml() -> None:
     # Whatever params.yaml selects, its `model:` keys must build SASRec (not a no-op once another model is chosen).
     config = ModelConfig(name="sasrec", options=model_cfg.options).build(params)
     catalog = ItemCatalog(num_items=NUM_ITEMS, max_seq_len=MAX_LEN, popularity=torch.zeros(NUM_ITEMS + 1))
-    model = registry.build_model("sasrec", config, catalog)
+    model = registry.build_model("sasrec", config, catalog, MAX_LEN)
     assert model.item_vectors().shape == (NUM_ITEMS + 1, config.hidden_dim)

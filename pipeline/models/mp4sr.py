@@ -323,11 +323,14 @@ class M2SE(nn.Module):
 class MP4SR(nn.Module):
     """MP4SR: MoE-adapted text/image item features, the shared M2SE backbone, two training phases."""
 
-    def __init__(self, config: MP4SRConfig, catalog: ItemCatalog) -> None:
+    def __init__(self, config: MP4SRConfig, catalog: ItemCatalog, max_seq_len: int | None = None) -> None:
+        """``max_seq_len`` sizes M2SE's position table (``data.max_seq_len`` or the checkpoint's; None = the
+        catalog's)."""
         super().__init__()
         _check_config(config)
         self.config = config
         self.num_items = catalog.num_items
+        self.max_seq_len = catalog.max_seq_len if max_seq_len is None else max_seq_len
         self.phase = "train"
         rows = catalog.num_items + 1
         adaptors, missing = {}, {}
@@ -360,7 +363,7 @@ class MP4SR(nn.Module):
         self.register_buffer("seen_items", seen.nonzero().squeeze(1), persistent=False)  # (S,) softmax columns
         self.register_buffer("seen_column", seen.cumsum(0) - 1, persistent=False)  # (N+1,) item -> its column
         self.id_emb = nn.Embedding(rows, config.hidden_dim, padding_idx=0)  # (N+1, D), fine-tuning only
-        self.backbone = M2SE(config, catalog.max_seq_len)
+        self.backbone = M2SE(config, self.max_seq_len)
         self.mixup = ComplementaryMixup(config.mixup_max_prob)
         self.backbone.apply(lambda m: init_weights(m, INIT_STD))
         init_weights(self.id_emb, INIT_STD)

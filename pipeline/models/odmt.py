@@ -1,70 +1,23 @@
 """ODMT (Ji et al., "Online Distillation-enhanced Multi-modal Transformer for Sequential Recommendation", ACM MM 2023,
 arXiv 2308.04067), with the authors' code (github xyliugo/ODMT) as the reference for what the paper leaves open.
 
-Three parts, one module each:
+The paper's three parts, one module each:
 
-- :class:`IDAwareMultimodalTransformer` (paper Fig. 3b, "IMT"): every item is a short token sequence
-  ``[text summary, text tokens | image summary, image tokens | ID]``; a bidirectional transformer runs over it with
-  a mask that stops text and image tokens from attending to the ID token (the ID token reads everything). The ID
-  token and the two summary tokens, each through its own 2-layer MLP, are the item's three vectors (ID, text, image).
-- :class:`SASRecUserEncoder` / :class:`GRU4RecUserEncoder` (Fig. 3a, "model-agnostic"): one causal user encoder per
-  item-vector type reads the user's history as that type's item vectors and predicts the next item by inner product
-  with the same type's vectors, giving three logit sets.
-- :class:`OnlineDistillation` (Fig. 3c): KD(text <- ID) + KD(image <- ID) + KD(ID <- mean of the three logits),
-  at temperature tau and scaled by tau^2, weighted by ``distill_weight`` x the ramp ``exp(-5 (1 - epoch/alpha)^2)``.
+- :class:`IDAwareMultimodalTransformer` (Fig. 3b, "IMT"): every item is a short token sequence ``[text summary, text
+  tokens | image summary, image tokens | ID]``; text and image tokens may not attend to the ID token (the ID token
+  reads everything). The ID token and the two summary tokens, each through its own MLP, are the item's three vectors.
+- :class:`SASRecUserEncoder` / :class:`GRU4RecUserEncoder` (Fig. 3a): one causal user encoder per item-vector type
+  (head) predicts the next item by inner product with the same type's vectors.
+- :class:`OnlineDistillation` (Fig. 3c): KD(text <- ID) + KD(image <- ID) + KD(ID <- mean of the heads' logits) at
+  temperature tau, scaled by tau^2 and weighted by ``distill_weight`` x the ramp ``exp(-5 (1 - epoch/alpha)^2)``.
 
-Choices where the paper and the code leave room (each documented where it is made):
-
-- The summary tokens are the modality's pooled feature (mean-pooled MiniLM output, global-average-pooled
-  EfficientNet map), projected like its tokens and tagged with a learned role embedding; the authors take the first
-  output token (BERT's / CLIP's CLS), which an EfficientNet feature map does not have.
-- A missing modality (``catalog.masks[m]`` False) is explicit: its tokens are masked out of attention and its
-  summary token is a learned "missing <m>" embedding, so the item's <m>-vector is built from the other modality's
-  tokens. A data set without a modality at all (``embed.<m>.name: none``) gives a model with fewer heads: ID + text
-  is the "two-head mode". Nothing is zero-filled.
-- The KD term is ``KL(p_teacher || p_student)``: the soft cross-entropy minus the teacher's entropy. The student's
-  gradient is the authors' soft cross-entropy's exactly; the term is 0 when the two logit sets agree, and with
-  ``distill_detach_teacher: false`` (mutual learning, the authors' setting) it pulls the teacher towards the
-  student instead of sharpening it.
-- ``softmax: full`` is cross-entropy over all N items (the SASRec baseline's objective); ``softmax: in_batch`` is the
-  authors' objective: the candidates are the batch's items, scored with the logQ correction for unique candidates
-  (``-log P(item in batch)``, see :func:`log_inclusion_probability`), and each user's own other items are masked
-  out as false negatives.
-- The ranking score is the weighted mean of the heads' scores (the authors: the plain mean), written as one inner
-  product: ``user_vectors = concat(w_h * u_h)`` and ``item_vectors = concat(v_h)`` over heads h. The weights are
-  the buffer ``head_weight`` (H,), so a checkpoint carries them.
-
-Extensions (not in the paper; each one ``model.`` key, off = the authors' behaviour):
-
-- ``residual_id: true``: ``v_id = id_emb + MLP(ID token)`` with the MLP's last layer zero-initialised, so at
-  initialisation the ID head is SASRec (its item vectors are the tied ID embedding) and the ID-aware transformer
-  learns a correction. Off: ``v_id = MLP(ID token)``.
-- ``item_dropout``: dropout of the item side (the IMT's input dropout and its blocks) apart from ``dropout`` (the
-  user encoders'). ``0.0`` builds the candidate item vectors (the output table) without dropout, as SASRec's
-  output table; ``null`` = ``dropout`` everywhere (authors).
-- ``distill_mode``: ``mutual`` (authors: every KD term trains student and teacher), ``detached`` (teachers get no
-  KD gradient), ``one_way`` (only KD(m <- id) with the ID head detached, and no KD(id <- ensemble) term: the ID
-  head gets no KD gradient at all, so it loses nothing to weaker content heads). Replaces the former
-  ``distill_detach_teacher`` (true = ``detached``, false = ``mutual``).
-- ``head_weights: validation``: after each epoch :func:`pipeline.train.fit` calls
-  :meth:`ODMT.select_on_validation` (the best epoch is then picked, and restored, with its weights): a grid
-  search of the fusion weights over the simplex (step :data:`WEIGHT_GRID_STEP`) for the best valid NDCG@10 (full
-  ranking, history masked, VALID targets only) from per-head queries and item vectors computed once, stored in
-  ``head_weight``. ``fixed``: the ``head_weight_*`` keys, normalised (authors: all equal).
-
-Speed and memory (same model, less compute):
-
-- The item-side transformer runs over real tokens only (:meth:`IDAwareMultimodalTransformer._packed`): items are
-  laid out ``[ID, summaries, real tokens]`` (attention has no positions, so the order is free), grouped by length
-  and padded only within a group; its last block computes queries and feed-forward only at the output positions.
-  Exact (tested against the padded layout).
-- ``max_text_tokens`` / ``max_image_tokens``: model-side token caps (first text tokens; the image grid
-  average-pooled), 0 = every stored token. Model-side rather than ``embed.*.max_tokens`` so a cap changes
-  neither the pooled features (mean over all tokens) nor reruns ``embed``, and one feature set serves every cap.
-- ``compile_loss``: the loss's per-chunk softmax/KD arithmetic fused by ``torch.compile`` (one compilation per
-  process, cached on disk by inductor; needs a C++ compiler).
-- ``train.precision: bf16`` (:mod:`pipeline.train`, for every model): the forward under bf16 autocast; the logit
-  matmuls in bf16 while softmax, log-sum-exp, KD and the gradient sums stay fp32.
+The ranking score is the weighted mean of the heads' scores, one inner product: ``user_vectors = concat(w_h u_h)``,
+``item_vectors = concat(v_h)``; the weights are the buffer ``head_weight`` (chosen on validation with
+``head_weights: validation``, :mod:`pipeline.fusion`). Training computes the cross-entropies and KD terms fused, in
+chunks (:mod:`pipeline.models.losses`); the item side runs over real tokens only (:mod:`pipeline.models.item_tokens`).
+Where this file departs from the paper or the authors' code (summary tokens, missing modalities, the KL form of KD,
+``softmax: in_batch`` with logQ) and every extension key (``residual_id``, ``item_dropout``, ``distill_mode``,
+``head_weights``, token caps, ``content_max_seq_len``, ``init_from_baseline``, ``compile_loss``): docs/models.md.
 """
 
 from __future__ import annotations
@@ -80,10 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
-from pipeline.fusion import WEIGHT_GRID_STEP, ndcg_at_10_per_weight, simplex_grid
+from pipeline.fusion import best_head_weights
+from pipeline.models import losses
+from pipeline.models.item_tokens import block_outputs, cap_tokens, id_first_mask, packed_layout
 from pipeline.models.layers import (
     CausalTransformer,
-    TransformerBlock,
     additive_mask,
     causal_padding_mask,
     init_weights,
@@ -94,7 +48,6 @@ from pipeline.models.registry import register
 MODALITIES: tuple[str, ...] = ("text", "image")
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim, item side and user side (paper, authors' code)
 INIT_STD = 0.02
-MASKED_LOGIT = -1e4  # finite (as in the authors' code) so that KL terms stay finite where both sides are masked
 RAMP_SHARPNESS = 5.0  # exp(-5 (1 - t)^2), Laine & Aila 2017, as in the authors' code
 EVAL_CHUNK = 1024  # items per item-transformer call when building the ranking table (bounds memory)
 DISTILL_MODES = ("mutual", "detached", "one_way")
@@ -277,73 +230,6 @@ class IDAwareMultimodalTransformer(nn.Module):
         return {"id": h[:, -1]} | {m: h[:, i] for m, i in summary_at.items()}  # each (M, D)
 
 
-GROUP_ITEMS = 256  # the packed item transformer groups at least this many items of similar length per call
-
-
-def packed_layout(
-    counts: list[torch.Tensor], items: int, fixed: int, pad: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Row indices that lay M items out as ``[fixed tokens, real tokens of each modality]``, grouped by length.
-
-    The rows are ``[fixed x M (token k of item i at k*M + i), modality 0's R_0 real tokens, modality 1's, ...]``
-    (each modality item-major, ``counts[m]`` (M,) per item), ``pad`` the padding row. Items are sorted by length and
-    cut into groups of at least :data:`GROUP_ITEMS` items, each padded to its own longest item only. Returns
-    ``[(members (M_g,) item indices, index (M_g, S_g) row indices)]``; every item is in exactly one group.
-    """
-    device = counts[0].device if counts else torch.device("cpu")
-    arange = torch.arange(items, device=device)  # (M,)
-    length = fixed + (torch.stack(counts).sum(dim=0) if counts else torch.zeros_like(arange))  # (M,)
-    index = torch.full((items, int(length.max()) if items else fixed), pad, dtype=torch.long, device=device)
-    index[:, :fixed] = torch.arange(fixed, device=device)[None] * items + arange[:, None]  # (M, F)
-    base, offset = fixed * items, torch.full_like(arange, fixed)  # next row id; next free slot per item
-    for count in counts:
-        owner = torch.repeat_interleave(arange, count)  # (R_m,): the item of each real token
-        rank = torch.arange(len(owner), device=device) - (count.cumsum(0) - count)[owner]  # (R_m,) within item
-        index[owner, offset[owner] + rank] = base + torch.arange(len(owner), device=device)
-        base, offset = base + len(owner), offset + count
-    order = torch.argsort(length, stable=True)  # (M,)
-    sorted_length = length[order].tolist()
-    groups, start = [], 0
-    while start < items:
-        end = min(start + GROUP_ITEMS, items)
-        while end < items and sorted_length[end] == sorted_length[end - 1]:
-            end += 1  # a group ends where the length changes
-        if items - end < GROUP_ITEMS // 2:
-            end = items  # no tiny last group
-        members = order[start:end]  # (M_g,)
-        groups.append((members, index[members, : sorted_length[end - 1]]))  # (M_g,), (M_g, S_g)
-        start = end
-    return groups
-
-
-def id_first_mask(keys: torch.Tensor) -> torch.Tensor:
-    """(M, S) bool valid keys, the first one the ID token -> (M, 1, S, S) bool mask (True = may attend): the packed
-    layout's version of :func:`id_aware_mask` (content queries never see the ID key; the ID query sees all)."""
-    length = keys.shape[1]
-    mask = keys[:, None, None, :].expand(-1, 1, length, length).clone()  # (M, 1, S, S)
-    mask[:, :, 1:, 0] = False
-    return mask  # (M, 1, S, S)
-
-
-def block_outputs(block: TransformerBlock, x: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
-    """``block(x, mask)[:, :first]`` (M, first, D) from x (M, S, D), computing queries, attention output and the
-    feed-forward network only at the first ``first`` positions (keys and values at all S): the last item-side
-    block, whose other outputs nobody reads."""
-    attn = block.attn
-    batch, length, dim = x.shape
-    heads, head_dim = attn.num_heads, dim // attn.num_heads
-    h = block.ln_attn(x)  # (M, S, D)
-    q = F.linear(h[:, :first], attn.qkv.weight[:dim], attn.qkv.bias[:dim])  # (M, F, D)
-    kv = F.linear(h, attn.qkv.weight[dim:], attn.qkv.bias[dim:]).view(batch, length, 2, heads, head_dim)
-    k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (M, H, S, D/H)
-    q = q.view(batch, first, heads, head_dim).transpose(1, 2)  # (M, H, F, D/H)
-    dropout_p = attn.attn_dropout if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, :, :first], dropout_p=dropout_p)  # (M, H, F, D/H)
-    out = attn.dropout(attn.proj(out.transpose(1, 2).reshape(batch, first, dim)))  # (M, F, D)
-    y = x[:, :first] + out  # (M, F, D)
-    return y + block.ffn(block.ln_ffn(y))  # (M, F, D)
-
-
 def id_aware_mask(keys: torch.Tensor) -> torch.Tensor:
     """(M, S) bool valid keys, the last one the ID token -> (M, 1, S, S) bool attention mask (True = may attend).
 
@@ -454,249 +340,6 @@ class OnlineDistillation(nn.Module):
         return terms
 
 
-@dataclass(frozen=True)
-class LossOptions:
-    temperature: float  # tau of the KD terms
-    kd_weight: float  # distill_weight x ramp; 0 = cross-entropy only (KD is then not computed at all)
-    mode: str = "mutual"  # model.distill_mode: mutual | detached | one_way
-    max_logits: int = 1 << 22  # logits per head alive at once (4M floats = 16 MB)
-    # bfloat16: the three logit matmuls per head (forward, two gradients) in bf16; softmax, log-sum-exp, KD and
-    # gradient accumulation stay float32. None = float32 throughout.
-    matmul_dtype: torch.dtype | None = None
-    compiled: bool = False  # model.compile_loss: the chunk's softmax/KD arithmetic fused by torch.compile
-
-
-def head_losses(
-    hidden: list[torch.Tensor],
-    tables: list[torch.Tensor],
-    target_col: torch.Tensor,
-    options: LossOptions,
-    column_bias: torch.Tensor | None = None,
-    seen: torch.Tensor | None = None,
-    rows: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every head's cross-entropy plus the online-distillation terms, from queries and candidate vectors.
-
-    ``hidden[h]`` (P, D) are head h's queries (head 0 = id), ``tables[h]`` (C, D) its candidate vectors, so head h's
-    logits are ``hidden[h] @ tables[h].T (+ column_bias)`` (P, C); ``target_col`` (P,) the target columns. In-batch
-    softmax passes ``column_bias`` (C,) = -log q, ``seen`` (B, C) bool (the user's own items) and ``rows`` (P,) (the
-    user of each position): a user's own items other than the target are masked out.
-
-    Returns ``(loss, parts)``: ``loss = sum_h CE_h + kd_weight * sum KD``, and ``parts`` (2H,) detached =
-    ``[CE_h for h] + [KD(m <- id) for each modality m] + [KD(id <- ensemble)]`` (KD zeros when kd_weight is 0).
-    """
-    if target_col.shape[0] == 0:  # no position has a target: zero loss, still part of the graph
-        zero = sum(h.sum() for h in hidden) * 0.0
-        return zero, hidden[0].new_zeros(2 * len(hidden))
-    return _HeadLosses.apply(options, target_col, column_bias, seen, rows, *hidden, *tables)
-
-
-class _HeadLosses(torch.autograd.Function):
-    """:func:`head_losses`, in row chunks, with the gradient written in closed form during the forward pass.
-
-    With ``p`` the student's and ``q`` the teacher's softmax at temperature tau and ``KL = sum q (log q - log p)``
-    per row, ``tau^2 * mean(KL)`` has gradient ``tau / P * (p - q)`` w.r.t. the student logits and, for a teacher
-    that is not detached, ``tau / P * q * (log q - log p - KL)``; the ensemble (mean of the heads' logits) passes
-    1/H of its teacher gradient to each head. Cross-entropy: ``(softmax - one-hot) / P``. Each chunk's logit
-    gradient goes straight into the gradients of ``hidden`` and ``tables`` (two matmuls), as in
-    :func:`pipeline.models.layers.full_cross_entropy`.
-    """
-
-    @staticmethod
-    def forward(ctx, options, target_col, column_bias, seen, rows, *tensors):  # noqa: ANN001, ANN205
-        with torch.autocast(tensors[0].device.type, enabled=False):  # precision is options.matmul_dtype's
-            return _HeadLosses._forward(ctx, options, target_col, column_bias, seen, rows, *tensors)
-
-    @staticmethod
-    def _forward(ctx, options, target_col, column_bias, seen, rows, *tensors):  # noqa: ANN001, ANN205
-        heads = len(tensors) // 2
-        need_grad = any(ctx.needs_input_grad[5:])
-        mm = options.matmul_dtype or tensors[0].dtype  # the matmuls' dtype
-        acc = tensors[0].dtype if options.matmul_dtype is None else torch.float32  # softmax, KD, gradient sums
-        grads = [torch.zeros_like(t, dtype=acc) for t in tensors] if need_grad else []
-        tensors = [t.to(mm) for t in tensors]  # no copy when already mm
-        hidden, tables = tensors[:heads], tensors[heads:]
-        count, tau, weight = hidden[0].shape[0], options.temperature, options.kd_weight
-        ce = hidden[0].new_zeros(heads, dtype=acc)  # (H,) summed over rows
-        kd = hidden[0].new_zeros(heads, dtype=acc)  # (H,): modalities' KD, then the id head's
-        chunk = max(1, options.max_logits // max(1, tables[0].shape[0]))
-        for start in range(0, count, chunk):
-            part = slice(start, start + chunk)
-            t = target_col[part]  # (R,)
-            at = torch.arange(len(t), device=t.device)  # (R,)
-            z = [(hidden[i][part] @ tables[i].T).to(acc) for i in range(heads)]  # H x (R, C)
-            if column_bias is not None:
-                own = seen[rows[part]]  # (R, C): the user's own items ...
-                own[at, t] = False  # ... except the target
-                bias = column_bias.expand(len(t), -1).masked_fill(own, MASKED_LOGIT)  # (R, C)
-                z = [x + bias for x in z]
-            if options.compiled and need_grad:  # one fused pass per output instead of ~20 eager passes
-                ce_sum, kd_sum, g = compiled_chunk_grads()(
-                    z, t, z[0].new_tensor(tau), z[0].new_tensor(weight), count, options.mode, weight > 0, mm
-                )
-                ce += ce_sum
-                kd += kd_sum
-            else:
-                log_p = [F.log_softmax(x, dim=-1) for x in z]  # H x (R, C)
-                ce -= torch.stack([lp[at, t].sum() for lp in log_p])
-                g = [lp.exp_() for lp in log_p] if need_grad else []  # H x (R, C): softmax, in place
-                for x in g:
-                    x[at, t] -= 1.0
-                if weight > 0:
-                    _distill_chunk(z, tau, weight, options.mode, kd, g)
-                g = [x.div_(count).to(mm) for x in g]  # H x (R, C)
-            for i, x in enumerate(g):
-                grads[i][part] = x @ tables[i]  # (R, D)
-                if mm == acc:
-                    grads[heads + i].addmm_(x.T, hidden[i][part])  # (C, D)
-                else:  # bf16 product, float32 accumulation over chunks
-                    grads[heads + i] += x.T @ hidden[i][part]  # (C, D)
-        ctx.save_for_backward(*grads)
-        ce, kd = ce / count, kd * (tau * tau / count)
-        loss = ce[0]
-        for value in ce[1:]:
-            loss = loss + value
-        if weight > 0:
-            loss = loss + weight * kd.sum()
-        ctx.mark_non_differentiable(parts := torch.cat([ce, kd]))
-        return loss, parts
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_parts):  # noqa: ANN001, ANN205
-        return (None,) * 5 + tuple(g * grad_loss for g in ctx.saved_tensors)
-
-
-def _distill_chunk(
-    z: list[torch.Tensor], tau: float, weight: float, mode: str, kd: torch.Tensor, g: list[torch.Tensor]
-) -> None:
-    """Add one chunk's KD sums to ``kd`` (H,) and ``weight`` x their logit gradients (x P) to ``g`` (if any).
-
-    ``mode``: mutual (teachers learn from KD too), detached (they do not), one_way (detached, and no KD(id <-
-    ensemble) term: ``kd[-1]`` stays 0 and the ID head's logits get no KD gradient at all).
-    Written with in-place updates: on CPU this loop is bound by memory passes over (R, C) tensors, not by FLOPs.
-    """
-    heads, detach = len(z), mode != "mutual"
-    log_p = [F.log_softmax(x / tau, dim=-1) for x in z]  # H x (R, C)
-    p_id = log_p[0].exp()  # (R, C)
-    scale = weight * tau  # d(tau^2 KL)/dz = tau * (...); the 1/P comes with the CE gradient
-    for i in range(1, heads):  # modality i learns from the id head
-        gap = log_p[0] - log_p[i]  # (R, C)
-        kl = _row_dot(p_id, gap)  # (R, 1)
-        kd[i - 1] += kl.sum()
-        if g:
-            g[i].add_(log_p[i].exp_(), alpha=scale).sub_(p_id, alpha=scale)  # student: p - q
-            if not detach:
-                g[0].addcmul_(p_id, gap.sub_(kl), value=scale)  # teacher: q (log q - log p - KL)
-    if mode == "one_way":
-        return
-    ensemble = torch.stack(z).sum(dim=0).mul_(1.0 / (heads * tau))  # (R, C): mean of the heads' logits / tau
-    log_p_ens = F.log_softmax(ensemble, dim=-1)  # (R, C)
-    p_ens = log_p_ens.exp()  # (R, C)
-    gap = log_p_ens.sub_(log_p[0])  # (R, C): the id head learns from the ensemble
-    kl = _row_dot(p_ens, gap)  # (R, 1)
-    kd[-1] += kl.sum()
-    if g:
-        g[0].add_(p_id, alpha=scale).sub_(p_ens, alpha=scale)
-        if not detach:
-            teacher = gap.sub_(kl).mul_(p_ens)  # (R, C), to every head through the mean
-            for x in g:
-                x.add_(teacher, alpha=scale / heads)
-
-
-def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(R, C), (R, C) -> (R, 1) row-wise dot products (a product and a sum: ~7x faster on CPU than a batched
-    (1, C) @ (C, 1) matmul)."""
-    return (a * b).sum(dim=1, keepdim=True)  # (R, 1)
-
-
-def chunk_logit_grads(
-    z: list[torch.Tensor],
-    t: torch.Tensor,
-    tau: torch.Tensor,
-    weight: torch.Tensor,
-    count: int,
-    mode: str,
-    distill: bool,
-    out_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """One chunk of :class:`_HeadLosses` written functionally, for ``torch.compile`` to fuse (``compile_loss``).
-
-    ``z`` H x (R, C) logits (head 0 = id), ``t`` (R,) target columns, ``tau`` and ``weight`` 0-dim tensors (so a
-    new KD-ramp weight needs no recompilation). Returns the chunk's summed CE (H,), summed KD (H,) and the logit
-    gradients H x (R, C) in ``out_dtype``, divided by ``count``: the same numbers as the in-place eager path.
-    """
-    heads = len(z)
-    hit = (torch.arange(z[0].shape[1], device=t.device)[None, :] == t[:, None]).to(z[0].dtype)  # (R, C) one-hot
-    log_p = [F.log_softmax(x, dim=-1) for x in z]  # H x (R, C)
-    ce = torch.stack([-(lp * hit).sum() for lp in log_p])  # (H,)
-    g = [lp.exp() - hit for lp in log_p]  # H x (R, C)
-    kd = z[0].new_zeros(heads)  # (H,)
-    if distill:
-        scale = weight * tau
-        log_q = [F.log_softmax(x / tau, dim=-1) for x in z]  # H x (R, C)
-        p_id = log_q[0].exp()  # (R, C)
-        terms = []
-        for i in range(1, heads):  # modality i learns from the id head
-            gap = log_q[0] - log_q[i]  # (R, C)
-            kl = (p_id * gap).sum(dim=1, keepdim=True)  # (R, 1)
-            terms.append(kl.sum())
-            g[i] = g[i] + scale * (log_q[i].exp() - p_id)
-            if mode == "mutual":
-                g[0] = g[0] + scale * p_id * (gap - kl)
-        if mode == "one_way":
-            terms.append(kd[0])
-        else:  # the id head learns from the ensemble
-            log_e = F.log_softmax(torch.stack(z).mean(dim=0) / tau, dim=-1)  # (R, C)
-            p_e = log_e.exp()  # (R, C)
-            gap = log_e - log_q[0]  # (R, C)
-            kl = (p_e * gap).sum(dim=1, keepdim=True)  # (R, 1)
-            terms.append(kl.sum())
-            g[0] = g[0] + scale * (p_id - p_e)
-            if mode == "mutual":
-                teacher = p_e * (gap - kl)  # (R, C), to every head through the mean
-                g = [x + scale / heads * teacher for x in g]
-        kd = torch.stack(terms)  # (H,)
-    return ce, kd, [(x / count).to(out_dtype) for x in g]
-
-
-_COMPILED: dict[str, object] = {}
-
-
-def compiled_chunk_grads():  # noqa: ANN201
-    """:func:`chunk_logit_grads` through ``torch.compile(dynamic=True)``, built once per process (inductor
-    caches the generated code on disk, so later processes compile in seconds)."""
-    if "chunk" not in _COMPILED:
-        _COMPILED["chunk"] = torch.compile(chunk_logit_grads, dynamic=True)
-    return _COMPILED["chunk"]
-
-
-def explicit_head_losses(
-    hidden: list[torch.Tensor],
-    tables: list[torch.Tensor],
-    target_col: torch.Tensor,
-    options: LossOptions,
-    column_bias: torch.Tensor | None = None,
-    seen: torch.Tensor | None = None,
-    rows: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`head_losses` the plain autograd way, over explicit (P, C) logits (memory-hungry; for the tests)."""
-    logits = [h @ t.T for h, t in zip(hidden, tables, strict=True)]  # H x (P, C)
-    if column_bias is not None:
-        own = seen[rows]  # (P, C)
-        own[torch.arange(len(rows), device=rows.device), target_col] = False
-        bias = column_bias.expand(len(rows), -1).masked_fill(own, MASKED_LOGIT)  # (P, C)
-        logits = [x + bias for x in logits]
-    ce = torch.stack([F.cross_entropy(x, target_col) for x in logits])  # (H,)
-    loss = ce.sum()
-    kd = torch.zeros_like(ce)  # (H,)
-    if options.kd_weight > 0:
-        names = ["id", *(f"m{i}" for i in range(1, len(logits)))]
-        terms = OnlineDistillation(options.temperature, options.mode)(dict(zip(names, logits, strict=True)))
-        kd = torch.stack(list(terms.values()))  # (H,): modalities first, then kd_id
-        loss = loss + options.kd_weight * kd.sum()
-    return loss, torch.cat([ce, kd]).detach()
-
-
 @register(
     "odmt",
     ODMTConfig,
@@ -710,11 +353,13 @@ class ODMT(nn.Module):
     are kept as non-persistent buffers (they are data, not weights, and stay out of checkpoints).
     """
 
-    def __init__(self, config: ODMTConfig, catalog: ItemCatalog) -> None:
+    def __init__(self, config: ODMTConfig, catalog: ItemCatalog, max_seq_len: int | None = None) -> None:
+        """``max_seq_len`` sizes the user encoders' position tables; None = the catalog's."""
         super().__init__()
         _check_config(config)
         self.config = config
         self.num_items = catalog.num_items
+        self.max_seq_len = catalog.max_seq_len if max_seq_len is None else max_seq_len
         self.modalities = tuple(m for m in MODALITIES if m in catalog.features)
         if not self.modalities:
             raise ValueError(
@@ -741,7 +386,7 @@ class ODMT(nn.Module):
             config.dropout if config.item_dropout is None else config.item_dropout,
             config.id_aware_transformer,
         )
-        self.user_encoders = nn.ModuleDict({h: build_user_encoder(config, catalog.max_seq_len) for h in self.heads})
+        self.user_encoders = nn.ModuleDict({h: build_user_encoder(config, self.max_seq_len) for h in self.heads})
         self.distillation = OnlineDistillation(config.distill_temperature, config.distill_mode)
         self.apply(lambda m: init_weights(m, INIT_STD))
         for name, param in self.item_encoder.named_parameters():
@@ -837,6 +482,11 @@ class ODMT(nn.Module):
 
     # --- item and user sides -----------------------------------------------------------------------------------
 
+    @property
+    def starts_from_baseline(self) -> bool:
+        """``init_from_baseline``: the training job then calls :meth:`init_id_head_from_sasrec`."""
+        return self.config.init_from_baseline
+
     @torch.no_grad()
     def init_id_head_from_sasrec(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Extension ``init_from_baseline``: copy a trained SASRec's item embeddings into ``id_emb`` and its
@@ -907,7 +557,7 @@ class ODMT(nn.Module):
         weight = self.config.distill_weight * self.kd_ramp
         device = queries[0].device.type
         matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        options = LossOptions(
+        options = losses.LossOptions(
             self.config.distill_temperature,
             weight,
             self.config.distill_mode,
@@ -916,13 +566,14 @@ class ODMT(nn.Module):
         )
         if "content" in in_batch:  # content_max_seq_len: the ID head alone on every position, then the rest
             content = in_batch.pop("content")
-            loss_id, parts_id = head_losses(queries[:1], columns[:1], target_col, replace(options, kd_weight=0.0))
+            no_kd = replace(options, kd_weight=0.0)
+            loss_id, parts_id = losses.head_losses(queries[:1], columns[:1], target_col, no_kd)
             # the ID head is only a (detached, one_way) teacher here; its CE on these positions is a constant
-            loss_c, parts_c = head_losses(content["queries"], content["columns"], content["target_col"], options)
+            loss_c, parts_c = losses.head_losses(content["queries"], content["columns"], content["target_col"], options)
             loss = loss_id + loss_c - parts_c[0]
             parts = torch.cat([parts_id[:1], parts_c[1:]])
         else:
-            loss, parts = head_losses(queries, columns, target_col, options, **in_batch)
+            loss, parts = losses.head_losses(queries, columns, target_col, options, **in_batch)
         out = {"loss": loss} | {f"ce_{h}": parts[i] for i, h in enumerate(self.heads)}
         if self.config.distill_weight > 0:  # with distill_weight 0 the KD terms are not computed at all
             kd = parts[len(self.heads) :]  # (H,)
@@ -946,7 +597,7 @@ class ODMT(nn.Module):
             table = self.item_table(candidates)  # {head: (C, D)}
             hidden = self.encode(input_ids, table, torch.searchsorted(candidates, input_ids))  # {head: (B, L, D)}
             target_col = torch.searchsorted(candidates, targets[has_target]) - 1  # (P,): column 0 = candidates[1]
-            in_batch = self._in_batch_inputs(candidates, input_ids, targets, has_target)
+            in_batch = losses.in_batch_inputs(self.popularity, candidates, input_ids, targets, has_target)
         columns = [table[h][1:] for h in self.heads]  # H x (C-1, D): padding (candidates[0] = 0) is no column
         recent = self.config.content_max_seq_len
         if 0 < recent < input_ids.shape[1]:  # content heads: the last `recent` columns only (full softmax)
@@ -958,19 +609,6 @@ class ODMT(nn.Module):
             return queries + [None] * len(self.modalities), columns, target_col, in_batch
         queries = [hidden[h][has_target] for h in self.heads]  # H x (P, D)
         return queries, columns, target_col, in_batch
-
-    def _in_batch_inputs(
-        self, candidates: torch.Tensor, input_ids: torch.Tensor, targets: torch.Tensor, has_target: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """In-batch softmax: ``-log P(item in the batch)`` per column (logQ correction for a candidate set of unique
-        items) and each user's own items, to mask."""
-        draws = int(torch.count_nonzero(torch.cat([input_ids[:, :1], targets], dim=1)))  # item occurrences
-        log_q = log_inclusion_probability(self.popularity, draws)[candidates[1:]]  # (C-1,)
-        seen = torch.zeros(input_ids.shape[0], len(candidates), dtype=torch.bool, device=input_ids.device)  # (B, C)
-        seen.scatter_(1, torch.searchsorted(candidates, input_ids), True)
-        seen.scatter_(1, torch.searchsorted(candidates, targets), True)
-        rows = has_target.nonzero()[:, 0]  # (P,): the user of each position
-        return {"column_bias": -log_q, "seen": seen[:, 1:], "rows": rows}
 
     # --- ranking -----------------------------------------------------------------------------------------------
 
@@ -1035,21 +673,9 @@ class ODMT(nn.Module):
             return self.head_weights
         was_training = self.training
         self.eval()
-        grid = simplex_grid(len(self.heads), WEIGHT_GRID_STEP).to(self.head_weight)  # (G, H)
         table = self.ranking_table()  # {head: (N+1, D)}
-        gains = torch.zeros(len(grid), dtype=torch.float64)  # (G,): summed NDCG@10
-        for start in range(0, len(input_ids), batch_size):
-            ids = input_ids[start : start + batch_size]  # (b, L)
-            keep = ids.ne(0).any(dim=0)  # (L,): trim columns that are padding in every row
-            queries = self.head_user_vectors(ids[:, keep.cumsum(0) > 0])  # {head: (b, D)}
-            gains += ndcg_at_10_per_weight(
-                [queries[h] @ table[h].T for h in self.heads],  # H x (b, N+1)
-                targets[start : start + batch_size],
-                exclude[start : start + batch_size],
-                grid,
-            )
-        best = int(torch.argmax(gains))  # first maximum: ties go to the earlier grid point
-        self.head_weight.copy_(grid[best])
+        best = best_head_weights(self.head_user_vectors, table, input_ids, targets, exclude, batch_size)  # (H,)
+        self.head_weight.copy_(best)
         self.train(was_training)
         return self.head_weights
 
@@ -1057,46 +683,6 @@ class ODMT(nn.Module):
         """(N+1, H*D) ``concat(v_h)`` over heads (row 0 = padding, zeros)."""
         table = self.ranking_table()  # {head: (N+1, D)}
         return torch.cat([table[h] for h in self.heads], dim=1)  # (N+1, H*D)
-
-
-def cap_tokens(modality: str, tokens: torch.Tensor, mask: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``max_<m>_tokens``: (N+1, T, d) tokens and (N+1, T) mask -> at most ``cap`` tokens per item (0 = all).
-
-    Text keeps the first ``cap`` tokens (the tokenizer pads at the end). Image tokens are a row-major spatial grid
-    (``pipeline.features.encoders.token_grid``); it is average-pooled to the grid of at most ``cap`` cells that
-    embed would have stored with ``embed.image.max_tokens: cap`` (pooling before the linear projection equals
-    pooling after it).
-    """
-    if cap <= 0 or tokens.shape[1] <= cap:
-        return tokens, mask
-    if modality == "text":
-        return tokens[:, :cap], mask[:, :cap]
-    rows, count, dim = tokens.shape
-    height = max(1, math.isqrt(count))
-    width = count // height
-    if height * width != count:
-        raise ValueError(f"{modality} tokens: {count} per item is not a grid; set model.max_image_tokens: 0")
-    out_h = max(1, math.isqrt(cap))
-    out_w = max(1, cap // out_h)
-    grid = tokens.float().view(rows, height, width, dim).permute(0, 3, 1, 2)  # (N+1, d, h, w)
-    pooled = F.adaptive_avg_pool2d(grid, (min(out_h, height), min(out_w, width)))  # (N+1, d, h', w')
-    pooled = pooled.flatten(2).transpose(1, 2).to(tokens.dtype)  # (N+1, h'w', d)
-    return pooled, mask.any(dim=1, keepdim=True).expand(-1, pooled.shape[1])  # (N+1, h'w', d), (N+1, h'w')
-
-
-def log_inclusion_probability(popularity: torch.Tensor, draws: int) -> torch.Tensor:
-    """(N+1,) training counts, number of item occurrences in the batch -> (N+1,) log P(item among the batch's items).
-
-    The in-batch candidates are the *unique* items of the batch, so the sampled-softmax correction is the log of the
-    probability that an item is drawn at least once in ``draws`` draws from the unigram distribution q:
-    ``log(1 - (1 - q)^draws)`` (the expected count of unique sampling). With one draw it is the plain logQ, ``log q``;
-    with many, popular items (almost surely in the batch) get ~0 and rare ones ~``log(draws * q)``. Subtracting the
-    plain ``log q`` from unique candidates instead teaches the scores to add ``log q``: a popularity bias at ranking
-    time (on ML-1M, where a batch holds most items, ODMT's valid NDCG@10 fell to half of SASRec's).
-    """
-    counts = popularity.double() + 1.0  # +1 so items unseen in training stay finite
-    q = counts / counts.sum()  # (N+1,)
-    return torch.log(-torch.expm1(max(draws, 1) * torch.log1p(-q))).to(popularity.dtype)  # (N+1,)
 
 
 def _check_config(config: ODMTConfig) -> None:

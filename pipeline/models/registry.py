@@ -1,15 +1,9 @@
 """``model.name`` -> (config dataclass, model class).
 
-Every model is an ``nn.Module`` built as ``ModelCls(config, catalog)`` that implements:
-
-- ``forward(batch) -> dict[str, Tensor]`` with a scalar ``"loss"`` plus any named components to log
-  (``batch`` holds ``input_ids`` (B, L) left-padded int64 and ``target_ids`` (B, L) int64, 0 = no target);
-- ``user_vectors(input_ids) -> (B, D)``: the query for the item after the last position;
-- ``item_vectors() -> (N+1, D)``: one row per item (row 0 = padding), so that
-  ``user_vectors(x) @ item_vectors().T`` is exactly the model's score used for ranking (FAISS inner product).
-
-Training batches and evaluation inputs are trimmed of columns that are padding in every row, so a model's outputs
-must not depend on extra left padding (tested for every model).
+Every model is an ``nn.Module`` built as ``ModelCls(config, catalog, max_seq_len)`` that provides
+:class:`pipeline.models.contract.Recommender` (``forward``, ``user_vectors``, ``item_vectors``, ``config``,
+``num_items``, ``max_seq_len``), checked by :func:`build_model`, plus any optional capability of
+:mod:`pipeline.models.contract`.
 """
 
 from __future__ import annotations
@@ -22,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, _coerce, check_range, from_dict
+from pipeline.models import contract
 
 # Modules that register models when imported. A new model file adds itself here.
 MODEL_MODULES: tuple[str, ...] = (
@@ -195,5 +190,9 @@ def _same(value: Any, default: Any) -> bool:
     return type(value) is type(default) and value == default
 
 
-def build_model(name: str, config: Any, catalog: Any) -> Any:
-    return spec(name).model_cls(config, catalog)
+def build_model(name: str, config: Any, catalog: Any, max_seq_len: int) -> Any:
+    """The registered model ``name`` built from its config, the item catalog and the input length it reads
+    (``data.max_seq_len``, or the checkpoint's); refused unless it provides the model contract."""
+    model = spec(name).model_cls(config, catalog, max_seq_len)
+    contract.check_model(model, name)
+    return model

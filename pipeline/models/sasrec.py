@@ -43,15 +43,16 @@ class SASRecConfig:
 class SASRec(nn.Module):
     """Next-item prediction from item IDs only; scores are ``user_vectors(x) @ item_vectors().T``."""
 
-    def __init__(self, config: SASRecConfig, catalog: ItemCatalog) -> None:
+    def __init__(self, config: SASRecConfig, catalog: ItemCatalog, max_seq_len: int | None = None) -> None:
+        """``max_seq_len`` sizes the position table (``data.max_seq_len``, the checkpoint's); None = the catalog's."""
         super().__init__()
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"model.dropout = {config.dropout} must be in [0, 1)")
         self.config = config
         self.num_items = catalog.num_items
-        self.max_seq_len = catalog.max_seq_len
+        self.max_seq_len = catalog.max_seq_len if max_seq_len is None else max_seq_len
         self.item_emb = nn.Embedding(catalog.num_items + 1, config.hidden_dim, padding_idx=0)  # (N+1, D)
-        self.pos_emb = nn.Embedding(catalog.max_seq_len, config.hidden_dim)  # (L_max, D)
+        self.pos_emb = nn.Embedding(self.max_seq_len, config.hidden_dim)  # (L_max, D)
         self.emb_norm = nn.LayerNorm(config.hidden_dim)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.encoder = CausalTransformer(

@@ -47,7 +47,8 @@ class SASRecFusionConfig:
 class SASRecFusion(nn.Module):
     """SASRec whose (tied) item table adds projected frozen content features to the ID embedding."""
 
-    def __init__(self, config: SASRecFusionConfig, catalog: ItemCatalog) -> None:
+    def __init__(self, config: SASRecFusionConfig, catalog: ItemCatalog, max_seq_len: int | None = None) -> None:
+        """``max_seq_len`` sizes the position table (``data.max_seq_len``, the checkpoint's); None = the catalog's."""
         super().__init__()
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"model.dropout = {config.dropout} must be in [0, 1)")
@@ -59,7 +60,7 @@ class SASRecFusion(nn.Module):
             )
         self.config = config
         self.num_items = catalog.num_items
-        self.max_seq_len = catalog.max_seq_len
+        self.max_seq_len = catalog.max_seq_len if max_seq_len is None else max_seq_len
         dim = config.hidden_dim
         for m in self.modalities:  # content is data, not weights: non-persistent buffers, out of checkpoints
             pooled, present = catalog.features[m], catalog.masks.get(m)
@@ -73,7 +74,7 @@ class SASRecFusion(nn.Module):
         self.item_emb = nn.Embedding(catalog.num_items + 1, dim, padding_idx=0)  # (N+1, D)
         self.proj = nn.ModuleDict({m: nn.Linear(catalog.features[m].shape[1], dim) for m in self.modalities})
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in self.modalities})  # (D,) each
-        self.pos_emb = nn.Embedding(catalog.max_seq_len, dim)  # (L_max, D)
+        self.pos_emb = nn.Embedding(self.max_seq_len, dim)  # (L_max, D)
         self.emb_norm = nn.LayerNorm(dim)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.encoder = CausalTransformer(

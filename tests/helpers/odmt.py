@@ -1,13 +1,16 @@
-"""ODMT toys: a 20-item catalog with text and image tokens (a few items lack a modality), configs and models."""
+"""ODMT toys: a 20-item catalog with text and image tokens (a few items lack a modality), configs and models; and
+the reference the fused losses are tested against (cross-entropy + OnlineDistillation over explicit logits)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.catalog import ItemCatalog
 from pipeline.data.splits import UserSplit
-from pipeline.models.odmt import ODMT, ODMTConfig
+from pipeline.models.losses import MASKED_LOGIT, LossOptions
+from pipeline.models.odmt import ODMT, ODMTConfig, OnlineDistillation
 
 NUM_ITEMS = 20
 MAX_LEN = 10
@@ -85,3 +88,31 @@ def tiny_split(test_shift: int = 0) -> UserSplit:
         valid_target=np.array([s[-2] for s in seqs], dtype=np.int64),
         test_target=np.array([(s[-1] + test_shift - 1) % NUM_ITEMS + 1 for s in seqs], dtype=np.int64),
     )
+
+
+def explicit_head_losses(
+    hidden: list[torch.Tensor],
+    tables: list[torch.Tensor],
+    target_col: torch.Tensor,
+    options: LossOptions,
+    column_bias: torch.Tensor | None = None,
+    seen: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pipeline.models.losses.head_losses` the plain autograd way: cross-entropy + the paper's
+    :class:`OnlineDistillation` over explicit (P, C) logits (memory-hungry; the tests' reference)."""
+    logits = [h @ t.T for h, t in zip(hidden, tables, strict=True)]  # H x (P, C)
+    if column_bias is not None:
+        own = seen[rows]  # (P, C)
+        own[torch.arange(len(rows), device=rows.device), target_col] = False
+        bias = column_bias.expand(len(rows), -1).masked_fill(own, MASKED_LOGIT)  # (P, C)
+        logits = [x + bias for x in logits]
+    ce = torch.stack([F.cross_entropy(x, target_col) for x in logits])  # (H,)
+    loss = ce.sum()
+    kd = torch.zeros_like(ce)  # (H,)
+    if options.kd_weight > 0:
+        names = ["id", *(f"m{i}" for i in range(1, len(logits)))]
+        terms = OnlineDistillation(options.temperature, options.mode)(dict(zip(names, logits, strict=True)))
+        kd = torch.stack(list(terms.values()))  # (H,): modalities first, then kd_id
+        loss = loss + options.kd_weight * kd.sum()
+    return loss, torch.cat([ce, kd]).detach()

@@ -93,11 +93,21 @@ RECOMMEND = {
 
 
 def recommend_args(p: dict[str, Path]) -> list[str]:
-    """The recommend stage's options for a project laid out as ``{params, prepared, features, models, out}``."""
+    """The recommend stage's `export` and its options for a project laid out as ``{params, prepared, features,
+    models, out}``."""
     return [
+        "export",
         *("--params", str(p["params"]), "--prepared", str(p["prepared"]), "--features", str(p["features"])),
         *("--model", str(p["models"] / "model.pt"), "--baseline", str(p["models"] / "baseline" / "model.pt")),
         *("--out", str(p["out"]), "--gallery", str(p["out"].parent / "reports" / "gallery.html"), "--device", "cpu"),
+    ]
+
+
+def query_args(p: dict[str, Path]) -> list[str]:
+    """`recommend query` and its options (without --history/--user) for the same project, reading ``out/index``."""
+    return [
+        *("query", "--params", str(p["params"]), "--prepared", str(p["prepared"]), "--features", str(p["features"])),
+        *("--model", str(p["models"] / "model.pt"), "--index", str(p["out"] / "index"), "--device", "cpu"),
     ]
 
 
