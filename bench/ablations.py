@@ -35,14 +35,14 @@ import yaml
 
 from bench.control_rows import ROW_KEYS, control_kind, control_runs, paired_rows
 from bench.run_stage import StageRun, run_measured
-from pipeline.experiments import experiments_markdown
-from pipeline.images_plot import plot_cards_vs_posters
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.models import registry
 from pipeline.models.mp4sr import PRETRAIN_KEYS
 from pipeline.models.registry import spec as model_spec
-from pipeline.pretrain import PRETRAIN_MODELS
-from pipeline.report import RESERVED_KEYS
+from pipeline.reporting.experiments import experiments_markdown
+from pipeline.reporting.images_plot import plot_cards_vs_posters
+from pipeline.reporting.report import RESERVED_KEYS
+from pipeline.training.pretrain import PRETRAIN_MODELS
 
 app = typer.Typer(add_completion=False)
 RUNS = Path("runs")
@@ -219,7 +219,7 @@ def aggregate(name: str, model: str, runs: list[dict[str, Any]]) -> dict[str, An
     }
 
 
-REFERENCE_RUNS = ("popularity", "random_among_cold")  # plus every content_knn_* run (pipeline/references.py)
+REFERENCE_RUNS = ("popularity", "random_among_cold")  # plus every content_knn_* run (pipeline/evaluation/references.py)
 
 
 def reference_results(row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -20,9 +20,9 @@ import typer
 
 from pipeline.data.cold_start import cold_mask
 from pipeline.data.splits import Stage, load_split
-from pipeline.evaluation import model_queries
-from pipeline.inference import item_table, load_trained
+from pipeline.evaluation.ranking import model_queries
 from pipeline.models.mp4sr import COLD_OFFSET_GRID
+from pipeline.serving.inference import item_table, load_trained
 
 app = typer.Typer(add_completion=False)
 SHOWN = (-1.0, 0.0, 0.5, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)

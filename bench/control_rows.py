@@ -1,4 +1,5 @@
-"""Control rows of an experiment suite (pipeline/controls.py), built from the suite's SASRec seed runs, no training.
+"""Control rows of an experiment suite (pipeline/evaluation/controls.py), built from the suite's SASRec seed runs, no
+training.
 
     id_ensemble: {control: id_ensemble, members: 3}   # the SASRec row's first 3 seed runs, fused on valid
     late_fusion_knn: {control: late_fusion}           # each SASRec seed run fused with content kNN on valid
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import EvaluateConfig, load_section
-from pipeline.controls import (
+from pipeline.data.cold_start import load_cold_items
+from pipeline.data.splits import load_split
+from pipeline.evaluation.controls import (
     ID_ENSEMBLE,
     LATE_FUSION,
     ControlResult,
@@ -27,13 +30,11 @@ from pipeline.controls import (
     id_ensemble,
     late_fusion,
 )
-from pipeline.data.cold_start import load_cold_items
-from pipeline.data.splits import load_split
-from pipeline.evaluation import load_user_ids
-from pipeline.experiments import seed_averaged_paired
-from pipeline.inference import load_trained
+from pipeline.evaluation.ranking import load_user_ids
 from pipeline.io import atomic_path, write_json_atomic
-from pipeline.report import CONTROLS_KEY, topk_frame
+from pipeline.reporting.experiments import seed_averaged_paired
+from pipeline.reporting.report import CONTROLS_KEY, topk_frame
+from pipeline.serving.inference import load_trained
 
 CONTROLS = {"id_ensemble": ID_ENSEMBLE, "late_fusion": LATE_FUSION}
 ROW_KEYS = ("seeds", "control", "members")  # keys of a suite row that are not param overrides

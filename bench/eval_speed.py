@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import typer
 
-from pipeline import metrics, retrieval
+from pipeline.evaluation import metrics, retrieval
 
 app = typer.Typer(add_completion=False)
 

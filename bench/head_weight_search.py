@@ -4,8 +4,8 @@
         --prepared runs/shared/prepared-<key> --features runs/shared/features-<key> --threads 1
 
 Loads a trained ODMT, computes every valid user's per-head scores once, then runs the grid search over the simplex
-(:func:`pipeline.fusion.ndcg_at_10_per_weight`, which drops users that cannot reach the top 10 and fuses only the
-contested items) and the exhaustive version (every user, every item, every grid point) on the same scores. Prints
+(:func:`pipeline.evaluation.fusion.ndcg_at_10_per_weight`, which drops users that cannot reach the top 10 and fuses only
+the contested items) and the exhaustive version (every user, every item, every grid point) on the same scores. Prints
 both CPU times and the largest difference of their summed gains (0 up to float64 summation order; exit 1 if not).
 """
 
@@ -22,9 +22,9 @@ import typer
 
 from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import load_split
-from pipeline.fusion import WEIGHT_GRID_STEP, ndcg_at_10_per_weight, simplex_grid
-from pipeline.inference import load_trained
+from pipeline.evaluation.fusion import WEIGHT_GRID_STEP, ndcg_at_10_per_weight, simplex_grid
 from pipeline.models.odmt import ODMT
+from pipeline.serving.inference import load_trained
 
 app = typer.Typer(add_completion=False)
 

@@ -22,8 +22,8 @@ import typer
 
 from pipeline.config import EvaluateConfig, IndexConfig, load_section
 from pipeline.data.splits import load_split
-from pipeline.evaluation import evaluate_vectors, model_queries
-from pipeline.inference import item_table, load_trained, resolve_device
+from pipeline.evaluation.ranking import evaluate_vectors, model_queries
+from pipeline.serving.inference import item_table, load_trained, resolve_device
 
 app = typer.Typer(add_completion=False)
 

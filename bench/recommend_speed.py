@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import typer
 
-from pipeline.inference import resolve_device
-from pipeline.recommend import Recommender, user_sequences
+from pipeline.serving.inference import resolve_device
+from pipeline.serving.recommend import Recommender, user_sequences
 
 app = typer.Typer(add_completion=False)
 

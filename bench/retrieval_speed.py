@@ -1,4 +1,5 @@
-"""Retrieval at scale: flat vs IVF vs HNSW on a synthetic catalog (issue 14), as built by pipeline.faiss_index.
+"""Retrieval at scale: flat vs IVF vs HNSW on a synthetic catalog (issue 14), as built by
+pipeline.evaluation.faiss_index.
 
     python -m bench.retrieval_speed                                  # 1M items x 64-d, 10,000 queries, 1 thread
     python -m bench.retrieval_speed --items 100000 --nprobe 4 --nprobe 16 --ef-search 32 --threads 2
@@ -13,11 +14,11 @@ embeddings (which are clustered by genre, popularity, ...), and uniform noise do
   pipeline's scores are);
 - a query is a centre drawn with the same skew plus noise of norm about ``--spread``: a user "near" some genres.
 
-Every index is built with :func:`pipeline.faiss_index.build_index` (``faiss.index_factory``, inner product) and
-searched with ``index.search`` for the top 10, no history (the ANN part; history masking is the same exact
+Every index is built with :func:`pipeline.evaluation.faiss_index.build_index` (``faiss.index_factory``, inner product)
+and searched with ``index.search`` for the top 10, no history (the ANN part; history masking is the same exact
 over-fetch for every kind). Build time is timed once per index; IVF and HNSW are built once and searched with each
 ``--nprobe`` / ``--ef-search``. recall@10 = the share of flat's top 10 that the index's top 10 holds
-(:func:`pipeline.faiss_index.recall_at_k`). Prints a table; never a timed assertion.
+(:func:`pipeline.evaluation.faiss_index.recall_at_k`). Prints a table; never a timed assertion.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 import typer
 
 from pipeline.config import HnswConfig, IndexConfig, IvfConfig
-from pipeline.faiss_index import FLAT, SearchIndex, build_index, recall_at_k
+from pipeline.evaluation.faiss_index import FLAT, SearchIndex, build_index, recall_at_k
 
 app = typer.Typer(add_completion=False)
 K = 10

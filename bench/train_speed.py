@@ -12,7 +12,7 @@ the model's registered defaults; SASRec reads ``baseline.model``), then ``--set 
 
 - ``--max-steps N``: time the first N training steps of an epoch (after ``--warmup-steps``) and extrapolate to
   the epoch's step count; no validation. ``--max-steps 0``: ``--epochs`` full epochs through
-  :func:`pipeline.train.fit` (validation, early stopping and ODMT's validation-chosen head weights included),
+  :func:`pipeline.training.fit.fit` (validation, early stopping and ODMT's validation-chosen head weights included),
   reporting valid NDCG@10 per epoch.
 - ``--setting full`` (default: ``--prepared`` / ``--features``, params.yaml's sequence length) or ``--setting
   last15``: the ODMT authors' protocol (every user's last 15 interactions, ``max_seq_len`` 15, 60 epochs, patience
@@ -48,13 +48,13 @@ import torch
 import typer
 import yaml
 
-from pipeline.checkpoint import read_checkpoint
 from pipeline.config import TrainConfig, from_dict
 from pipeline.data.dataset import NextItemDataset, collate
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
 from pipeline.models import contract, registry
 from pipeline.models.odmt import ODMT
+from pipeline.training.checkpoint import read_checkpoint
 
 log = logging.getLogger("bench.train_speed")
 app = typer.Typer(add_completion=False)
@@ -214,7 +214,7 @@ def step_profile(
 
 
 def _worker(name: str, args: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.train import _train_epoch, fit, peak_rss_mb, resolve_device, seed_everything
+    from pipeline.training.fit import _train_epoch, fit, peak_rss_mb, resolve_device, seed_everything
 
     model_cfg, train_cfg, max_seq_len = _configs(Path(args["params"]), name, args["sets"])
     if args["num_threads"] > 0:

@@ -148,8 +148,9 @@ class TrainConfig:
     # spares Python callers from spelling it out.
     precision: Literal["fp32", "bf16"] = "fp32"
     # none: train in the stage's process | torchrun: the stage runs itself again under `python -m
-    # torch.distributed.run` with `nproc` processes per node (DistributedDataParallel, pipeline/distributed.py);
-    # batch_size stays the global batch. Required in params.yaml; the defaults spare Python callers.
+    # torch.distributed.run` with `nproc` processes per node (DistributedDataParallel,
+    # pipeline/training/distributed.py); batch_size stays the global batch. Required in params.yaml; the defaults spare
+    # Python callers.
     launcher: Literal["none", "torchrun"] = "none"
     nproc: int = 1  # processes per node with launcher torchrun (one per GPU); must be 1 with launcher none
 
@@ -209,7 +210,8 @@ class HnswConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Which FAISS index ranks the items (pipeline.faiss_index); ``ivf``/``hnsw`` are read by their kind only."""
+    """Which FAISS index ranks the items (pipeline.evaluation.faiss_index); ``ivf``/``hnsw`` are read by their kind
+    only."""
 
     kind: IndexKind
     ivf: IvfConfig
@@ -225,7 +227,7 @@ class EvaluateConfig:
     ks: list[int]
     batch_size: int
     popularity_baseline: bool
-    # paired comparison model - baseline (pipeline.significance): bootstrap resamples over users and their seed
+    # paired comparison model - baseline (pipeline.evaluation.significance): bootstrap resamples over users, their seed
     bootstrap_resamples: int = 2000
     bootstrap_seed: int = 0
     # cold-start setting: the content-kNN reference rows average the features of each history's last N items
@@ -246,7 +248,7 @@ class RecommendConfig:
     """``recommend:``: the exported index, every user's top-K (stage `recommend`) and the gallery."""
 
     k: int  # items per user in recommendations/topk.parquet, and the CLI's default --k
-    index: IndexKind  # FAISS index kind exported (pipeline.faiss_index); flat = exact inner product
+    index: IndexKind  # FAISS index kind exported (pipeline.evaluation.faiss_index); flat = exact inner product
     batch_size: int  # users per forward pass when encoding histories
     gallery_users: int  # test users shown in reports/gallery.html (a seeded sample)
     gallery_seed: int

@@ -16,7 +16,7 @@ import typer
 from pipeline import cli, distributed
 from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import BASELINE_MODEL, DEFAULT_PARAMS, BaselineConfig, DataConfig, load_section
-from pipeline.training_job import train_to_dir
+from pipeline.training.job import train_to_dir
 
 log = logging.getLogger("stages.baseline")
 app = typer.Typer(add_completion=False, help=__doc__)

@@ -12,7 +12,7 @@ import typer
 from pipeline import cli
 from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import EvaluateConfig, load_section
-from pipeline.evaluation_job import evaluate_to_dir
+from pipeline.evaluation.job import evaluate_to_dir
 
 app = typer.Typer(add_completion=False)
 MEMBERS_HELP = (

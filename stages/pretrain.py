@@ -12,8 +12,8 @@ import typer
 from pipeline import cli, distributed
 from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
-from pipeline.pretrain import PretrainConfig, skip_reason
-from pipeline.training_job import pretrain_to_dir
+from pipeline.training.job import pretrain_to_dir
+from pipeline.training.pretrain import PretrainConfig, skip_reason
 
 app = typer.Typer(add_completion=False, help=__doc__)
 

@@ -13,8 +13,8 @@ import typer
 from pipeline import cli
 from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, RecommendConfig, load_section
-from pipeline.recommend import format_table
-from pipeline.recommend_job import export_to_dir, query
+from pipeline.serving.job import export_to_dir, query
+from pipeline.serving.recommend import format_table
 
 QUERY_OPTIONS = {"--history", "--user"}
 route = cli.implied_command(lambda args: "query" if QUERY_OPTIONS & {a.split("=")[0] for a in args} else "export")

@@ -14,7 +14,7 @@ import typer
 from pipeline import cli, distributed
 from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
-from pipeline.training_job import train_to_dir
+from pipeline.training.job import train_to_dir
 
 log = logging.getLogger("stages.train")
 PRETRAINED = Path("models/pretrain/pretrain.pt")  # a marker there means: train from scratch

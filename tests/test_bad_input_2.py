@@ -113,7 +113,7 @@ def test_files_checked_against_root_at_open_images_in_embed_and_gallery(tmp_path
 
     from pipeline.data.images import attach_images, image_root
     from pipeline.features.embed import _image_inputs
-    from pipeline.gallery import resolve_image
+    from pipeline.reporting.gallery import resolve_image
     from tests.helpers.data import image_ref_items
 
     images, prepared = tmp_path / "posters", tmp_path / "prepared"
@@ -330,7 +330,7 @@ def test_every_section_range_checked_yaml_merge_keys_and_aliases(tmp_path: Path)
 def test_every_user_controlled_size_capped_k_by_item_count(tmp_path: Path) -> None:
     import numpy as np
 
-    from pipeline import retrieval
+    from pipeline.evaluation import retrieval
 
     vectors = np.vstack([np.zeros((1, 4)), np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1, 2]]]).astype(np.float32)
     items, scores = retrieval.top_k(np.ones((2, 4), np.float32), vectors, [np.array([1]), np.array([])], 10**9)
@@ -412,7 +412,7 @@ def test_every_user_controlled_size_capped_endless_download_stops_and_leaves_not
 def test_every_user_controlled_size_capped_evaluate_ks_by_item_count() -> None:
     import numpy as np
 
-    from pipeline.evaluation import evaluate_vectors
+    from pipeline.evaluation.ranking import evaluate_vectors
 
     vectors = np.vstack([np.zeros((1, 4)), np.eye(4)[[0, 1, 2, 3, 0, 1, 2]]]).astype(np.float32)  # 7 items
     with pytest.raises(ValueError, match=r"`evaluate.ks` = \[10, 1000000000\]: K = 1000000000 is more than the 7 "):
@@ -426,7 +426,7 @@ def test_every_user_controlled_size_capped_evaluate_ks_by_item_count() -> None:
 def test_training_outputs_published_together_a_failed_run_keeps_the_previous_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.training_job
+    import pipeline.training.job
     from stages.train import app
     from tests.helpers.training import write_stage_project
 
@@ -434,13 +434,13 @@ def test_training_outputs_published_together_a_failed_run_keeps_the_previous_set
     assert CliRunner().invoke(app, argv).exit_code == 0
     before = _tree(tmp_path / "models")
     assert {"model.pt", "train_summary.json", "dvclive/metrics.json"} <= set(before)
-    real_fit = pipeline.training_job.fit
+    real_fit = pipeline.training.job.fit
 
     def failing_fit(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         real_fit(*args, **kwargs)  # dvclive has logged this run's epochs (into the staging folder)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pipeline.training_job, "fit", failing_fit)
+    monkeypatch.setattr(pipeline.training.job, "fit", failing_fit)
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 1 and "disk full" in result.output
     assert _tree(tmp_path / "models") == before  # model.pt, train_summary.json and dvclive/ all from the first run
@@ -461,7 +461,7 @@ def test_training_outputs_published_together_sigterm_keeps_the_previous_set(tmp_
     assert CliRunner().invoke(app, argv).exit_code == 0
     before = _tree(tmp_path / "models")
     script = (
-        "import sys, time, pipeline.training_job as j\n"
+        "import sys, time, pipeline.training.job as j\n"
         "real = j.fit\n"
         "def slow(*a, **k):\n"
         "    r = real(*a, **k)\n"

@@ -14,7 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 from pipeline.catalog import ItemCatalog
-from pipeline.checkpoint import (
+from pipeline.models.sasrec import SASRec, SASRecConfig
+from pipeline.serving.inference import load_trained
+from pipeline.training.checkpoint import (
     data_fingerprint,
     load_checkpoint,
     read_checkpoint,
@@ -22,8 +24,6 @@ from pipeline.checkpoint import (
     verify_data,
     write_checkpoint,
 )
-from pipeline.inference import load_trained
-from pipeline.models.sasrec import SASRec, SASRecConfig
 from tests.helpers.projects import write_project
 from tests.helpers.training import cycle_split, train_cfg, write_prepared
 
@@ -218,7 +218,7 @@ def test_evaluate_stage_refuses_a_bad_checkpoint_with_one_line(tmp_path: Path, d
 
 
 def test_training_job_writes_the_fingerprint_of_its_items(tmp_path: Path) -> None:
-    from pipeline.training_job import train_to_dir
+    from pipeline.training.job import train_to_dir
 
     prepared = tmp_path / "prepared"
     write_prepared(prepared, cycle_split(num_users=20), 30)
@@ -228,7 +228,7 @@ def test_training_job_writes_the_fingerprint_of_its_items(tmp_path: Path) -> Non
     assert checkpoint["data_fingerprint"] == data_fingerprint(prepared) and checkpoint["epoch"] == 1
 
 
-@pytest.mark.parametrize("module", ["pipeline.evaluation", "pipeline.inference", "stages.evaluate"])
+@pytest.mark.parametrize("module", ["pipeline.evaluation.ranking", "pipeline.serving.inference", "stages.evaluate"])
 def test_evaluation_never_imports_the_training_loop(module: str) -> None:
-    code = f"import sys, {module}; sys.exit('pipeline.train' in sys.modules)"
+    code = f"import sys, {module}; sys.exit('pipeline.training.fit' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0

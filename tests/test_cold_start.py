@@ -23,7 +23,7 @@ from pipeline.data.cold_start import (
 )
 from pipeline.data.prepare import prepare, validate_config
 from pipeline.data.splits import UserSplit, leave_one_out, load_split
-from pipeline.evaluation import evaluate_popularity, evaluate_vectors, rank_among
+from pipeline.evaluation.ranking import evaluate_popularity, evaluate_vectors, rank_among
 from tests.helpers.data import DATA_CFG
 
 

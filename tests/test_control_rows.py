@@ -12,7 +12,7 @@ import pytest
 
 from bench.ablations import aggregate, apply_overrides, ensemble_row, pair_with_ensembles, reference_row
 from bench.control_rows import control_kind, control_runs, paired_rows
-from pipeline.experiments import experiments_table, multimodal_value
+from pipeline.reporting.experiments import experiments_table, multimodal_value
 from tests.helpers.projects import write_project, write_text_features, write_topk
 
 TARGETS = [1, 2, 3, 4]

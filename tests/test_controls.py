@@ -1,5 +1,5 @@
-"""Controls (pipeline/fusion.py, pipeline/controls.py, pipeline/claims.py): weights chosen on valid only, identical
-members, late fusion at weight 0, and the report's claim wording."""
+"""Controls (pipeline/evaluation/fusion.py, pipeline/evaluation/controls.py, pipeline/evaluation/claims.py): weights
+chosen on valid only, identical members, late fusion at weight 0, and the report's claim wording."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pipeline.catalog import ItemCatalog
-from pipeline.claims import controls_report, multimodal_claim
-from pipeline.controls import (
+from pipeline.data.splits import UserSplit
+from pipeline.evaluation.claims import controls_report, multimodal_claim
+from pipeline.evaluation.controls import (
     ID_ENSEMBLE,
     LATE_FUSION,
     Member,
@@ -21,9 +22,8 @@ from pipeline.controls import (
     late_fusion,
     model_scorer,
 )
-from pipeline.data.splits import UserSplit
-from pipeline.evaluation import evaluate_model, evaluate_vectors
-from pipeline.fusion import Scorer, fuse, select_weights
+from pipeline.evaluation.fusion import Scorer, fuse, select_weights
+from pipeline.evaluation.ranking import evaluate_model, evaluate_vectors
 from pipeline.models.sasrec import SASRec, SASRecConfig
 
 NUM_ITEMS = 12

@@ -1,4 +1,5 @@
-"""Distributed data-parallel training (pipeline/distributed.py) on CPU with gloo: world size 2 equals world size 1.
+"""Distributed data-parallel training (pipeline/training/distributed.py) on CPU with gloo: world size 2 equals world
+size 1.
 
 Two processes (torch.multiprocessing, the env variables torchrun would set) train SASRec and ODMT (full softmax)
 for one epoch at the same global batch as one process: the same per-step losses and, within float tolerance, the
@@ -22,13 +23,13 @@ import torch.multiprocessing as mp
 import yaml
 from typer.testing import CliRunner
 
-from pipeline import distributed
 from pipeline.config import ConfigError, load_section
 from pipeline.config import TrainConfig as Cfg
 from pipeline.data.splits import UserSplit
 from pipeline.models.sasrec import SASRec, SASRecConfig
-from pipeline.train import fit, seed_everything
-from pipeline.training_job import train_to_dir
+from pipeline.training import distributed
+from pipeline.training.fit import fit, seed_everything
+from pipeline.training.job import train_to_dir
 from stages.prepare import app as prepare_app
 from stages.train import app as train_app
 from tests.helpers import odmt as odmt_toys

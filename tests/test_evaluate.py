@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline import report
 from pipeline.data.splits import UserSplit
-from pipeline.evaluation import evaluate_model, evaluate_popularity, training_counts
+from pipeline.evaluation.ranking import evaluate_model, evaluate_popularity, training_counts
+from pipeline.reporting import report
 from tests.helpers.projects import write_dvclive, write_project, write_text_features
 
 NUM_ITEMS = 8
@@ -239,8 +239,8 @@ def test_evaluate_stage_adds_the_control_rows_and_words_the_claim(tmp_path: Path
     from typer.testing import CliRunner
 
     from pipeline.catalog import ItemCatalog
-    from pipeline.checkpoint import data_fingerprint, save_checkpoint
     from pipeline.models.sasrec import SASRec, SASRecConfig
+    from pipeline.training.checkpoint import data_fingerprint, save_checkpoint
     from stages.evaluate import app
     from tests.helpers.training import train_cfg
 

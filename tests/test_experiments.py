@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.ablations import aggregate, apply_overrides, find_run, params_key, reference_row
-from pipeline.experiments import (
+from pipeline.reporting.experiments import (
     experiments_markdown,
     experiments_sections,
     experiments_table,

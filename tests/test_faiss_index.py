@@ -13,11 +13,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline import faiss_index, recommend, retrieval
 from pipeline.config import ConfigError, EvaluateConfig, HnswConfig, IndexConfig, IvfConfig, load_section
 from pipeline.data.splits import UserSplit
-from pipeline.evaluation import evaluate_vectors
-from pipeline.report import index_section
+from pipeline.evaluation import faiss_index, retrieval
+from pipeline.evaluation.ranking import evaluate_vectors
+from pipeline.reporting.report import index_section
+from pipeline.serving import recommend
 from tests.helpers.projects import RECOMMEND, query_args, recommend_args, write_project
 
 IVF = IndexConfig("ivf", IvfConfig(nlist=16, nprobe=4, seed=0), HnswConfig(m=16, ef_construction=64, ef_search=64))
@@ -73,7 +74,7 @@ def test_ivf_is_seeded_and_exhaustive_probing_is_exact() -> None:
 
 def test_small_catalog_clamps_nlist_and_nprobe_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
     items = clustered(num_items=100)
-    with caplog.at_level(logging.WARNING, logger="pipeline.faiss_index"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.faiss_index"):
         index = faiss_index.build_index(items, IndexConfig("ivf", IvfConfig(nlist=1024, nprobe=16, seed=0), IVF.hnsw))
     assert index.factory == "IVF2,Flat" and index.params == {
         "nlist": 2,
@@ -195,7 +196,7 @@ def test_without_gpu_faiss_a_cuda_device_falls_back_to_cpu_with_a_log_line(
 ) -> None:
     monkeypatch.delattr(faiss, "StandardGpuResources", raising=False)  # faiss-cpu
     items = clustered(num_items=300)
-    with caplog.at_level(logging.INFO, logger="pipeline.faiss_index"):
+    with caplog.at_level(logging.INFO, logger="pipeline.evaluation.faiss_index"):
         index = faiss_index.build_index(items, faiss_index.FLAT, "cuda")
         hnsw = faiss_index.build_index(items, HNSW, "cuda")
     assert index.gpu is None and index.device == "cpu" and hnsw.device == "cpu"

@@ -15,9 +15,9 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from pipeline import gallery
 from pipeline.data.splits import load_split
-from pipeline.inference import load_trained
+from pipeline.reporting import gallery
+from pipeline.serving.inference import load_trained
 from tests.helpers.projects import write_project
 
 CHROMIUM_FLAGS = [

@@ -27,7 +27,7 @@ from pipeline.data.readers.movielens_family import read_movielens_csv
 from pipeline.data.readers.rawio import check_delimited, read_json_lines
 from pipeline.data.schema import DataFormatError
 from pipeline.io import staged_outputs, write_json_atomic
-from pipeline.pretrain import PretrainConfig
+from pipeline.training.pretrain import PretrainConfig
 from tests.helpers.data import image_ref_items
 from tests.helpers.dvc_project import params_with
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.experiments import experiments_markdown
-from pipeline.images_plot import PLOT_NAME, head_scores, plot_cards_vs_posters
+from pipeline.reporting.experiments import experiments_markdown
+from pipeline.reporting.images_plot import PLOT_NAME, head_scores, plot_cards_vs_posters
 
 
 def _result(folder: Path, name: str, model: str, fused: float, heads: dict[str, float], seeds: list[int]) -> None:

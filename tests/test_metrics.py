@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import metrics
+from pipeline.evaluation import metrics
 
 # Four users; the target sits at rank 1, 2, 3 and nowhere.
 TOPK = np.array(

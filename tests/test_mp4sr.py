@@ -25,7 +25,7 @@ from pipeline.models.mp4sr import (
     nt_xent,
     random_item_drop,
 )
-from pipeline.pretrain import PretrainConfig, init_from_pretrained, pretrain, write_marker
+from pipeline.training.pretrain import PretrainConfig, init_from_pretrained, pretrain, write_marker
 from tests.helpers.mp4sr import CONFIG, N_ITEMS, TAU, batch, make_catalog, make_model
 from tests.helpers.training import train_cfg
 

@@ -11,7 +11,7 @@ import torch
 
 from pipeline.data.splits import UserSplit
 from pipeline.models.mp4sr import MP4SR, ndcg_at_10_per_offset
-from pipeline.train import fit
+from pipeline.training.fit import fit
 from tests.helpers.mp4sr import CONFIG, N_ITEMS, batch, make_catalog, make_model
 from tests.helpers.training import train_cfg
 

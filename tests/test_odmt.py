@@ -17,7 +17,7 @@ import yaml
 from pipeline.catalog import ItemCatalog
 from pipeline.config import ConfigError, TrainConfig, from_dict
 from pipeline.data.dataset import left_pad
-from pipeline.fusion import ndcg_at_10_per_weight, simplex_grid
+from pipeline.evaluation.fusion import ndcg_at_10_per_weight, simplex_grid
 from pipeline.models import losses, registry
 from pipeline.models.item_tokens import cap_tokens, packed_layout
 from pipeline.models.losses import LossOptions, chunk_logit_grads, head_losses, log_inclusion_probability
@@ -30,7 +30,7 @@ from pipeline.models.odmt import (
     distill_ramp,
     id_aware_mask,
 )
-from pipeline.train import fit
+from pipeline.training.fit import fit
 from tests.helpers.odmt import (
     DIM,
     IMAGE_DIM,

@@ -46,7 +46,7 @@ def assert_recommendations(project: Path, items: pl.DataFrame) -> None:
     run([*tag, "-m", "Registering artifact recommendation-index version v0.1.0"], project)
     fetched = project.parent / "fetched-index"
     run(["dvc", "artifacts", "get", str(project), "recommendation-index", "-o", str(fetched)], project.parent)
-    from pipeline.recommend import load_index
+    from pipeline.serving.recommend import load_index
 
     np.testing.assert_array_equal(load_index(fetched).vectors, load_index(project / "recommendations/index").vectors)
 

@@ -1,5 +1,5 @@
-"""The cold-start reference rows (pipeline/references.py) against hand computations on a four-item catalog, and
-the ablation runner writing them as rows of their own."""
+"""The cold-start reference rows (pipeline/evaluation/references.py) against hand computations on a four-item catalog,
+and the ablation runner writing them as rows of their own."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from bench.ablations import reference_results
 from pipeline.data.cold_start import ColdItems
 from pipeline.data.splits import UserSplit
-from pipeline.references import cold_start_references, content_knn, random_among_cold_metrics
+from pipeline.evaluation.references import cold_start_references, content_knn, random_among_cold_metrics
 
 # Items 1..4 (row 0 = padding). One user: trains on 1, valid target 2, test target 4 (test history [1, 2]).
 TEXT = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [2, 0]], dtype=np.float32)

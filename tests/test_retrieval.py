@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import faiss_index, retrieval
 from pipeline.config import DEFAULT_HNSW, DEFAULT_IVF, IndexConfig
+from pipeline.evaluation import faiss_index, retrieval
 
 
 def brute_force(queries: np.ndarray, items: np.ndarray, histories: list[np.ndarray], k: int):

@@ -1,12 +1,13 @@
-"""Paired comparison: per-user metric values, bootstrap CI and randomization p-value (pipeline.significance)."""
+"""Paired comparison (pipeline.evaluation.significance): per-user metric values, bootstrap CI and randomization
+p-value."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.metrics import metrics_from_ranks, per_user_values
-from pipeline.significance import compare_ranks, paired_difference
+from pipeline.evaluation.metrics import metrics_from_ranks, per_user_values
+from pipeline.evaluation.significance import compare_ranks, paired_difference
 
 
 def test_per_user_values_average_to_the_reported_metrics() -> None:

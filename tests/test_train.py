@@ -13,12 +13,12 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.data.dataset import NextItemDataset, collate, eval_inputs, left_pad
 from pipeline.data.splits import UserSplit
-from pipeline.inference import item_table, user_queries
 from pipeline.models.sasrec import SASRec, SASRecConfig
-from pipeline.train import fit, seed_everything, validate, write_summary
+from pipeline.serving.inference import item_table, user_queries
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.fit import fit, seed_everything, validate, write_summary
 from stages.train import app
 from tests.helpers.training import MAX_LEN, NUM_ITEMS, catalog, cycle_split, train_cfg, write_stage_project
 

@@ -28,7 +28,7 @@ cold-start split; every model and stage works unchanged):
    renumbered 0..U-1 in their original order. Every dropped interaction is counted by reason in ``stats.json``,
    which also lists the two item halves (``cold_start.valid_items`` / ``test_items``) for ``evaluate``.
 
-Metrics (``evaluate``, :mod:`pipeline.evaluation`), for every run:
+Metrics (``evaluate``, :mod:`pipeline.evaluation.ranking`), for every run:
 
 - ``valid`` / ``test``: every user, all items ranked — the realistic population (share of cold targets as above).
 - ``<stage>_cold_start``: the cold-target users only, still ranked among **all** items (history masked).

@@ -7,7 +7,7 @@ functions below, so the ``isinstance`` checks live here and nowhere else:
 - :class:`Phased` (MP4SR): ``fit(..., phase=...)`` calls ``set_phase`` (pre-training, fine-tuning);
 - :class:`EpochAware` (ODMT): ``on_epoch_start(epoch)`` before every epoch (the distillation ramp);
 - :class:`TunedOnValidation` (ODMT's head weights, MP4SR's cold offset): after every epoch, a choice made on the
-  VALID split only (:func:`pipeline.train.fit`);
+  VALID split only (:func:`pipeline.training.fit.fit`);
 - :class:`MultiHead` (ODMT): several heads whose scores are fused; evaluation also ranks with each head alone;
 - :class:`BaselineInitialised` (ODMT): starts from the trained SASRec baseline's weights (``init_from_baseline``).
 """

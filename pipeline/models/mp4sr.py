@@ -18,8 +18,8 @@ The paper's parts, one module or function each:
 - **Fine-tuning**: item-ID embeddings are added to the sequence inputs and to the candidate items; no
   mixup or item drop; full-softmax cross-entropy on ``(cos(h_text, e_text) + cos(h_image, e_image)) / tau``.
 
-Phases are data (``set_phase("pretrain" | "train")``, called by :func:`pipeline.train.fit`); "train" is fine-tuning
-and is the default, so a model rebuilt from a checkpoint scores like the fine-tuned model.
+Phases are data (``set_phase("pretrain" | "train")``, called by :func:`pipeline.training.fit.fit`); "train" is
+fine-tuning and is the default, so a model rebuilt from a checkpoint scores like the fine-tuned model.
 
 Ranking is one inner product: ``user_vectors`` is ``[norm(h_text), norm(h_image)] / tau`` and ``item_vectors`` is
 ``[norm(e_text), norm(e_image)]``, so ``user @ item.T`` equals the fine-tuning logits. In the "pretrain" phase the
@@ -72,7 +72,8 @@ COLD_OFFSETS: tuple[str, ...] = ("none", "validation")
 COLD_OFFSET_GRID: tuple[float, ...] = tuple(sorted((x / 4 for x in range(-40, 121)), key=abs))  # -10..30, step 0.25
 
 # ``model:`` keys that shape the pre-trained network or its training; the others are fine-tuning only. The
-# ``pretrain`` stage declares exactly these as DVC params; :func:`pipeline.pretrain.init_from_pretrained` checks them.
+# ``pretrain`` stage declares exactly these as DVC params; :func:`pipeline.training.pretrain.init_from_pretrained`
+# checks them.
 PRETRAIN_KEYS: tuple[str, ...] = (
     "hidden_dim",
     "num_layers",
@@ -379,7 +380,7 @@ class MP4SR(nn.Module):
 
     @property
     def selects_on_validation(self) -> bool:
-        """True with ``cold_offset: validation`` while fine-tuning: :func:`pipeline.train.fit` then calls
+        """True with ``cold_offset: validation`` while fine-tuning: :func:`pipeline.training.fit.fit` then calls
         :meth:`select_on_validation` after every epoch."""
         return self.config.cold_offset == "validation" and self.phase == "train"
 

@@ -13,11 +13,12 @@ The paper's three parts, one module each:
 
 The ranking score is the weighted mean of the heads' scores, one inner product: ``user_vectors = concat(w_h u_h)``,
 ``item_vectors = concat(v_h)``; the weights are the buffer ``head_weight`` (chosen on validation with
-``head_weights: validation``, :mod:`pipeline.fusion`). Training computes the cross-entropies and KD terms fused, in
-chunks (:mod:`pipeline.models.losses`); the item side runs over real tokens only (:mod:`pipeline.models.item_tokens`).
-Where this file departs from the paper or the authors' code (summary tokens, missing modalities, the KL form of KD,
-``softmax: in_batch`` with logQ) and every extension key (``residual_id``, ``item_dropout``, ``distill_mode``,
-``head_weights``, token caps, ``content_max_seq_len``, ``init_from_baseline``, ``compile_loss``): docs/models.md.
+``head_weights: validation``, :mod:`pipeline.evaluation.fusion`). Training computes the cross-entropies and KD terms
+fused, in chunks (:mod:`pipeline.models.losses`); the item side runs over real tokens only
+(:mod:`pipeline.models.item_tokens`). Where this file departs from the paper or the authors' code (summary tokens,
+missing modalities, the KL form of KD, ``softmax: in_batch`` with logQ) and every extension key (``residual_id``,
+``item_dropout``, ``distill_mode``, ``head_weights``, token caps, ``content_max_seq_len``, ``init_from_baseline``,
+``compile_loss``): docs/models.md.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
-from pipeline.fusion import best_head_weights
+from pipeline.evaluation.fusion import best_head_weights
 from pipeline.models import losses
 from pipeline.models.item_tokens import block_outputs, cap_tokens, id_first_mask, packed_layout
 from pipeline.models.layers import (
@@ -546,7 +547,7 @@ class ODMT(nn.Module):
         self.kd_ramp = distill_ramp(epoch, self.config.distill_ramp_epochs)
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Called by :func:`pipeline.train.fit` before each (1-based) epoch: the KD-weight ramp."""
+        """Called by :func:`pipeline.training.fit.fit` before each (1-based) epoch: the KD-weight ramp."""
         self.set_epoch(epoch)
 
     # --- training ----------------------------------------------------------------------------------------------
@@ -654,7 +655,8 @@ class ODMT(nn.Module):
 
     @property
     def selects_on_validation(self) -> bool:
-        """True with ``head_weights: validation``: :func:`pipeline.train.fit` then calls ``select_on_validation``."""
+        """True with ``head_weights: validation``: :func:`pipeline.training.fit.fit` then calls
+        ``select_on_validation``."""
         return self.config.head_weights == "validation"
 
     @torch.no_grad()
@@ -665,9 +667,9 @@ class ODMT(nn.Module):
         :data:`WEIGHT_GRID_STEP`) that maximise valid NDCG@10 (full ranking, ``exclude`` masked); keep them.
 
         ``input_ids`` (U, L) the valid inputs, ``targets`` (U,) the VALID targets, ``exclude`` (U, N+1) bool the
-        items each user may not be recommended (history; column 0 = padding). Called by :func:`pipeline.train.fit`
-        before each epoch's validation (so the best epoch is chosen with its best weights); with ``head_weights:
-        fixed`` it changes nothing. Returns the weights.
+        items each user may not be recommended (history; column 0 = padding). Called by
+        :func:`pipeline.training.fit.fit` before each epoch's validation (so the best epoch is chosen with its best
+        weights); with ``head_weights: fixed`` it changes nothing. Returns the weights.
         """
         if self.config.head_weights == "fixed":
             return self.head_weights

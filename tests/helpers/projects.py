@@ -11,10 +11,10 @@ import polars as pl
 import torch
 
 from pipeline.catalog import ItemCatalog
-from pipeline.checkpoint import data_fingerprint, save_checkpoint
 from pipeline.features.embed import content_fingerprint
 from pipeline.models.sasrec import SASRec, SASRecConfig
-from pipeline.train import seed_everything
+from pipeline.training.checkpoint import data_fingerprint, save_checkpoint
+from pipeline.training.fit import seed_everything
 from tests.helpers.training import train_cfg
 
 

@@ -1,6 +1,6 @@
 """MP4SR's pre-training phase as its own cached stage, and the checkpoint hand-off to fine-tuning.
 
-The ``pretrain`` stage runs :func:`pipeline.train.fit` with ``phase="pretrain"`` (the model's contrastive losses,
+The ``pretrain`` stage runs :func:`pipeline.training.fit.fit` with ``phase="pretrain"`` (the model's contrastive losses,
 validated by ranking with the pre-trained text/image sequence vectors) under the ``pretrain:`` params, and writes
 ``models/pretrain/pretrain.pt``. When the model is not MP4SR, or ``pretrain.enabled`` is false (the "without
 pre-training" ablation), it writes a small marker checkpoint instead, so DVC always has an output and ``train``
@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline import distributed
-from pipeline.checkpoint import registered_name
 from pipeline.config import TrainConfig
 from pipeline.data.splits import UserSplit
 from pipeline.io import atomic_path, write_json_atomic
 from pipeline.models.mp4sr import PRETRAIN_KEYS
-from pipeline.train import TrainResult, fit
+from pipeline.training import distributed
+from pipeline.training.checkpoint import registered_name
+from pipeline.training.fit import TrainResult, fit
 
 log = logging.getLogger(__name__)
 

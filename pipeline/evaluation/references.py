@@ -8,7 +8,7 @@
   ``HR@k = min(k, C) / C``, ``NDCG@k = (1/C) sum_{r<=min(k,C)} 1/log2(r+1)``, ``MRR@k = (1/C) sum 1/r`` over the
   ``C`` candidates (only in the ``*_cold_among_cold`` columns, the only ones where "random among cold" is defined).
 
-Popularity (:func:`pipeline.evaluation.evaluate_popularity`) is the third reference: held-out items have no
+Popularity (:func:`pipeline.evaluation.ranking.evaluate_popularity`) is the third reference: held-out items have no
 training interactions, so it never ranks a cold target above a warm item, and among the held-out items alone it is
 one tie (not reported: the tie order would be the item index, i.e. first appearance in the whole log).
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.data.cold_start import ColdItems, cold_mask
 from pipeline.data.splits import Stage, UserSplit
-from pipeline.evaluation import AMONG_COLD, STAGES, EvaluationResult, evaluate_vectors, subset_name
+from pipeline.evaluation.ranking import AMONG_COLD, STAGES, EvaluationResult, evaluate_vectors, subset_name
 
 KNN_MODALITIES: tuple[tuple[str, ...], ...] = (("text",), ("image",), ("text", "image"))
 RANDOM_AMONG_COLD = "random_among_cold"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.metrics import per_user_values
+from pipeline.evaluation.metrics import per_user_values
 
 WEIGHT_GRID_STEP = 0.05  # every fusion searches the simplex on this grid
 SELECTION_METRIC = "NDCG@10"
@@ -50,7 +50,8 @@ def ndcg_at_10_per_weight(
 
     ``scores`` H x (U, N+1) per-head scores, ``targets`` (U,) item ids, ``exclude`` (U, N+1) bool items not ranked
     (the target is never excluded). The target's 1-based rank is 1 + the number of ranked items scoring strictly
-    higher (ties favour the target); its NDCG@10 is :func:`pipeline.metrics.per_user_values`'. Returns (G,) float64.
+    higher (ties favour the target); its NDCG@10 is :func:`pipeline.evaluation.metrics.per_user_values`'. Returns (G,)
+    float64.
 
     Exact shortcuts (the weights are convex: w >= 0, sum 1): an item whose margin over the target is positive in
     every head outranks it under every w, and one whose margin is positive in no head never does. So a user with

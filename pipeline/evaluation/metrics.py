@@ -63,7 +63,7 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int], mask: np.ndarray | 
 def per_user_values(ranks: np.ndarray, metric: str) -> np.ndarray:
     """(U,) 1-based ranks (0 = miss) and a key such as ``"NDCG@10"`` -> (U,) float64 per-user metric values.
 
-    Their mean is the metric of :func:`metrics_from_ranks`; paired comparisons (:mod:`pipeline.significance`)
+    Their mean is the metric of :func:`metrics_from_ranks`; paired comparisons (:mod:`pipeline.evaluation.significance`)
     resample them.
     """
     name, _, k_text = metric.partition("@")

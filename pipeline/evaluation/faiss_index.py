@@ -54,7 +54,7 @@ _FACTORY = {"flat": "Flat", "ivf": "IVF{nlist},Flat", "hnsw": "HNSW{m},Flat"}
 class SearchIndex:
     """A built index: the CPU FAISS index (what is saved), an optional GPU copy that answers searches, and what it is.
 
-    Has what :func:`pipeline.retrieval.top_k` needs of an index: ``search``, ``ntotal``, ``d`` and ``exact``.
+    Has what :func:`pipeline.evaluation.retrieval.top_k` needs of an index: ``search``, ``ntotal``, ``d`` and ``exact``.
     """
 
     cpu: faiss.Index

@@ -21,13 +21,13 @@ import polars as pl
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from pipeline import retrieval
 from pipeline.data.dataset import eval_inputs
 from pipeline.data.images import checked_image, image_root
 from pipeline.data.splits import UserSplit, load_split
-from pipeline.inference import item_table, user_queries
+from pipeline.evaluation import retrieval
 from pipeline.io import write_text_atomic
-from pipeline.recommend import item_rows, user_sequences
+from pipeline.serving.inference import item_table, user_queries
+from pipeline.serving.recommend import item_rows, user_sequences
 
 log = logging.getLogger(__name__)
 

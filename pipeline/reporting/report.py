@@ -2,7 +2,7 @@
 
 Tables are generic: a *run* is a name plus ``{stage: {metric: value}}`` (the shape of ``metrics.json`` entries and
 of :meth:`EvaluationResult.metrics`), so later sections (ablations, cold-start) append rows from any number of
-metrics files (see :mod:`pipeline.experiments`). Every file is written atomically (temp file + rename).
+metrics files (see :mod:`pipeline.reporting.experiments`). Every file is written atomically (temp file + rename).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from pipeline.evaluation import COLD_START, EvaluationResult  # noqa: E402
+from pipeline.evaluation.metrics import METRIC_NAMES  # noqa: E402
+from pipeline.evaluation.ranking import COLD_START, EvaluationResult  # noqa: E402
 from pipeline.io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
-from pipeline.metrics import METRIC_NAMES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -444,9 +444,10 @@ def write_report(
     """Write metrics.json, report.md, topk.parquet (the model's lists) and both plots under ``out_dir``.
 
     ``paired``: ``{"model", "baseline", "resamples", "seed", "stages": {stage: {metric: difference}}}`` from
-    :func:`pipeline.evaluation.paired_comparison`; its numbers go to ``metrics.json`` under ``paired_vs_baseline``.
-    ``controls``: how the control rows (:mod:`pipeline.controls`) were built and their paired comparisons, stored
-    under ``controls``; ``controls_markdown`` (:func:`pipeline.claims.controls_section`) follows the paired section.
+    :func:`pipeline.evaluation.ranking.paired_comparison`; its numbers go to ``metrics.json`` under
+    ``paired_vs_baseline``. ``controls``: how the control rows (:mod:`pipeline.evaluation.controls`) were built and
+    their paired comparisons, stored under ``controls``; ``controls_markdown``
+    (:func:`pipeline.evaluation.claims.controls_section`) follows the paired section.
     """
     paths = ReportPaths.under(out_dir)
     runs = runs_of([model_result, *baselines])

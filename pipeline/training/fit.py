@@ -7,7 +7,7 @@ epoch-aware model each epoch (ODMT's distillation ramp) and lets a model tuned o
 Contract with models (:class:`pipeline.models.contract.Recommender`): batches are left-padded and trimmed to their
 longest row, and evaluation inputs may be trimmed too, so a model's outputs must not depend on extra left padding.
 
-Under ``torchrun`` (:mod:`pipeline.distributed`) the same loop runs on every rank with the model in
+Under ``torchrun`` (:mod:`pipeline.training.distributed`) the same loop runs on every rank with the model in
 ``DistributedDataParallel``: each rank trains on its slice of every global batch of ``train.batch_size`` users;
 validation, early stopping, the best-epoch weights, DVCLive and the checkpoint are rank 0's, and rank 0's valid
 metrics and stop decision are broadcast so that every rank runs the same epochs.
@@ -30,14 +30,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline import distributed, metrics, retrieval
-from pipeline.checkpoint import save_checkpoint
 from pipeline.config import TrainConfig
 from pipeline.data.dataset import NextItemDataset, collate, eval_inputs
 from pipeline.data.splits import UserSplit
-from pipeline.inference import item_table, resolve_device, user_queries  # noqa: F401 (resolve_device: re-exported)
+from pipeline.evaluation import metrics, retrieval
 from pipeline.io import write_json_atomic
 from pipeline.models import contract
+from pipeline.serving.inference import item_table, resolve_device, user_queries  # noqa: F401 (resolve_device: re-exported)
+from pipeline.training import distributed
+from pipeline.training.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ def fit(
     ``out_dir/model.pt`` (see :func:`save_checkpoint`) unless ``out_dir`` is None. ``live`` is an optional
     ``dvclive.Live``; metrics of a phase other than "train" are logged under ``<phase>/``.
 
-    In a process group of several ranks (:func:`pipeline.distributed.session`) the model trains in DDP; only rank
-    0 validates, restores the best weights and writes ``out_dir`` (pass ``live`` on rank 0 only). Every rank
+    In a process group of several ranks (:func:`pipeline.training.distributed.session`) the model trains in DDP; only
+    rank 0 validates, restores the best weights and writes ``out_dir`` (pass ``live`` on rank 0 only). Every rank
     returns the same result (rank 0's metrics); the model of a rank > 0 keeps its last epoch's weights.
     """
     _check_train_config(train_cfg)
@@ -225,7 +226,7 @@ def _train_epoch(
     """One pass over the loader; returns the mean of every loss component the model reports (of the global batch,
     over all ranks) and appends each step's loss to ``step_losses``.
 
-    With several ranks each one takes its slice of every global batch (:func:`pipeline.distributed.shard`) and
+    With several ranks each one takes its slice of every global batch (:func:`pipeline.training.distributed.shard`) and
     weights its loss by its share of the batch's loss terms, times the world size: DDP's gradient mean is then the
     gradient of the whole batch's loss. The logged values are the same shares summed over ranks."""
     model.train()

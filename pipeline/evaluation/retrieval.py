@@ -14,12 +14,12 @@ specified, so a user whose ``k``-th kept score equals the lowest score FAISS ret
 dense numpy product (this happens with integer scores such as popularity counts, almost never with learned vectors).
 
 Tiny catalogs: if a user has fewer than ``k`` items left after masking, the row is padded with item ``-1`` and
-score ``-inf``; :func:`pipeline.metrics.compute` never counts a padding entry as a hit.
+score ``-inf``; :func:`pipeline.evaluation.metrics.compute` never counts a padding entry as a hit.
 
-Approximate indexes (IVF, HNSW; :mod:`pipeline.faiss_index`) are searched the same way, so the history is still
-masked exactly; only the candidates differ from flat. The tie re-ranking above assumes an exact list and is skipped
-for them, but a user for whom the index found fewer than ``k`` unseen items although the catalog holds enough (an
-IVF probe that mostly hits the history of a heavy user) is re-ranked exactly, and counted
+Approximate indexes (IVF, HNSW; :mod:`pipeline.evaluation.faiss_index`) are searched the same way, so the history is
+still masked exactly; only the candidates differ from flat. The tie re-ranking above assumes an exact list and is
+skipped for them, but a user for whom the index found fewer than ``k`` unseen items although the catalog holds enough
+(an IVF probe that mostly hits the history of a heavy user) is re-ranked exactly, and counted
 (:attr:`SearchStats.exact_fallback`).
 """
 
@@ -34,7 +34,7 @@ import faiss
 import numpy as np
 import torch
 
-from pipeline.faiss_index import SearchIndex, build_index, check_item_vectors
+from pipeline.evaluation.faiss_index import SearchIndex, build_index, check_item_vectors
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ def top_k(
     """The ``k`` best items per user by inner product, excluding item 0 and each user's ``histories[u]``.
 
     ``queries`` (U, D) float32, ``item_vectors`` (N+1, D) float32, ``histories`` U arrays of item indices (1..N;
-    0 is ignored as padding). ``index`` is a :func:`pipeline.faiss_index.build_index` result (or a FAISS index read
-    from disk) over the same ``item_vectors``; None = exact flat. ``num_threads`` sets FAISS's OpenMP threads for
-    the call; None = torch's thread count when that is lower than FAISS's (a limit set with ``train.num_threads``
+    0 is ignored as padding). ``index`` is a :func:`pipeline.evaluation.faiss_index.build_index` result (or a FAISS
+    index read from disk) over the same ``item_vectors``; None = exact flat. ``num_threads`` sets FAISS's OpenMP threads
+    for the call; None = torch's thread count when that is lower than FAISS's (a limit set with ``train.num_threads``
     also holds here), else FAISS's default.
 
     Returns ``(items, scores)``: (U, k) int64 and (U, k) float32, best first, padded with -1 / -inf when fewer

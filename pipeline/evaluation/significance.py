@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.metrics import per_user_values
+from pipeline.evaluation.metrics import per_user_values
 
 CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.evaluation import AMONG_COLD, COLD_START, subset_name
-from pipeline.images_plot import PLOT_NAME
-from pipeline.metrics import per_user_values, target_ranks
-from pipeline.significance import paired_difference
+from pipeline.evaluation.metrics import per_user_values, target_ranks
+from pipeline.evaluation.ranking import AMONG_COLD, COLD_START, subset_name
+from pipeline.evaluation.significance import paired_difference
+from pipeline.reporting.images_plot import PLOT_NAME
 
 METRICS = ("HR@10", "NDCG@10", "MRR@10")
 PAIRED_METRIC = "NDCG@10"  # the column of the paired comparison with the suite's SASRec row
@@ -48,7 +48,8 @@ def seed_averaged_paired(
     """Paired model - reference over users, each user's metric averaged over the runs' seeds first.
 
     ``model_topks[i]`` and ``reference_topks[i]`` are the ``topk.parquet`` of the same seed; the CI is over users
-    (:func:`pipeline.significance.paired_difference`), so it covers user sampling of the seed-averaged models.
+    (:func:`pipeline.evaluation.significance.paired_difference`), so it covers user sampling of the seed-averaged
+    models.
     """
     if not model_topks or len(model_topks) != len(reference_topks):
         raise ValueError(f"need one reference run per model run, got {len(model_topks)} and {len(reference_topks)}")
@@ -219,8 +220,9 @@ def experiments_sections(results_dir: Path) -> list[str]:
         "SASRec row's first seed runs fused with weights chosen on valid, as ODMT fuses its heads) on the same "
         "split: paired over users, each user's NDCG@10 averaged over the seeds both rows share (the ensemble, one "
         "run over several seeds, is paired with every seed), 95% bootstrap CI and randomization p "
-        "(pipeline/significance.py). `late_fusion_knn` fuses each SASRec seed run with content kNN (weight chosen "
-        "on valid); `sasrec_fusion` is SASRec with projected text/image features added to its item embedding. "
+        "(pipeline/evaluation/significance.py). `late_fusion_knn` fuses each SASRec seed run with content kNN "
+        "(weight chosen on valid); `sasrec_fusion` is SASRec with projected text/image features added to its item "
+        "embedding. "
         "**multimodal value** is `yes` only for a row that reads content and whose CI against the ID-only "
         "ensemble lies above 0; a gain over the SASRec row alone can be an ensemble gain.\n\n"
     )

@@ -3,11 +3,11 @@ and :func:`pretrain_to_dir`, the `pretrain` stage's body.
 
 Loads the catalog (the features the model needs) and the leave-one-out split, seeds, builds the model, applies
 pre-trained weights (MP4SR; a no-op otherwise), fits with DVCLive logging under ``<out>/dvclive`` and writes
-``<out>/model.pt`` (with the fingerprint of the ``items.parquet`` it was trained on, :mod:`pipeline.checkpoint`) and
-``<out>/train_summary.json``.
+``<out>/model.pt`` (with the fingerprint of the ``items.parquet`` it was trained on,
+:mod:`pipeline.training.checkpoint`) and ``<out>/train_summary.json``.
 
-Under ``torchrun`` every rank runs this with the same inputs, inside :func:`pipeline.distributed.session` (joined
-by the stage); only rank 0 logs to DVCLive and writes ``<out>``.
+Under ``torchrun`` every rank runs this with the same inputs, inside :func:`pipeline.training.distributed.session`
+(joined by the stage); only rank 0 logs to DVCLive and writes ``<out>``.
 """
 
 from __future__ import annotations
@@ -18,14 +18,22 @@ from typing import Any
 
 from dvclive import Live
 
-from pipeline import distributed
-from pipeline.checkpoint import data_fingerprint, read_checkpoint, save_checkpoint, verify_data
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.data.splits import load_split
 from pipeline.features.store import load_catalog
 from pipeline.io import check_disjoint
 from pipeline.models import contract, registry
-from pipeline.pretrain import (
+from pipeline.training import distributed
+from pipeline.training.checkpoint import data_fingerprint, read_checkpoint, save_checkpoint, verify_data
+from pipeline.training.fit import (
+    CHECKPOINT_NAME,
+    TrainResult,
+    fit,
+    peak_rss_mb,
+    seed_everything,
+    write_summary,
+)
+from pipeline.training.pretrain import (
     PRETRAIN_NAME,
     SUMMARY_NAME,
     PretrainConfig,
@@ -33,14 +41,6 @@ from pipeline.pretrain import (
     pretrain,
     skip_reason,
     write_marker,
-)
-from pipeline.train import (
-    CHECKPOINT_NAME,
-    TrainResult,
-    fit,
-    peak_rss_mb,
-    seed_everything,
-    write_summary,
 )
 
 OUTPUTS = (CHECKPOINT_NAME, "train_summary.json", "dvclive")  # published together (pipeline.io.staged_outputs)
@@ -132,8 +132,8 @@ def pretrain_to_dir(
     ``pretrain_summary.json`` and ``dvclive/``; or, when it has no pre-training phase or ``pretrain.enabled`` is
     false, write the marker checkpoint and return None.
 
-    Inside :func:`pipeline.distributed.session` (joined here) under torchrun: rank 0 writes ``out``. The three
-    outputs are swapped in together at the end, or not at all (:func:`pipeline.distributed.published`).
+    Inside :func:`pipeline.training.distributed.session` (joined here) under torchrun: rank 0 writes ``out``. The three
+    outputs are swapped in together at the end, or not at all (:func:`pipeline.training.distributed.published`).
     """
     check_disjoint({"--out": out}, {"--prepared": prepared, "--features": features})
     reason = skip_reason(model_cfg.name, pretrain_cfg)

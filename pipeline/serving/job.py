@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import RecommendConfig
-from pipeline.gallery import export_gallery
-from pipeline.inference import load_trained, resolve_device
 from pipeline.io import check_disjoint
-from pipeline.recommend import Recommender, export, parse_history, user_history, user_sequences
+from pipeline.reporting.gallery import export_gallery
+from pipeline.serving.inference import load_trained, resolve_device
+from pipeline.serving.recommend import Recommender, export, parse_history, user_history, user_sequences
 
 
 def check_k(k: int) -> int:

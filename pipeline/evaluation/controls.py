@@ -1,12 +1,13 @@
 """Controls for a multimodal claim: rows a model must beat before its gain is credited to content (issue 21).
 
 - ``id_ensemble`` (b): k ID-only SASRecs of the baseline's recipe (other seeds), fused exactly as ODMT fuses its
-  heads: the weighted sum of their raw scores, weights chosen on valid (:func:`pipeline.fusion.select_weights`). A
-  gain over one SASRec can be an ensemble gain; a gain over this row cannot.
-- ``late_fusion_knn`` (c): the baseline fused with the content kNN reference (:mod:`pipeline.references`; text and
-  image cosines added) on the same grid. The two scores live on different scales (logits vs cosines), so each is
-  first divided by its standard deviation over the valid scores (:func:`pipeline.fusion.score_scales`); otherwise
-  the grid could barely move the cosine's share.
+  heads: the weighted sum of their raw scores, weights chosen on valid
+  (:func:`pipeline.evaluation.fusion.select_weights`). A gain over one SASRec can be an ensemble gain; a gain over this
+  row cannot.
+- ``late_fusion_knn`` (c): the baseline fused with the content kNN reference (:mod:`pipeline.evaluation.references`;
+  text and image cosines added) on the same grid. The two scores live on different scales (logits vs cosines), so each
+  is first divided by its standard deviation over the valid scores (:func:`pipeline.evaluation.fusion.score_scales`);
+  otherwise the grid could barely move the cosine's share.
 
 Weights are chosen on VALID NDCG@10 only; the row is then evaluated like any model (:func:`evaluate_vectors`).
 The early-fusion SASRec (d) is a model of its own (:mod:`pipeline.models.sasrec_fusion`).
@@ -24,17 +25,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import faiss_index
 from pipeline.config import IndexConfig
 from pipeline.data.cold_start import ColdItems
 from pipeline.data.splits import UserSplit
-from pipeline.evaluation import STAGES, EvaluationResult, evaluate_vectors, model_queries
+from pipeline.evaluation import faiss_index
+from pipeline.evaluation.fusion import WEIGHT_GRID_STEP, Scorer, fuse, scaled, score_scales, select_weights
+from pipeline.evaluation.ranking import STAGES, EvaluationResult, evaluate_vectors, model_queries
+from pipeline.evaluation.references import KNN_MODALITIES, history_means, knn_name, normalized_rows
 from pipeline.features.embed import MANIFEST
 from pipeline.features.encoders import MODALITIES
 from pipeline.features.store import load_catalog
-from pipeline.fusion import WEIGHT_GRID_STEP, Scorer, fuse, scaled, score_scales, select_weights
-from pipeline.inference import item_table
-from pipeline.references import KNN_MODALITIES, history_means, knn_name, normalized_rows
+from pipeline.serving.inference import item_table
 
 ID_ENSEMBLE = "id_ensemble"
 LATE_FUSION = "late_fusion_knn"

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import faiss_index, metrics, retrieval, significance
 from pipeline.config import IndexConfig
 from pipeline.data.cold_start import ColdItems, cold_mask
 from pipeline.data.dataset import eval_inputs
 from pipeline.data.splits import Stage, UserSplit
-from pipeline.inference import item_table, user_queries
+from pipeline.evaluation import faiss_index, metrics, retrieval, significance
 from pipeline.io import read_parquet
 from pipeline.models import contract
+from pipeline.serving.inference import item_table, user_queries
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class EvaluationResult:
     stages: dict[str, StageResult] = field(default_factory=dict)
     subsets: dict[str, dict[str, float]] = field(default_factory=dict)  # metrics over user subsets (COLD_START)
     # the index that ranked: SearchIndex.describe(), and for approximate kinds "recall_vs_flat"
-    # {stage: {"recall@k": ...}} and "exact_fallback_users" {stage: n} (pipeline.retrieval.SearchStats)
+    # {stage: {"recall@k": ...}} and "exact_fallback_users" {stage: n} (pipeline.evaluation.retrieval.SearchStats)
     index: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -78,8 +78,8 @@ def evaluate_vectors(
 ) -> EvaluationResult:
     """Rank with ``queries_for(stage)`` (U, D) against ``item_vectors`` (N+1, D); the core of every evaluation.
 
-    ``index`` picks the FAISS index (:mod:`pipeline.faiss_index`, on ``device`` where FAISS can); an approximate
-    one is also compared with exact flat search on the same queries (``result.index["recall_vs_flat"]``).
+    ``index`` picks the FAISS index (:mod:`pipeline.evaluation.faiss_index`, on ``device`` where FAISS can); an
+    approximate one is also compared with exact flat search on the same queries (``result.index["recall_vs_flat"]``).
     Per stage, the users whose target no training sequence holds get ``<stage>_cold_start`` metrics; with ``cold``
     (the cold-start setting's held-out items) also ``<stage>_warm_start`` and ``<stage>_cold_among_cold``.
     """
@@ -230,8 +230,8 @@ def paired_comparison(
     keys: Sequence[str] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{stage: {"NDCG@k": {model, baseline, diff, ci_low, ci_high, p_value, relative}}}``: model - baseline per
-    metric and k (or the metric ``keys`` only), paired over the same users (:mod:`pipeline.significance`); both must
-    rank the same split."""
+    metric and k (or the metric ``keys`` only), paired over the same users (:mod:`pipeline.evaluation.significance`);
+    both must rank the same split."""
     if not np.array_equal(model.user_idx, baseline.user_idx):
         raise ValueError(f"{model.name} and {baseline.name} were evaluated on different users; rerun both")
     keys = list(keys) if keys is not None else [f"{name}@{k}" for k in model.ks for name in PAIRED_METRICS]
@@ -263,8 +263,8 @@ def evaluate_popularity(
     """Most-popular baseline: every user gets the items with the most training interactions, history masked.
 
     Counts come from ``split.train`` for both stages (the valid targets are not counted for test, just as the
-    model is not retrained on them). Ties go to the smaller item index (see :mod:`pipeline.retrieval`). Always
-    ranked by exact flat search, whatever ``evaluate.index`` says: one-dimensional counts are no ANN workload.
+    model is not retrained on them). Ties go to the smaller item index (see :mod:`pipeline.evaluation.retrieval`).
+    Always ranked by exact flat search, whatever ``evaluate.index`` says: one-dimensional counts are no ANN workload.
     """
     counts = training_counts(split, num_items)[:, None]  # (N+1, 1)
     queries = np.ones((len(split), 1), dtype=np.float32)  # (U, 1): score = count

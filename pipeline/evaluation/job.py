@@ -3,26 +3,33 @@
 :func:`evaluate_to_dir` ranks the model, the SASRec baseline, popularity, each of a multi-head model's heads alone,
 the cold-start references (cold-start setting) and the controls (an ID-only ensemble of ``ensemble_members``, late
 fusion of the baseline with content kNN where features exist), compares the model with the baseline (paired
-bootstrap) and writes ``metrics.json``, ``report.md``, ``topk.parquet`` and ``plots/`` (:mod:`pipeline.report`).
+bootstrap) and writes ``metrics.json``, ``report.md``, ``topk.parquet`` and ``plots/``
+(:mod:`pipeline.reporting.report`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.claims import controls_report
 from pipeline.config import EvaluateConfig
-from pipeline.controls import Member, RankingOptions, check_members, content_tables, evaluation_controls
 from pipeline.data.cold_start import load_cold_items
 from pipeline.data.splits import load_split
-from pipeline.evaluation import evaluate_heads, evaluate_model, evaluate_popularity, load_user_ids, paired_comparison
-from pipeline.experiments import experiments_sections
-from pipeline.inference import load_trained, resolve_device
+from pipeline.evaluation.claims import controls_report
+from pipeline.evaluation.controls import Member, RankingOptions, check_members, content_tables, evaluation_controls
+from pipeline.evaluation.ranking import (
+    evaluate_heads,
+    evaluate_model,
+    evaluate_popularity,
+    load_user_ids,
+    paired_comparison,
+)
+from pipeline.evaluation.references import cold_start_references
 from pipeline.io import check_disjoint
 from pipeline.models import contract
 from pipeline.models.registry import spec
-from pipeline.references import cold_start_references
-from pipeline.report import paired_text, runs_of, text_table, write_report
+from pipeline.reporting.experiments import experiments_sections
+from pipeline.reporting.report import paired_text, runs_of, text_table, write_report
+from pipeline.serving.inference import load_trained, resolve_device
 
 BASELINE_RUN = "baseline"
 
@@ -72,7 +79,7 @@ def evaluate_to_dir(
     if cfg.popularity_baseline:
         others.append(evaluate_popularity(split, catalog.num_items, cfg.ks, cold=cold))
     tables = content_tables(features, prepared)  # {} when embed wrote no modality
-    if cold is not None:  # training-free references for the cold-start rows (pipeline/references.py)
+    if cold is not None:  # training-free references for the cold-start rows (pipeline/evaluation/references.py)
         others += cold_start_references(split, tables, cold, cfg.knn_history, cfg.ks)
     seeds = [Member(f"seed{c['train_config']['seed']}", n, c["max_seq_len"]) for n, c, _ in loaded]
     options = RankingOptions(cfg.ks, cfg.batch_size, torch_device, cold, cfg.index_config)

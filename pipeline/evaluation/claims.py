@@ -1,4 +1,5 @@
-"""What a report may claim: paired comparisons with the controls (:mod:`pipeline.controls`) and their wording.
+"""What a report may claim: paired comparisons with the controls (:mod:`pipeline.evaluation.controls`) and their
+wording.
 
 The rule (issue 21): a model claims *multimodal value* only where its paired 95% CI against the ID-only ensemble
 (b) lies above 0. A gain over the single SASRec baseline alone can be an ensemble gain and claims nothing.
@@ -9,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.controls import ID_ENSEMBLE, ControlResult
-from pipeline.evaluation import EvaluationResult, paired_comparison
+from pipeline.evaluation.controls import ID_ENSEMBLE, ControlResult
+from pipeline.evaluation.ranking import EvaluationResult, paired_comparison
 
 CLAIM_STAGE = "test"
 
@@ -67,7 +68,7 @@ def controls_section(controls: Sequence[ControlResult], comparisons: Mapping[str
     lines = [
         "## Controls\n",
         "Rows a multimodal gain must beat, fused with weights chosen on VALID NDCG@10 over the simplex grid "
-        "(pipeline/fusion.py; test targets are never read):\n",
+        "(pipeline/evaluation/fusion.py; test targets are never read):\n",
     ]
     for control in controls:
         info = control.info

@@ -2,8 +2,8 @@
 
 Nothing here is a distribution layer of its own: ``torchrun`` starts the processes and sets ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous variables; :func:`session` joins the process group from them
-(NCCL on CUDA, gloo on CPU) and :func:`pipeline.train.fit` wraps the model in DDP when the group has more than one
-process. Without torchrun every function is a no-op and training is the single-process loop.
+(NCCL on CUDA, gloo on CPU) and :func:`pipeline.training.fit.fit` wraps the model in DDP when the group has more than
+one process. Without torchrun every function is a no-op and training is the single-process loop.
 
 How a step is split (so that world size W gives the same gradients as one process at the same global batch):
 every rank draws the *same* seeded global batch of ``train.batch_size`` users, takes its contiguous slice of
@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import TrainConfig
 from pipeline.data.dataset import trim_left_padding
-from pipeline.inference import resolve_device
+from pipeline.serving.inference import resolve_device
 
 log = logging.getLogger(__name__)
 

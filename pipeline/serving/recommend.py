@@ -3,15 +3,15 @@
 ``recommendations/index/`` (declared as the DVC artifact ``recommendation-index`` in dvc.yaml):
 
 - ``items.faiss``: the FAISS inner-product index of the model's item vectors, of kind ``recommend.index`` (flat |
-  ivf | hnsw, built by :func:`pipeline.faiss_index.build_index`, the same code ``evaluate`` ranks with: FAISS id
-  ``j`` is item ``j + 1``; the padding row is never indexed);
+  ivf | hnsw, built by :func:`pipeline.evaluation.faiss_index.build_index`, the same code ``evaluate`` ranks with: FAISS
+  id ``j`` is item ``j + 1``; the padding row is never indexed);
 - ``items.parquet``: ``row`` (the FAISS id), ``item_idx``, ``item_id`` (raw id), ``title``, ``text``, ``image_path``;
 - ``manifest.json``: model name, checkpoint checksum, params hash, data fingerprint, dim, item count, index type.
 
 A query vector is the model's own user encoder (``user_vectors``) over the history's last ``max_seq_len`` items, so
 its inner product with the index is the model's ranking score, the same one ``evaluate`` ranks by. The history is
-always excluded (exact: :func:`pipeline.retrieval.top_k`). Items never seen in training stay in the index: a model
-that scores them from content (MP4SR, ODMT) can recommend them.
+always excluded (exact: :func:`pipeline.evaluation.retrieval.top_k`). Items never seen in training stay in the index: a
+model that scores them from content (MP4SR, ODMT) can recommend them.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import polars as pl
 import torch
 from torch import nn
 
-from pipeline import faiss_index, retrieval
 from pipeline.config import IndexConfig
 from pipeline.data.dataset import left_pad
-from pipeline.inference import item_table, load_trained, user_queries
+from pipeline.evaluation import faiss_index, retrieval
 from pipeline.io import read_json, read_parquet, staged_outputs, write_json_atomic
+from pipeline.serving.inference import item_table, load_trained, user_queries
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Running a trained model without the training loop: the device, query and item vectors, and a verified load.
 
-Shared by training (validation), evaluation and recommendation; imports neither :mod:`pipeline.train` nor the
+Shared by training (validation), evaluation and recommendation; imports neither :mod:`pipeline.training.fit` nor the
 optimiser.
 """
 
@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
-from pipeline.checkpoint import load_checkpoint, model_spec, read_checkpoint, verify_data
 from pipeline.data.dataset import trim_left_padding
 from pipeline.features.store import load_catalog
+from pipeline.training.checkpoint import load_checkpoint, model_spec, read_checkpoint, verify_data
 
 
 def resolve_device(name: str) -> torch.device:
