@@ -187,6 +187,16 @@ def ensemble_row(suite: dict[str, Any], base: dict[str, Any], params: dict[str, 
     return None
 
 
+def early_fusion_row(suite: dict[str, Any], base: dict[str, Any], params: dict[str, Any]) -> str | None:
+    """The suite's simplest multimodal row (``model.name: sasrec_fusion``, one seed per run) on the same `data`
+    section as ``params``: a multimodal architecture claims value for its design only where it beats this row."""
+    for name, spec in suite.items():
+        row = apply_overrides(base, _overrides(spec))
+        if control_kind(spec) is None and row["model"]["name"] == "sasrec_fusion" and row["data"] == params["data"]:
+            return name
+    return None
+
+
 def reads_content(model: str, kind: str | None) -> bool:
     """Whether a row uses item content (a multimodal model or the late-fusion control)."""
     return kind == "late_fusion" or (kind is None and bool(model_spec(model).needs_features))
@@ -363,8 +373,9 @@ def _seed_run(
 def pair_with_ensembles(
     done: dict[str, dict[str, Any]], variants: dict[str, Any], base: dict[str, Any], suite_dir: Path
 ) -> None:
-    """Every row of the suite gets ``paired_vs_ensemble``: the paired comparison with the ID-only ensemble row on
-    its data (rewritten in its result file); kept as it was where topk files are not here."""
+    """Every row of the suite gets ``paired_vs_ensemble`` and ``paired_vs_early_fusion``: the paired comparisons with
+    the ID-only ensemble row and with the ``sasrec_fusion`` row on its data (rewritten in its result file); kept as
+    they were where topk files are not here."""
     for name, row in done.items():
         if name not in variants:
             continue
@@ -372,6 +383,9 @@ def pair_with_ensembles(
         if ens is None or ens == name or ens not in done:
             continue
         row["paired_vs_ensemble"] = paired_rows(row, done[ens]) or row.get("paired_vs_ensemble")
+        early = early_fusion_row(variants, base, apply_overrides(base, _overrides(variants[name])))
+        if early is not None and early != name and early in done:
+            row["paired_vs_early_fusion"] = paired_rows(row, done[early]) or row.get("paired_vs_early_fusion")
         write_json_atomic(suite_dir / f"{name}.json", row)
 
 

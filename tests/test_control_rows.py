@@ -107,3 +107,35 @@ def test_control_runs_from_tiny_sasrec_checkpoints(tmp_path: Path) -> None:
     assert [r["seed"] for r in late] == [1, 2] and all("late_fusion_knn" in r["metrics"] for r in late)
     with pytest.raises(ValueError, match="late fusion needs content features"):
         control_runs("late_fusion", {}, reference, tmp_path / "late2", (prepared, tmp_path / "none"))
+
+
+def _ci(low: float) -> dict:
+    return {"test": {"NDCG@10": {"diff": low + 0.01, "ci_low": low, "ci_high": low + 0.02, "p_value": 0.01}}}
+
+
+def test_architecture_value_needs_the_ensemble_and_the_early_fusion_model_beaten() -> None:
+    from pipeline.reporting.experiments import architecture_value
+
+    row = {"reads_content": True, "paired_vs_ensemble": _ci(0.002), "paired_vs_early_fusion": _ci(0.001)}
+    assert architecture_value(row) == "yes"
+    assert architecture_value(row | {"paired_vs_early_fusion": _ci(-0.001)}) == "no"  # early fusion explains it
+    assert architecture_value(row | {"paired_vs_ensemble": _ci(-0.001)}) == "no"  # an ensemble gain
+    assert architecture_value(row | {"paired_vs_early_fusion": None}) == "–"  # not compared with (d)
+    assert architecture_value(row | {"reads_content": False}) == "–"  # an ID-only row claims nothing
+
+
+def test_early_fusion_row_is_the_sasrec_fusion_row_on_the_same_data() -> None:
+    from bench.ablations import early_fusion_row
+
+    base = {"data": {"history_limit": 15}, "model": {"name": "odmt"}, "train": {"seed": 42}}
+    suite = {
+        "sasrec": {"model.name": "sasrec", "seeds": [42]},
+        "sasrec_fusion_cold": {"model.name": "sasrec_fusion", "data.history_limit": None},  # other data
+        "id_ensemble": {"control": "id_ensemble", "members": 3},
+        "sasrec_fusion": {"model.name": "sasrec_fusion", "seeds": [42, 43]},
+        "odmt": {},
+    }
+    assert early_fusion_row(suite, base, base) == "sasrec_fusion"
+    other = {"data": {"history_limit": None}, "model": {"name": "odmt"}, "train": {"seed": 42}}
+    assert early_fusion_row(suite, base, other) == "sasrec_fusion_cold"
+    assert early_fusion_row({"odmt": {}}, base, base) is None

@@ -116,6 +116,16 @@ def multimodal_value(result: dict[str, Any]) -> str:
     return "yes" if paired["ci_low"] > 0 else "no"
 
 
+def architecture_value(result: dict[str, Any]) -> str:
+    """ "yes" only for a row with multimodal value (:func:`multimodal_value`) whose paired CI against the simplest
+    multimodal model (the suite's ``sasrec_fusion`` row: SASRec with projected content features) also lies above 0;
+    "no" for a content row compared with both otherwise; "–" where either comparison is missing."""
+    paired = (result.get("paired_vs_early_fusion") or {}).get("test", {}).get(PAIRED_METRIC)
+    if multimodal_value(result) == "–" or paired is None:
+        return "–"
+    return "yes" if multimodal_value(result) == "yes" and paired["ci_low"] > 0 else "no"
+
+
 def _seed_and_paired_cells(result: dict[str, Any]) -> list[str]:
     """Seeds, the std of test NDCG@10 across them, the paired differences vs the suite's SASRec row and vs its
     ID-only ensemble row, and whether the row claims multimodal value."""
@@ -123,9 +133,11 @@ def _seed_and_paired_cells(result: dict[str, Any]) -> list[str]:
     std = (result.get("metrics_std") or {}).get("test", {}).get(PAIRED_METRIC)
     paired = (result.get("paired") or {}).get("test", {}).get(PAIRED_METRIC)
     vs_ensemble = (result.get("paired_vs_ensemble") or {}).get("test", {}).get(PAIRED_METRIC)
+    vs_early = (result.get("paired_vs_early_fusion") or {}).get("test", {}).get(PAIRED_METRIC)
     own = result.get("reference") == result.get("name")
     cells = [str(len(seeds)) if seeds else "1", _fmt(std) if std is not None else "–"]
-    return cells + [_paired_cell(None if own else paired), _paired_cell(vs_ensemble), multimodal_value(result)]
+    cells += [_paired_cell(None if own else paired), _paired_cell(vs_ensemble), multimodal_value(result)]
+    return cells + [_paired_cell(vs_early), architecture_value(result)]
 
 
 def experiments_table(paths: list[Path]) -> str:
@@ -146,6 +158,8 @@ def experiments_table(paths: list[Path]) -> str:
         f"test {PAIRED_METRIC} vs SASRec row: diff [95% CI], p",
         f"test {PAIRED_METRIC} vs ID-only ensemble: diff [95% CI], p",
         "multimodal value",
+        f"test {PAIRED_METRIC} vs sasrec_fusion (early fusion): diff [95% CI], p",
+        "architecture value",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
@@ -224,6 +238,8 @@ def experiments_sections(results_dir: Path) -> list[str]:
         "(weight chosen on valid); `sasrec_fusion` is SASRec with projected text/image features added to its item "
         "embedding. "
         "**multimodal value** is `yes` only for a row that reads content and whose CI against the ID-only "
-        "ensemble lies above 0; a gain over the SASRec row alone can be an ensemble gain.\n\n"
+        "ensemble lies above 0; a gain over the SASRec row alone can be an ensemble gain. **architecture value** "
+        "is `yes` only where, in addition, the CI against the suite's `sasrec_fusion` row (the simplest multimodal "
+        "model) lies above 0.\n\n"
     )
     return ["## Experiments\n\n" + intro + tables]
