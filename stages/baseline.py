@@ -13,9 +13,10 @@ from pathlib import Path
 
 import typer
 
-from pipeline import cli, distributed
+from pipeline import cli
 from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import BASELINE_MODEL, DEFAULT_PARAMS, BaselineConfig, DataConfig, load_section
+from pipeline.training import distributed
 from pipeline.training.job import train_to_dir
 
 log = logging.getLogger("stages.baseline")

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import typer
 
-from pipeline import cli, distributed
+from pipeline import cli
 from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
+from pipeline.training import distributed
 from pipeline.training.job import pretrain_to_dir
 from pipeline.training.pretrain import PretrainConfig, skip_reason
 

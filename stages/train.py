@@ -11,9 +11,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline import cli, distributed
+from pipeline import cli
 from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
+from pipeline.training import distributed
 from pipeline.training.job import train_to_dir
 
 log = logging.getLogger("stages.train")
