@@ -86,12 +86,8 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str], referenc
     out.mkdir(parents=True, exist_ok=True)
     params_path = out / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    prepared, features = shared_dirs(params)
+    prepared, features = prepare_shared(params, params_path, env)
     common = ["--params", str(params_path)]
-    if not (prepared / "sequences.parquet").exists():
-        _stage("prepare", [*common, "--out", str(prepared)], env)
-    if not (features / "manifest.json").exists():
-        _stage("embed", [*common, "--items", str(prepared / "items.parquet"), "--out", str(features)], env)
     runs = []
     model_dir = out / "models"
     train_args = [*common, "--prepared", str(prepared), "--features", str(features), "--out", str(model_dir)]
@@ -118,6 +114,18 @@ def shared_dirs(params: dict[str, Any]) -> tuple[Path, Path]:
     data_section = {k: v for k, v in params["data"].items() if k != "max_seq_len"}
     prepared = RUNS / "shared" / f"prepared-{_key(data_section)}"
     return prepared, RUNS / "shared" / f"features-{_key(data_section, params['embed'])}"
+
+
+def prepare_shared(params: dict[str, Any], params_path: Path, env: dict[str, str]) -> tuple[Path, Path]:
+    """Run the prepare and embed stages for ``params`` (written at ``params_path``) into :func:`shared_dirs`, unless
+    a run with the same `data` / `embed` sections already did; returns those (prepared, features) folders."""
+    prepared, features = shared_dirs(params)
+    common = ["--params", str(params_path)]
+    if not (prepared / "sequences.parquet").exists():
+        _stage("prepare", [*common, "--out", str(prepared)], env)
+    if not (features / "manifest.json").exists():
+        _stage("embed", [*common, "--items", str(prepared / "items.parquet"), "--out", str(features)], env)
+    return prepared, features
 
 
 def pretrain_dir(params: dict[str, Any]) -> Path | None:

@@ -16,8 +16,8 @@ the model's registered defaults; SASRec reads ``baseline.model``), then ``--set 
   reporting valid NDCG@10 per epoch.
 - ``--setting full`` (default: ``--prepared`` / ``--features``, params.yaml's sequence length) or ``--setting
   last15``: the ODMT authors' protocol (every user's last 15 interactions, ``max_seq_len`` 15, 60 epochs, patience
-  6, as the ``odmt_last15`` suite); its data is prepared and embedded once into ``runs/bench/last15/`` (the embed
-  stage's content cache makes that quick).
+  6, as the ``odmt_last15`` suite); its data is prepared and embedded once into the ablation runner's shared
+  folders (``runs/shared/``, the same ones the ``odmt_last15`` suite uses).
 - ``--to-best``: train each model to its best valid epoch (early stopping on valid NDCG@10, the setting's epochs
   and patience) and report ``best_epoch``, ``seconds_to_best`` (training + validation of epochs 1..best) and the
   per-epoch split. SASRec runs first and its trained checkpoint is the one ODMT's ``init_from_baseline`` starts
@@ -48,6 +48,7 @@ import torch
 import typer
 import yaml
 
+from bench.ablations import prepare_shared
 from pipeline.config import TrainConfig, from_dict
 from pipeline.data.dataset import NextItemDataset, collate
 from pipeline.data.splits import load_split
@@ -114,29 +115,16 @@ def setting_sets(setting: str) -> list[str]:
 
 def setting_data(setting: str, params: Path, prepared: Path, features: Path) -> tuple[Path, Path]:
     """The (prepared, features) folders of a setting: the given ones for ``full``; for ``last15`` the prepare and
-    embed stages run once on a copy of ``params`` with the authors' history limit, into ``runs/bench/last15/``."""
+    embed outputs of ``params`` with the authors' history limit, in the ablation runner's shared folders (made
+    once, and shared with the ``odmt_last15`` suite when the `data` / `embed` sections agree)."""
     if setting == "full":
         return prepared, features
-    out = BENCH_RUNS / setting
     raw = yaml.safe_load(params.read_text(encoding="utf-8"))
     raw["data"] |= LAST15
-    out.mkdir(parents=True, exist_ok=True)
-    copy = out / "params.yaml"
-    if not copy.exists() or yaml.safe_load(copy.read_text(encoding="utf-8")) != raw:  # params changed: redo
-        copy.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-        for stale in (out / "prepared" / "sequences.parquet", out / "features" / "manifest.json"):
-            stale.unlink(missing_ok=True)
-    if not (out / "prepared" / "sequences.parquet").exists():
-        _run_stage(["prepare", "--params", str(copy), "--out", str(out / "prepared")])
-    if not (out / "features" / "manifest.json").exists():
-        items = str(out / "prepared" / "items.parquet")
-        _run_stage(["embed", "--params", str(copy), "--items", items, "--out", str(out / "features")])
-    return out / "prepared", out / "features"
-
-
-def _run_stage(args: list[str]) -> None:
-    log.info("preparing the benchmark's data: stages.%s", args[0])
-    subprocess.run([sys.executable, "-m", f"stages.{args[0]}", *args[1:]], check=True)
+    copy = BENCH_RUNS / setting / "params.yaml"  # the stages read their params from a file
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return prepare_shared(raw, copy, dict(os.environ))
 
 
 def step_profile(
