@@ -387,14 +387,16 @@ def pair_with_ensembles(
     for name, row in done.items():
         if name not in variants:
             continue
-        ens = ensemble_row(variants, base, apply_overrides(base, _overrides(variants[name])))
-        if ens is None or ens == name or ens not in done:
-            continue
-        row["paired_vs_ensemble"] = paired_rows(row, done[ens]) or row.get("paired_vs_ensemble")
-        early = early_fusion_row(variants, base, apply_overrides(base, _overrides(variants[name])))
-        if early is not None and early != name and early in done:
-            row["paired_vs_early_fusion"] = paired_rows(row, done[early]) or row.get("paired_vs_early_fusion")
-        write_json_atomic(suite_dir / f"{name}.json", row)
+        params = apply_overrides(base, _overrides(variants[name]))
+        controls = {"paired_vs_ensemble": ensemble_row, "paired_vs_early_fusion": early_fusion_row}
+        paired = False
+        for key, find in controls.items():
+            other = find(variants, base, params)
+            if other is not None and other != name and other in done:
+                row[key] = paired_rows(row, done[other]) or row.get(key)
+                paired = True
+        if paired:
+            write_json_atomic(suite_dir / f"{name}.json", row)
 
 
 def _overrides(spec: dict[str, Any] | None) -> dict[str, Any]:
