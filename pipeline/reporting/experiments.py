@@ -14,9 +14,9 @@ import polars as pl
 from pipeline.evaluation.metrics import per_user_values, target_ranks
 from pipeline.evaluation.ranking import AMONG_COLD, COLD_START, subset_name
 from pipeline.evaluation.significance import paired_difference
-from pipeline.reporting.images_plot import PLOT_NAME
 
 METRICS = ("HR@10", "NDCG@10", "MRR@10")
+PLOT_NAME = "heads_cards_vs_posters.png"  # pipeline.reporting.images_plot writes it beside the suites' folders
 PAIRED_METRIC = "NDCG@10"  # the column of the paired comparison with the suite's SASRec row
 # (stage or subset in metrics.json, column label): test over every user, then the cold-start views
 TABLE_STAGES: tuple[tuple[str, str], ...] = (
@@ -177,13 +177,20 @@ def _budget_line(paths: list[Path]) -> str:
     return "Budget (every row): params.yaml with " + ", ".join(f"`{k}={v}`" for k, v in budget.items()) + ".\n\n"
 
 
+def per_head_metrics(result: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{head: {stage: metrics}}`` of a result whose metrics hold ``<model>[<head>]`` rows (evaluate's per-head
+    rankings of a multi-head model); empty for a one-head model."""
+    model, metrics = result.get("model"), result.get("metrics", {})
+    return {k[len(model) + 1 : -1]: v for k, v in metrics.items() if k.startswith(f"{model}[") and k[-1] == "]"}
+
+
 def heads_table(paths: list[Path], metric: str = "NDCG@10") -> str:
     """Per-head test ``metric`` of the runs whose metrics hold ``<model>[<head>]`` rows (ODMT); "" when none do."""
     results = sorted((json.loads(path.read_text()) for path in paths), key=lambda r: (r.get("order", 0), r["name"]))
     rows, heads = [], []
     for result in results:
         model, metrics = result["model"], result["metrics"]
-        per_head = {k[len(model) + 1 : -1]: v for k, v in metrics.items() if k.startswith(f"{model}[") and k[-1] == "]"}
+        per_head = per_head_metrics(result)
         if not per_head:
             continue
         heads += [h for h in per_head if h not in heads]

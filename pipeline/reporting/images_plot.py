@@ -17,9 +17,9 @@ matplotlib.use("Agg")  # no display: render straight to PNG
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline.io import atomic_path  # noqa: E402
+from pipeline.reporting.experiments import PLOT_NAME, per_head_metrics  # noqa: E402
 
 POSTERS_SUFFIX = "_posters"
-PLOT_NAME = "heads_cards_vs_posters.png"
 
 
 def head_scores(suite_dir: Path, metric: str = "NDCG@10") -> dict[str, tuple[dict[str, float], list[int]]]:
@@ -28,7 +28,7 @@ def head_scores(suite_dir: Path, metric: str = "NDCG@10") -> dict[str, tuple[dic
     for path in sorted(suite_dir.glob("*.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         model, metrics = result.get("model"), result.get("metrics", {})
-        heads = {k[len(model) + 1 : -1]: v for k, v in metrics.items() if k.startswith(f"{model}[") and k[-1] == "]"}
+        heads = per_head_metrics(result)
         if not heads or model not in metrics:
             continue
         scores = {"fused": metrics[model]["test"][metric]} | {h: v["test"][metric] for h, v in heads.items()}
