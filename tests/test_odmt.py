@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from bench.head_weight_search import exhaustive_gains
 from pipeline.catalog import ItemCatalog
 from pipeline.config import ConfigError, TrainConfig, from_dict
 from pipeline.data.dataset import left_pad
@@ -646,19 +647,11 @@ def test_ndcg_per_weight_pruning_matches_brute_force() -> None:
     users, items, heads = 300, 60, 3
     scores = [torch.randint(0, 25, (users, items + 1), generator=gen).float() for _ in range(heads)]
     targets = torch.randint(1, items + 1, (users,), generator=gen)
-    rows = torch.arange(users)
-    scores[0][rows[:100], targets[:100]] = 100.0  # head 0 ranks these targets first, the others do not
+    scores[0][torch.arange(100), targets[:100]] = 100.0  # head 0 ranks these targets first, the others do not
     exclude = torch.rand(users, items + 1, generator=gen) < 0.2
     exclude[:, 0] = True
     grid = simplex_grid(heads, 0.1)
-    expected = torch.zeros(len(grid), dtype=torch.float64)
-    ranked = ~exclude.clone()
-    ranked[rows, targets] = True
-    margins = [(x - x[rows, targets][:, None]).masked_fill(~ranked, -1.0) for x in scores]  # H x (U, N+1)
-    for g, w in enumerate(grid.tolist()):  # every user, every item
-        fused = sum(wi * m for wi, m in zip(w, margins, strict=True) if wi > 0)  # (U, N+1)
-        rank = (fused > 0).sum(dim=1)  # (U,)
-        expected[g] = torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2.0), 0.0).sum()
+    expected = exhaustive_gains(scores, targets, exclude, grid)  # every user, every item (bench.head_weight_search)
     gains = ndcg_at_10_per_weight(scores, targets, exclude, grid)
     torch.testing.assert_close(gains, expected)
     assert expected.min() < expected.max()  # the weights matter on this data
