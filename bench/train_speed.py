@@ -60,7 +60,7 @@ from pipeline.training.checkpoint import read_checkpoint
 log = logging.getLogger("bench.train_speed")
 app = typer.Typer(add_completion=False)
 
-TRAIN_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
+TRAIN_DEFAULTS: dict[str, Any] = {"precision": "fp32", "lr_schedule": "constant", "warmup_epochs": 0}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 

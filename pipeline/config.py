@@ -153,6 +153,10 @@ class TrainConfig:
     # Python callers.
     launcher: Literal["none", "torchrun"] = "none"
     nproc: int = 1  # processes per node with launcher torchrun (one per GPU); must be 1 with launcher none
+    # constant: train.lr throughout | cosine: lr decays per optimiser step along a half cosine from train.lr to 0
+    # at the end of train.epochs (so early stopping cuts the tail). warmup_epochs: linear ramp from 0 first.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -395,6 +399,7 @@ RANGES: dict[str, Range] = {
     "train.seed": SEED,
     "train.num_threads": AT_LEAST_0,
     "train.nproc": AT_LEAST_1,
+    "train.warmup_epochs": AT_LEAST_0,
     **dict.fromkeys(("evaluate.batch_size", "evaluate.knn_history", "evaluate.bootstrap_resamples"), AT_LEAST_1),
     "evaluate.bootstrap_seed": SEED,
     **{f"{s}.{k}": AT_LEAST_1 for s in ("evaluate", "recommend") for k in ("ivf.nlist", "ivf.nprobe", "hnsw.m")},

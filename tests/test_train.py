@@ -18,7 +18,7 @@ from pipeline.data.splits import UserSplit
 from pipeline.models.sasrec import SASRec, SASRecConfig
 from pipeline.serving.inference import item_table, user_queries
 from pipeline.training.checkpoint import load_checkpoint
-from pipeline.training.fit import fit, seed_everything, validate, write_summary
+from pipeline.training.fit import fit, lr_factor, seed_everything, validate, write_summary
 from stages.train import app
 from tests.helpers.training import MAX_LEN, NUM_ITEMS, catalog, cycle_split, train_cfg, write_stage_project
 
@@ -95,6 +95,43 @@ def test_early_stopping_after_patience_bad_epochs() -> None:
 def test_bad_train_config_is_an_error_naming_the_key() -> None:
     with pytest.raises(ValueError, match="train.patience"):
         fit(model(), cycle_split(), train_cfg(patience=0), MAX_LEN, None)
+
+
+def test_lr_schedule_shapes() -> None:
+    # warm-up: a linear ramp to train.lr; cosine: half a cosine from train.lr to 0 at the last step
+    assert [lr_factor(s, 10, 2, "constant") for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
+    cosine = [lr_factor(s, 10, 2, "cosine") for s in range(10)]
+    assert cosine[:3] == [0.5, 1.0, 1.0]
+    assert all(a > b for a, b in zip(cosine[2:], cosine[3:], strict=False))
+    assert lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5) and lr_factor(10, 10, 2, "cosine") == 0.0
+
+
+def test_cosine_schedule_decays_the_lr_over_train_epochs() -> None:
+    split = cycle_split()
+    cosine = fit(model(), split, train_cfg(epochs=4, lr=0.01, lr_schedule="cosine", warmup_epochs=1), MAX_LEN, None)
+    lrs = [row["lr"] for row in cosine.history]  # the lr after each epoch's last step
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[0] > lrs[1] > lrs[2] > lrs[3]
+    constant = fit(model(), split, train_cfg(epochs=2, lr=0.01), MAX_LEN, None)
+    assert [row["lr"] for row in constant.history] == [0.01, 0.01]
+    assert constant.history[0]["train/loss"] != cosine.history[0]["train/loss"]  # the warm-up changed training
+
+
+def test_warmup_must_leave_epochs_to_train() -> None:
+    with pytest.raises(ValueError, match=r"train.warmup_epochs = 3 must be in \[0, train.epochs - 1 = 2\]"):
+        fit(model(), cycle_split(), train_cfg(epochs=3, warmup_epochs=3), MAX_LEN, None)
+    with pytest.raises(ValueError, match="train.lr_schedule = 'step' must be one of: constant, cosine"):
+        fit(model(), cycle_split(), train_cfg(lr_schedule="step"), MAX_LEN, None)
+
+
+def test_pretraining_keeps_a_constant_lr_whatever_train_lr_schedule_says() -> None:
+    from pipeline.training.pretrain import PretrainConfig, pretrain_train_config
+
+    pretrain_cfg = PretrainConfig(
+        enabled=True, epochs=4, batch_size=8, lr=0.001, weight_decay=0.0, patience=2, grad_clip=None
+    )
+    cfg = pretrain_train_config(pretrain_cfg, train_cfg(lr_schedule="cosine", warmup_epochs=1))
+    assert (cfg.lr_schedule, cfg.warmup_epochs, cfg.epochs, cfg.lr) == ("constant", 0, 4, 0.001)
 
 
 def test_same_seed_same_metrics() -> None:

@@ -46,6 +46,7 @@ VALID_K = 10
 STOP_METRIC = f"NDCG@{VALID_K}"  # early stopping and best-epoch selection
 CHECKPOINT_NAME = "model.pt"
 PRECISIONS = ("fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -106,6 +107,7 @@ def fit(
         generator=torch.Generator().manual_seed(train_cfg.seed),
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    scheduler = lr_scheduler(optimizer, train_cfg, len(loader))
     valid_inputs = eval_inputs(split, "valid", max_seq_len)  # (U, L)
     prefix = "" if phase == "train" else f"{phase}/"
 
@@ -117,7 +119,9 @@ def fit(
     for epoch in range(1, train_cfg.epochs + 1):
         contract.start_epoch(model, epoch)
         start, cpu_start = time.perf_counter(), time.process_time()
-        losses = _train_epoch(trained, loader, optimizer, train_cfg, device, f"{phase} epoch {epoch}", step_losses)
+        losses = _train_epoch(
+            trained, loader, optimizer, train_cfg, device, f"{phase} epoch {epoch}", step_losses, scheduler
+        )
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         train_seconds += seconds
         choice: dict[str, Any] = {}
@@ -132,7 +136,7 @@ def fit(
         distributed.broadcast_buffers(model)  # what rank 0 chose on validation (ODMT's head_weight)
         row = {**{f"train/{k}": v for k, v in losses.items()}, **{f"valid/{k}": v for k, v in valid.items()}}
         row |= {f"selected/{k}": float(v) for k, v in choice.get("choice", {}).items()}
-        row |= {"epoch_seconds": seconds, "epoch_cpu_seconds": cpu_seconds}
+        row |= {"epoch_seconds": seconds, "epoch_cpu_seconds": cpu_seconds, "lr": optimizer.param_groups[0]["lr"]}
         row["valid_seconds"] = time.perf_counter() - valid_start  # validation (and choices made on it), rank 0
         row["sequences_per_second"] = len(dataset) / seconds
         history.append(row)
@@ -203,12 +207,42 @@ def _select_on_validation(
     return {"choice": chosen, "valid_before": before}, after
 
 
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """The multiplier of ``train.lr`` before optimiser step ``step`` (0-based): a linear warm-up over the first
+    ``warmup_steps``, then constant or a half cosine reaching 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """``train.lr_schedule`` / ``train.warmup_epochs`` as a per-step scheduler; None for a constant lr."""
+    if cfg.lr_schedule == "constant" and cfg.warmup_epochs == 0:
+        return None
+    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cfg.lr_schedule))
+
+
 def _check_train_config(cfg: TrainConfig) -> None:
     for key in ("epochs", "batch_size", "patience"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"train.{key} = {getattr(cfg, key)} must be >= 1 (params.yaml)")
     if cfg.lr < 0 or cfg.weight_decay < 0 or (cfg.grad_clip is not None and cfg.grad_clip < 0):
         raise ValueError("train.lr, train.weight_decay and train.grad_clip must be >= 0 (params.yaml)")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(
+            f"train.lr_schedule = {cfg.lr_schedule!r} must be one of: {', '.join(LR_SCHEDULES)} (params.yaml)"
+        )
+    if not 0 <= cfg.warmup_epochs < cfg.epochs:
+        raise ValueError(
+            f"train.warmup_epochs = {cfg.warmup_epochs} must be in [0, train.epochs - 1 = {cfg.epochs - 1}]"
+            " (params.yaml)"
+        )
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"train.precision = {cfg.precision!r} must be one of: {', '.join(PRECISIONS)} (params.yaml)")
     distributed.check_launcher(cfg)
@@ -222,6 +256,7 @@ def _train_epoch(
     device: torch.device,
     desc: str,
     step_losses: list[float] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
     """One pass over the loader; returns the mean of every loss component the model reports (of the global batch,
     over all ranks) and appends each step's loss to ``step_losses``.
@@ -251,6 +286,8 @@ def _train_epoch(
         if train_cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         for key, value in out.items():
             sums[key] = sums.get(key, 0.0) + value.detach().float() * share
         steps.append(loss.detach().float() * share)

@@ -63,6 +63,8 @@ def pretrain_train_config(pretrain_cfg: PretrainConfig, train_cfg: TrainConfig) 
         weight_decay=pretrain_cfg.weight_decay,
         patience=pretrain_cfg.patience,
         grad_clip=pretrain_cfg.grad_clip,
+        lr_schedule="constant",  # train.lr_schedule is fine-tuning's: pre-training keeps pretrain.lr throughout
+        warmup_epochs=0,
     )
 
 
