@@ -111,9 +111,8 @@ def test_files_checked_against_root_at_open_table_shard_symlink_is_not_read(tmp_
 def test_files_checked_against_root_at_open_images_in_embed_and_gallery(tmp_path: Path) -> None:
     from PIL import Image
 
-    from pipeline.data.images import attach_images, image_root
+    from pipeline.data.images import attach_images, checked_image, image_root, resolve_image_path
     from pipeline.features.embed import _image_inputs
-    from pipeline.reporting.gallery import resolve_image
     from tests.helpers.data import image_ref_items
 
     images, prepared = tmp_path / "posters", tmp_path / "prepared"
@@ -128,8 +127,9 @@ def test_files_checked_against_root_at_open_images_in_embed_and_gallery(tmp_path
     paths = items["image_path"].to_list()
     inputs = _image_inputs(["a", "b"], paths, image_root(prepared))
     assert inputs.counts["rejected_outside_root"] == 1 and inputs.digests[1] is None and inputs.digests[0]
-    assert resolve_image(paths[0], prepared, images) == Path(paths[0])
-    assert resolve_image(paths[1], prepared, image_root(prepared)) is None
+    root = image_root(prepared)
+    assert checked_image(resolve_image_path(paths[0], prepared, root), root) == (Path(paths[0]), "ok")
+    assert checked_image(resolve_image_path(paths[1], prepared, root), root) == (None, "rejected_outside_root")
 
 
 def test_files_checked_against_root_at_open_recbole_files(tmp_path: Path) -> None:
@@ -261,7 +261,7 @@ def test_features_fingerprint_content_changed_image_bytes_are_refused(tmp_path: 
         paths.append(str(prepared / "images" / f"{i}.png"))
     items = pl.DataFrame({"item_idx": [1, 2], "item_id": ["a", "b"], "text": ["", ""], "image_path": paths})
     items.write_parquet(prepared / "items.parquet")
-    entry = {"inputs_hash": content_fingerprint("image", items, prepared / "images"), "files_hash": files_hash(paths)}
+    entry = {"inputs_hash": content_fingerprint("image", items, prepared), "files_hash": files_hash(paths)}
     check_content(tmp_path / "features", prepared, "image", entry)
     os.utime(paths[0], ns=(1, 1))  # touched, same bytes: still accepted (re-hashed once)
     check_content(tmp_path / "features", prepared, "image", entry)

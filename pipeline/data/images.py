@@ -4,12 +4,17 @@
   (background colour from the item's first genre, never its id, so the image channel carries content and no ID
   surrogate; the title wrapped; a year/genre line) drawn with PIL's built-in
   font, written to ``<out_dir>/images/<item_idx>.png``. Same item -> same bytes (for a given Pillow build).
+  ``image_path`` is ``images/<item_idx>.png``, relative to the prepared folder (never to the working directory).
 - ``data.images_dir`` set: the image of item ``x`` is ``<images_dir>/<image_file_stem(x)>.<ext>`` with ``ext`` one of
   ``jpg, jpeg, png, webp`` (tried in that order, extension case-insensitive); if there is none and the reader gave a
   local ``image_ref`` (a path, absolute or relative to ``images_dir``; URLs are ignored), that file is used. Each
   file must resolve (symlinks followed) inside ``images_dir``, else it is counted as ``rejected_outside_root``
   and never opened; it must pass ``PIL.Image.verify()``; an unreadable file is counted as ``corrupt`` and an
   absent one as ``missing``, all with a null ``image_path``. Never fatal: the embed stage masks items without an image.
+  ``image_path`` is absolute (``data.images_dir`` resolved, as ``images/index.json`` records it).
+
+Every reader of ``image_path`` finds the file with :func:`resolve_image_path` and opens it only after
+:func:`checked_image` (the root check), whatever the working directory of prepare or of the reader.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CARD_SIZE = 224
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # lookup order in images_dir
+IMAGES = "images"  # the prepared folder's subfolder: title cards, or the index of the real images used
 _MARGIN = 14
 _TITLE_SIZE, _TITLE_LINES = 20, 6
 _SUB_SIZE, _SUB_LINES = 13, 3
@@ -167,14 +173,14 @@ def _card_texts(items: pl.DataFrame) -> tuple[list[str], list[str], list[str]]:
     return title_out, subtitles, keys
 
 
-def write_title_cards(items: pl.DataFrame, out_dir: Path, published_dir: Path | None = None) -> list[str]:
-    """Write ``<out_dir>/images/<item_idx>.png`` for every row of ``items``; returns the paths as strings, under
-    ``published_dir`` (where ``out_dir``'s contents will be moved, see ``pipeline.io.staged_outputs``) if given.
+def write_title_cards(items: pl.DataFrame, out_dir: Path) -> list[str]:
+    """Write ``<out_dir>/images/<item_idx>.png`` for every row of ``items``; returns the paths relative to
+    ``out_dir`` (``images/<item_idx>.png``), so they hold wherever ``out_dir``'s contents are moved or read from.
 
     The cards are drawn into a temporary sibling directory that then replaces ``images/`` as a whole, so an
     interrupted run never leaves a half-written image set.
     """
-    final = out_dir / "images"
+    final = out_dir / IMAGES
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".images.", dir=out_dir))
     tmp.chmod(0o777 & ~current_umask())
@@ -193,7 +199,7 @@ def write_title_cards(items: pl.DataFrame, out_dir: Path, published_dir: Path | 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [str((published_dir or out_dir) / "images" / f"{i}.png") for i in idx]
+    return [f"{IMAGES}/{i}.png" for i in idx]
 
 
 def _replace_dir(new: Path, final: Path) -> None:
@@ -259,14 +265,15 @@ def find_images(
     without one (counted ``missing``). MovieLens posters are named by MovieID, not by the title the item id is.
 
     A candidate that resolves (symlinks followed) outside ``images_dir`` is counted as ``rejected_outside_root``
-    and never opened: data files must not decide which other local files are read.
+    and never opened: data files must not decide which other local files are read. Paths are absolute: under
+    ``images_dir`` resolved (a relative ``image_ref`` too), so they do not depend on the working directory.
     """
     if not images_dir.is_dir():
         raise ConfigError(
             f"data.images_dir = {str(images_dir)!r} is not a directory. Fix: point it at a folder of images named "
             "<item_id>.<jpg|jpeg|png|webp>, or set data.images_dir: null for synthetic title cards"
         )
-    root = images_dir.resolve()
+    images_dir = root = images_dir.resolve()
     index = _index_dir(images_dir)
     refs = items["image_ref"].to_list() if "image_ref" in items.columns else [None] * items.height
     paths: list[str | None] = []
@@ -314,26 +321,25 @@ def attach_images(
     items: pl.DataFrame,
     images_dir: str | None,
     out_dir: Path,
-    published_dir: Path | None = None,
     stems: list[str | None] | None = None,
     source: str = "images_dir",
 ) -> tuple[pl.DataFrame, dict]:
     """Add ``image_path`` (String, nullable) to ``items`` (needs item_idx, item_id, text); returns it and the stats.
 
-    ``images/`` is written to ``out_dir``; card paths name ``published_dir`` (the final folder) when given.
+    ``images/`` is written to ``out_dir``; card paths are relative to it, real images' paths absolute.
     ``stems`` and ``source`` as in :func:`find_images` and the stats (``pipeline.data.posters`` sets both).
 
     Stats: ``{"source": "synthetic_title_cards" | source, "present", "missing", "corrupt",
     "rejected_outside_root"}``.
     """
     if images_dir is None:
-        paths: list[str | None] = list(write_title_cards(items, out_dir, published_dir))
+        paths: list[str | None] = list(write_title_cards(items, out_dir))
         stats = {"source": "synthetic_title_cards", "present": len(paths), "missing": 0, "corrupt": 0}
         stats |= {"rejected_outside_root": 0, "renamed_file_names": 0}  # cards are named by item_idx
     else:
         paths, counts = find_images(items, Path(images_dir), stems)
         stats = {"source": source, **counts}
-        write_image_index(items, paths, out_dir / "images", Path(images_dir))
+        write_image_index(items, paths, out_dir / IMAGES, Path(images_dir))
     return items.with_columns(pl.Series("image_path", paths, dtype=pl.String)), stats
 
 
@@ -366,7 +372,7 @@ def image_root(prepared_dir: Path) -> Path | None:
     ``data.images_dir`` as recorded by prepare in ``images/index.json``; ``images/`` itself for title cards; None
     for an items table not written by prepare (no ``images/`` folder), whose paths are then not checked.
     """
-    images = Path(prepared_dir) / "images"
+    images = Path(prepared_dir) / IMAGES
     index = images / "index.json"
     if not index.is_file():
         return images if images.is_dir() else None
@@ -388,3 +394,40 @@ def checked_image(path: str | Path | None, root: Path | None) -> tuple[Path | No
         log.warning("%s resolves outside the image folder %s: not read", path, root)
         return None, "rejected_outside_root"
     return Path(path), "ok"
+
+
+def resolve_image_path(image_path: str | Path | None, prepared_dir: Path, root: Path | None) -> Path | None:
+    """The file that ``image_path`` of ``prepared_dir/items.parquet`` names, whatever the working directory; None
+    for no path. ``root``: :func:`image_root` of ``prepared_dir`` (read once by the caller).
+
+    - absolute (real images): as it is;
+    - relative: under ``prepared_dir`` (title cards, ``images/<item_idx>.png``);
+    - relative and no file there: a path of an older prepare, relative to the working directory it ran in
+      (``data/prepared/images/1.png``, ``<data.images_dir as written>/a.jpg``): the part after a folder named
+      like ``root`` (``images``), under ``root``: the first such file that lies inside ``root``. Else the path
+      under ``prepared_dir`` (absent: counted missing by the caller).
+
+    Paths are only joined here, never trusted: open the result only through :func:`checked_image`, which rejects
+    one that resolves (``..``, symlinks) outside ``root``.
+    """
+    if not image_path:
+        return None
+    path = Path(image_path)
+    if path.is_absolute():
+        return path
+    joined = Path(prepared_dir).absolute() / path
+    if root is None or joined.is_file():
+        return joined
+    base = Path(root).absolute()
+    for k, part in enumerate(path.parts[:-1]):
+        if part == base.name:
+            candidate = base.joinpath(*path.parts[k + 1 :])
+            if candidate.is_file() and inside_root(candidate, base):
+                return candidate
+    return joined
+
+
+def resolve_image_paths(paths: list[str | None], prepared_dir: Path, root: Path | None) -> list[str | None]:
+    """:func:`resolve_image_path` of each of ``paths``, as strings (None where there is no path)."""
+    resolved = (resolve_image_path(p, prepared_dir, root) for p in paths)
+    return [None if p is None else str(p) for p in resolved]

@@ -345,7 +345,7 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     items = catalog.select("item_idx", "item_id", pl.col("text").fill_null(""), *extra)
     # Every output is written into a staging folder and swapped in together: a failure leaves the old set whole.
     with staged_outputs(out_dir, OUTPUTS) as stage:
-        items, image_stats = _attach_images(cfg, items, stage, out_dir)
+        items, image_stats = _attach_images(cfg, items, stage)
         items = items.select("item_idx", "item_id", "text", "image_path", *extra)
         not_in_catalog = {
             "never_interacted": meta.height - interacted_items,
@@ -362,15 +362,17 @@ def prepare(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     return stats
 
 
-def _attach_images(cfg: DataConfig, items: pl.DataFrame, stage: Path, out_dir: Path) -> tuple[pl.DataFrame, dict]:
-    """Title cards, ``data.images_dir`` or ``data.posters_dir`` (MovieLens posters found through movies.dat)."""
+def _attach_images(cfg: DataConfig, items: pl.DataFrame, stage: Path) -> tuple[pl.DataFrame, dict]:
+    """Title cards, ``data.images_dir`` or ``data.posters_dir`` (MovieLens posters found through movies.dat).
+
+    ``image_path`` never depends on the working directory: cards relative to the prepared folder, real images
+    absolute (``pipeline.data.images``).
+    """
     if cfg.posters_dir is None:
-        return attach_images(items, cfg.images_dir, stage, published_dir=out_dir)
+        return attach_images(items, cfg.images_dir, stage)
     posters_dir = Path(cfg.posters_dir)
     lookup = poster_lookup(cfg.source, posters_dir, items["item_id"].to_list())
-    items, stats = attach_images(
-        items, str(lookup.images_dir), stage, out_dir, stems=lookup.stems, source="movielens_posters"
-    )
+    items, stats = attach_images(items, str(lookup.images_dir), stage, stems=lookup.stems, source="movielens_posters")
     stats["posters"] = poster_stats(lookup, posters_dir, stats, items.height)
     log.info("posters: %d of %d items have one (%.1f%%); without: %s", stats["present"], items.height,
              100 * stats["posters"]["coverage"], stats["posters"]["items_without_poster"])  # fmt: skip

@@ -36,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.config import EmbedConfig
-from pipeline.data.images import checked_image, image_root
+from pipeline.data.images import checked_image, image_root, resolve_image_paths
 from pipeline.features.allocator import keep_freed_buffers
 from pipeline.features.cache import CorruptShardError, EmbeddingCache, content_digest, item_key
 from pipeline.features.clip_words import WORDS_FILE, ImageWords
@@ -179,7 +179,11 @@ def digests_hash(digests: list[str | None]) -> str:
 
 
 def files_hash(paths: list[str | None]) -> str:
-    """sha256 over every image path with its size and mtime: a cheap test that no image changed since embed."""
+    """sha256 over every image path with its size and mtime: a cheap test that no image changed since embed.
+
+    ``paths`` as :func:`pipeline.data.images.resolve_image_paths` gives them (absolute), so the same files reached
+    from another working directory hash the same.
+    """
     parts = []
     for path in paths:
         try:
@@ -190,11 +194,20 @@ def files_hash(paths: list[str | None]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def content_fingerprint(modality: str, items: pl.DataFrame, root: Path | None) -> str:
-    """:func:`digests_hash` of what ``items`` holds now for ``modality`` (text strings, or image file bytes)."""
+def image_paths(items: pl.DataFrame, prepared_dir: Path) -> tuple[list[str | None], Path | None]:
+    """``items``' image files (absolute, :func:`pipeline.data.images.resolve_image_path`) and the folder they must
+    resolve into (:func:`pipeline.data.images.image_root`); ``items`` is ``prepared_dir``'s items table."""
+    root = image_root(prepared_dir)
+    return resolve_image_paths(items["image_path"].to_list(), prepared_dir, root), root
+
+
+def content_fingerprint(modality: str, items: pl.DataFrame, prepared_dir: Path) -> str:
+    """:func:`digests_hash` of what ``items`` (``prepared_dir``'s items table) holds now for ``modality`` (text
+    strings, or image file bytes)."""
     if modality == "text":
         return digests_hash(_text_inputs(items["text"].to_list()).digests)
-    return digests_hash(_image_inputs(items["item_id"].to_list(), items["image_path"].to_list(), root).digests)
+    paths, root = image_paths(items, prepared_dir)
+    return digests_hash(_image_inputs(items["item_id"].to_list(), paths, root).digests)
 
 
 @dataclass
@@ -243,11 +256,10 @@ def _image_inputs(item_ids: list[str], paths: list[str | None], root: Path | Non
     if counts["missing_file"] + counts["unreadable"]:
         first = examples["missing_file"][0]
         logger.warning(
-            "%d image file(s) not found or unreadable, e.g. item %s: %s (paths are relative to %s); masked as missing",
+            "%d image file(s) not found or unreadable, e.g. item %s: %s; masked as missing",
             counts["missing_file"] + counts["unreadable"],
             first["item_id"],
             first["path"],
-            Path.cwd(),
         )
     return _Inputs([d for _, d in results], counts, examples)
 
@@ -415,6 +427,8 @@ def embed_modality(
 ) -> dict[str, Any] | None:
     """Encode one modality of every item (cache first), write its arrays, return its manifest entry.
 
+    ``items["image_path"]`` holds the files to read (resolved, as :func:`image_paths` gives them).
+
     Items missing from the cache are encoded in shards of ``shard_size`` unique inputs (``embed.shard_size``);
     each finished shard is written to the cache at once, so a killed run keeps every finished shard. With several
     processes (``ranks``, :mod:`pipeline.features.ranks`) each encodes its share of the shards, and only rank 0
@@ -549,6 +563,9 @@ def embed_items(
     words = ImageWords(config, encoders["text"], device) if config.image_words.vocabulary is not None else None
     items = read_items(items_path, need_images=encoders["image"] is not None)
     root = image_root(items_path.parent)  # every image is checked against it when it is opened
+    if encoders["image"] is not None:  # relative paths are relative to the prepared folder, not the working directory
+        paths = resolve_image_paths(items["image_path"].to_list(), items_path.parent, root)
+        items = items.with_columns(pl.Series("image_path", paths, dtype=pl.String))
     if ranks.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / MANIFEST).unlink(missing_ok=True)  # no manifest until every file below is complete

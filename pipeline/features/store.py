@@ -11,9 +11,8 @@ import numpy as np
 import torch
 
 from pipeline.catalog import ItemCatalog
-from pipeline.data.images import image_root
 from pipeline.data.splits import load_split
-from pipeline.features.embed import MANIFEST, content_fingerprint, feature_files, files_hash
+from pipeline.features.embed import MANIFEST, content_fingerprint, feature_files, files_hash, image_paths
 from pipeline.features.encoders import MODALITIES
 from pipeline.io import load_npy, read_json, read_parquet
 
@@ -66,16 +65,15 @@ def check_content(features_dir: Path, prepared_dir: Path, modality: str, entry: 
     """The features were encoded from the content ``items.parquet`` holds now (text strings, image bytes).
 
     Images are re-hashed only when a file's path, size or mtime changed since embed (``files_hash``), so an
-    unchanged folder costs one ``stat`` per item.
+    unchanged folder costs one ``stat`` per item. Paths are resolved as embed resolved them (absolute, relative ones
+    against ``prepared_dir``), so the working directory plays no part.
     """
     items_path = prepared_dir / "items.parquet"
     columns = ["item_id", "text"] + (["image_path"] if modality == "image" else [])
     items = read_parquet(items_path, "Run `dvc repro prepare`.", columns=columns)
-    if modality == "image" and entry.get("files_hash") == files_hash(items["image_path"].to_list()):
+    if modality == "image" and entry.get("files_hash") == files_hash(image_paths(items, prepared_dir)[0]):
         return
-    if "inputs_hash" not in entry or entry["inputs_hash"] != content_fingerprint(
-        modality, items, image_root(prepared_dir)
-    ):
+    if "inputs_hash" not in entry or entry["inputs_hash"] != content_fingerprint(modality, items, prepared_dir):
         what = "texts" if modality == "text" else "images"
         raise ValueError(
             f"{_name(features_dir, MANIFEST)}: the {modality} features were encoded from other {what} than "

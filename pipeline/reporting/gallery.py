@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from pipeline.data.dataset import eval_inputs
-from pipeline.data.images import checked_image, image_root
+from pipeline.data.images import checked_image, image_root, resolve_image_path
 from pipeline.data.splits import UserSplit, load_split
 from pipeline.evaluation import retrieval
 from pipeline.io import write_text_atomic
@@ -67,18 +67,6 @@ def test_top_k(
     return GalleryRun(name, items, scores)
 
 
-def resolve_image(image_path: str | None, prepared_dir: Path, root: Path | None = None) -> Path | None:
-    """``items.parquet``'s image path (relative to the repository root, as the pipeline writes it) as a file, or
-    None when absent or resolving outside ``root`` (:func:`pipeline.data.images.image_root`)."""
-    if not image_path:
-        return None
-    path = Path(image_path)
-    for candidate in (path, Path(prepared_dir).resolve().parents[1] / path, Path(prepared_dir) / "images" / path.name):
-        if candidate.is_file():
-            return checked_image(candidate, root)[0]  # None when it resolves outside the image folder
-    return None
-
-
 def thumbnail_uri(path: Path | None) -> str:
     """A small JPEG ``data:`` URI of the image at ``path``; the placeholder when absent or unreadable."""
     if path is None:
@@ -112,7 +100,8 @@ def write_gallery(
 
     def figure(item: int, extra: str = "", caption: str = "", tooltip: str = "") -> str:
         if item not in thumbs:
-            thumbs[item] = thumbnail_uri(resolve_image(image_paths[item], prepared_dir, root))
+            path, _ = checked_image(resolve_image_path(image_paths[item], prepared_dir, root), root)  # None: outside
+            thumbs[item] = thumbnail_uri(path if path is not None and path.is_file() else None)
         title = html.escape(titles[item])
         hover = html.escape(tooltip or titles[item])
         return (

@@ -131,7 +131,7 @@ def write_text_features(features: Path, prepared: Path, dim: int = 6) -> None:
         "num_items": len(item_ids),
         "items_hash": hashlib.sha256("\n".join(item_ids).encode()).hexdigest(),
         "modalities": {
-            "text": {"enabled": True, "dim": dim, "inputs_hash": content_fingerprint("text", items, None)},
+            "text": {"enabled": True, "dim": dim, "inputs_hash": content_fingerprint("text", items, prepared)},
             "image": {"enabled": False, "encoder": "none"},
         },
     }
