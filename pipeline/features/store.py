@@ -65,7 +65,7 @@ def check_content(features_dir: Path, prepared_dir: Path, modality: str, entry: 
     """The features were encoded from the content ``items.parquet`` holds now (text strings, image bytes).
 
     Images are re-hashed only when a file's path, size or mtime changed since embed (``files_hash``), so an
-    unchanged folder costs one ``stat`` per item. Paths are resolved as embed resolved them (absolute, relative ones
+    unchanged folder costs a ``stat`` or two per item. Paths are resolved as embed resolved them (relative ones
     against ``prepared_dir``), so the working directory plays no part.
     """
     items_path = prepared_dir / "items.parquet"
