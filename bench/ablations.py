@@ -63,9 +63,33 @@ def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[s
     return out
 
 
+# Keys added to params.yaml after runs were recorded, with the value that reproduces the behaviour from before they
+# existed: a run's identity leaves such a key out while it holds that value, so finished runs stay reusable.
+NEUTRAL_LATER_KEYS: dict[str, Any] = {
+    **{
+        f"{s}.{k}": v
+        for s in ("train", "baseline.train")
+        for k, v in (("lr_schedule", "constant"), ("warmup_epochs", 0))
+    },
+}
+
+
+def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` without the :data:`NEUTRAL_LATER_KEYS` that hold their neutral value."""
+    out = copy.deepcopy(params)
+    for dotted, neutral in NEUTRAL_LATER_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            del node[leaf]
+    return out
+
+
 def params_key(params: dict[str, Any]) -> str:
-    """Identity of a run: every param that reaches a stage."""
-    return _key(params)
+    """Identity of a run: every param that reaches a stage (:func:`canonical_params`)."""
+    return _key(canonical_params(params))
 
 
 def _key(*sections: Any) -> str:
@@ -162,7 +186,9 @@ def finished_run_dir(name: str, params: dict[str, Any]) -> dict[str, Any] | None
     interrupted between seeds of a variant resumes from there)."""
     out = RUNS / name
     files = [out / "params.yaml", out / "models" / "train_summary.json", out / "reports" / "metrics.json"]
-    if not all(f.exists() for f in files) or yaml.safe_load(files[0].read_text()) != params:
+    if not all(f.exists() for f in files) or canonical_params(yaml.safe_load(files[0].read_text())) != canonical_params(
+        params
+    ):
         return None
     return _run_record(out, params, {})  # stage costs are not measured again
 

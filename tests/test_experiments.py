@@ -101,6 +101,16 @@ def test_finished_run_with_same_params_is_found_in_any_suite(tmp_path: Path) -> 
     assert find_run(tmp_path, params_key(changed)) is None
 
 
+def test_a_key_added_later_at_its_neutral_value_keeps_earlier_runs_reusable(tmp_path: Path) -> None:
+    before = {"model": {"name": "sasrec"}, "train": {"epochs": 8}}  # recorded before train.lr_schedule existed
+    (tmp_path / "odmt").mkdir()
+    (tmp_path / "odmt" / "sasrec.json").write_text(json.dumps({"name": "sasrec", "params_key": params_key(before)}))
+    now = {"model": {"name": "sasrec"}, "train": {"epochs": 8, "lr_schedule": "constant", "warmup_epochs": 0}}
+    assert params_key(now) == params_key(before) and find_run(tmp_path, params_key(now))["name"] == "sasrec"
+    cosine = apply_overrides(now, {"train.lr_schedule": "cosine"})  # a real change is a new run
+    assert params_key(cosine) != params_key(before) and find_run(tmp_path, params_key(cosine)) is None
+
+
 def test_heads_table_lists_each_head_of_multi_head_runs_only(tmp_path: Path) -> None:
     odmt = _result("odmt", "odmt", 0.09)
     odmt["metrics"]["odmt[id]"] = {"test": {"NDCG@10": 0.1276}}
