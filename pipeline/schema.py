@@ -1,0 +1,333 @@
+"""The ground floor of the params: frozen pydantic dataclasses and the one formatter of their errors.
+
+Every section of ``params.yaml`` (:mod:`pipeline.config`) and every model's config (:mod:`pipeline.models.configs`)
+is a class decorated with :func:`section`: a frozen pydantic v2 dataclass (``extra="forbid"``) whose scalars are
+strict (:data:`Int`, :data:`Float`, :data:`Str`, :data:`Bool`: no ``"15"`` for 15, no ``true`` for 1; an int is
+accepted where a float is expected, as YAML writes ``lr: 1``), whose ranges are ``Field(ge=..., lt=...)``
+constraints on the fields themselves and whose cross-field rules are ``model_validator``s beside their fields.
+It validates wherever it is built (``ODMTConfig(dropout=1.5)``, ``dataclasses.replace``) and stays a dataclass:
+``dataclasses.asdict(config)`` is what checkpoints store, plain data.
+
+:func:`describe` turns pydantic's ``ValidationError`` into today's one line: the params file, the dotted key and the
+fix (``params.yaml: `train.seed` = -1 must be in [0, 4294967295]``). :func:`from_dict` is the loader's entry point:
+from a params file every key is required, also the ones with a Python default.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+
+import annotated_types
+import pydantic
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+
+class ConfigError(ValueError):
+    """A params file (or a config built in Python) does not match the expected schema."""
+
+
+Int = Annotated[int, Strict()]  # a YAML int; not a bool, not a float, not "15"
+Float = Annotated[float, Strict()]  # a YAML float or int (kept as a float); not a bool or a string
+Str = Annotated[str, Strict()]
+Bool = Annotated[bool, Strict()]
+SEED_MAX = 2**32 - 1  # what numpy, torch and FAISS accept as a seed
+
+
+Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
+
+
+@pydantic.dataclasses.dataclass(frozen=True)
+class Section:
+    """Base of every params section: loaded from a params file, every key must be written out."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_key_written(cls, data: Any, info: ValidationInfo) -> Any:
+        if not (info.context or {}).get("every_key") or not isinstance(data, dict):
+            return data
+        names = list(cls.__pydantic_fields__)
+        if set(data) <= set(names):  # unknown keys first: pydantic names them (extra="forbid")
+            for name in names:
+                if name not in data:
+                    raise PydanticCustomError("missing_key", "missing key {key}", {"key": name})
+        return data
+
+
+S = TypeVar("S")
+
+
+def section(cls: type[S]) -> type[S]:
+    """``cls`` as a frozen, ``extra="forbid"`` pydantic dataclass whose direct construction errors are one line.
+
+    ``cls.SECTION`` (a ``ClassVar``) is the dotted key it is usually loaded from; Python callers' errors name it."""
+    built = pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
+    validate = built.__init__
+
+    @functools.wraps(validate)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            validate(self, *args, **kwargs)
+        except ValidationError as e:
+            raw = dict(zip(built.__pydantic_fields__, args, strict=False)) | kwargs
+            raise ConfigError(describe(e, built, raw, None, getattr(built, "SECTION", ""))) from None
+
+    built.__init__ = __init__
+    return built
+
+
+class Rule(ValueError):
+    """A cross-field rule's message; ``{field}`` in it becomes that field's dotted key (``model.num_heads``)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading and checking
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def from_dict(
+    cls: type[S], raw: Any, file: Path | None, prefix: str = "", keys: Mapping[str, str] | None = None
+) -> S:
+    """``cls`` from the mapping ``raw`` of a params file; unknown, missing, mistyped or out-of-range keys raise a
+    one-line ``ConfigError`` naming ``file`` and the dotted key (``prefix.name``, or ``keys[name]`` where given)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{_file(file)}`{prefix or '<top level>'}` must be a mapping, got {raw!r}")
+    try:
+        return _adapter(cls).validate_python(raw, context={"every_key": True})
+    except ValidationError as e:
+        raise ConfigError(describe(e, cls, raw, file, prefix, keys)) from None
+
+
+def check_value(cls: type, name: str, value: Any, file: Path | None, key: str) -> Any:
+    """``value`` of ``cls``'s field ``name`` (type and range), validated alone; an error names ``key``."""
+    info = cls.__pydantic_fields__[name]
+    try:
+        return TypeAdapter(Annotated[info.annotation, *info.metadata]).validate_python(value)
+    except ValidationError as e:
+        first = min(e.errors(), key=_rank)
+        error = first | {"loc": (name, *first["loc"])}
+        raise ConfigError(f"{_file(file)}{_message(error, cls, {name: value}, {name: key}, '')}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The formatter
+
+UNKNOWN = ("unexpected_keyword_argument", "extra_forbidden")
+MISSING = ("missing", "missing_key", "missing_argument")
+RANGE = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number")
+RULE = ("value_error", "assertion_error")
+
+
+def _rank(error: Mapping[str, Any]) -> int:
+    kind = error["type"]
+    return 0 if kind in UNKNOWN else 1 if kind in MISSING else 3 if kind in RANGE else 4 if kind in RULE else 2
+
+
+def describe(
+    error: ValidationError,
+    cls: type,
+    raw: Any,
+    file: Path | None,
+    prefix: str = "",
+    keys: Mapping[str, str] | None = None,
+) -> str:
+    """One line for the first problem (unknown keys, then missing keys, types, ranges, cross-field rules)."""
+    first = min(error.errors(), key=_rank)  # min is stable: pydantic lists errors in field order
+    display = {name: (keys or {}).get(name) or _join(prefix, name) for name in getattr(cls, "__pydantic_fields__", {})}
+    return f"{_file(file)}{_message(first, cls, raw, display, prefix)}"
+
+
+def _message(error: Mapping[str, Any], cls: type, raw: Any, display: Mapping[str, str], prefix: str) -> str:
+    kind, loc, value = error["type"], tuple(error["loc"]), error["input"]
+    if kind in RULE and (not loc or _is_section(_locate(cls, loc, display, prefix)[1])):
+        owner, key = _locate(cls, loc, display, prefix)[1], _locate(cls, loc, display, prefix)[0]
+        names = {n: (display[n] if not loc else f"{key}.{n}") for n in owner.__pydantic_fields__}
+        text = str(error["ctx"]["error"])
+        return re.sub(r"\{(\w+)\}", lambda m: names.get(m[1], m[0]), text)
+    if kind == "missing_key":
+        owner_key = _locate(cls, loc, display, prefix)[0] if loc else prefix
+        name = error["ctx"]["key"]
+        key = display.get(name) if not loc else f"{owner_key}.{name}"
+        return f"missing key `{key}` (add it to the `{owner_key or '<top level>'}` section)"
+    if kind in UNKNOWN or kind in MISSING:
+        parent_key, parent, _ = _locate(cls, loc[:-1], display, prefix) if len(loc) > 1 else (prefix, cls, [])
+        key = _locate(cls, loc, display, prefix)[0] if len(loc) > 1 else _join(prefix, str(loc[-1]))
+        if len(loc) == 1:
+            key = display.get(str(loc[0]), key)
+        where = parent_key or "<top level>"
+        if kind in MISSING:
+            return f"missing key `{key}` (add it to the `{where}` section)"
+        allowed = ", ".join(getattr(parent, "__pydantic_fields__", {}))
+        return f"unknown key `{key}`; allowed keys in `{where}`: {allowed}"
+    key, tp, meta = _locate(cls, loc, display, prefix)
+    union = _outer_optional(cls, loc, display, prefix)
+    if kind not in RANGE and kind not in RULE and union is not None:
+        depth, union_key, union_tp = union
+        return f"`{union_key}` = {_dig(raw, loc[:depth])!r} must be one of: {_type_name(union_tp)}"
+    if kind in RANGE:
+        shown = float(value) if _base(tp) is float and isinstance(value, int) else value
+        return f"`{key}` = {shown!r} must be {_range_text(meta)}"
+    if kind in RULE:
+        return f"`{key}` = {value!r} {error['ctx']['error']}"
+    if kind == "literal_error":
+        allowed = ", ".join(repr(a) for a in get_args(_strip(tp)))
+        return f"`{key}` = {value!r} must be one of {allowed}"
+    if kind == "int_type" and isinstance(value, bool):
+        return f"`{key}` must be an int, got {value!r}"
+    scalar = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool"}
+    if kind in scalar:
+        return f"`{key}` must be {scalar[kind]}, got {value!r} ({type(value).__name__})"
+    if kind == "list_type":
+        return f"`{key}` must be a list, got {value!r}"
+    if kind in ("dict_type", "dataclass_type", "dataclass_args_type", "model_type"):
+        return f"`{key or prefix or '<top level>'}` must be a mapping, got {value!r}"
+    return f"`{key or prefix or '<top level>'}`: {error['msg']}"
+
+
+def _file(file: Path | None) -> str:
+    return f"{file}: " if file is not None else ""
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and hasattr(tp, "__pydantic_fields__")
+
+
+def _strip(tp: Any) -> Any:
+    """``tp`` without ``Annotated`` and without ``| None``."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif _optional(tp) is not None:
+            tp = _optional(tp)
+        else:
+            return tp
+
+
+def _optional(tp: Any) -> Any:
+    """``X`` for ``X | None``, else None."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        rest = [a for a in get_args(tp) if a is not type(None)]
+        if len(rest) == 1 and len(get_args(tp)) == 2:
+            return rest[0]
+    return None
+
+
+def _metadata(tp: Any) -> list[Any]:
+    out: list[Any] = []
+    while get_origin(tp) is Annotated:
+        for m in get_args(tp)[1:]:
+            out += m.metadata if isinstance(m, FieldInfo) else [m]
+        tp = get_args(tp)[0]
+    return out
+
+
+def _constraints(tp: Any) -> list[Any]:
+    """The constraints in ``Annotated[...]`` around ``tp`` and, for ``X | None``, around ``X``."""
+    out = _metadata(tp)
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return out + (_metadata(_optional(tp)) if _optional(tp) is not None else [])
+
+
+def _base(tp: Any) -> Any:
+    tp = _strip(tp)
+    return get_origin(tp) or tp
+
+
+def _locate(cls: type, loc: tuple, display: Mapping[str, str], prefix: str) -> tuple[str, Any, list[Any]]:
+    """(dotted key, annotation, constraints) of the value at ``loc`` inside ``cls``."""
+    key, tp, meta = prefix, cls, []
+    for i, part in enumerate(loc):
+        inner = _strip(tp)
+        if _is_section(inner) and isinstance(part, str) and part in inner.__pydantic_fields__:
+            info = inner.__pydantic_fields__[part]
+            key = display.get(part, _join(prefix, part)) if i == 0 else f"{key}.{part}"
+            tp, meta = info.annotation, list(info.metadata)
+        elif get_origin(inner) in (list, tuple) and isinstance(part, int):
+            key, tp = f"{key}[{part}]", get_args(inner)[0]
+            meta = []
+        elif get_origin(inner) is dict and part == "[key]":
+            key, tp, meta = f"{key} (a key)", get_args(inner)[0], []
+        elif get_origin(inner) is dict:
+            key, tp, meta = f"{key}.{part}", get_args(inner)[1], []
+        else:
+            key = f"{key}.{part}" if key else str(part)
+        meta = meta + _constraints(tp)
+    return key, tp, meta
+
+
+def _outer_optional(cls: type, loc: tuple, display: Mapping[str, str], prefix: str) -> tuple[int, str, Any] | None:
+    """(depth, key, annotation) of the outermost ``X | None`` on the way to ``loc`` (its value failed every option)."""
+    for depth in range(1, len(loc) + 1):
+        key, tp, _ = _locate(cls, loc[:depth], display, prefix)
+        bare = tp
+        while get_origin(bare) is Annotated:
+            bare = get_args(bare)[0]
+        if _optional(bare) is not None:
+            return depth, key, bare
+    return None
+
+
+def _dig(raw: Any, loc: tuple) -> Any:
+    for part in loc:
+        raw = raw[part]
+    return raw
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Annotated:
+        return _type_name(get_args(tp)[0])
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if get_origin(tp) is Literal:
+        return f"Literal[{', '.join(repr(a) for a in get_args(tp))}]"
+    if get_origin(tp) is not None:
+        return f"{get_origin(tp).__name__}[{', '.join(_type_name(a) for a in get_args(tp))}]"
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _range_text(meta: list[Any]) -> str:
+    low = next(((m.ge, "[", ">=") for m in meta if isinstance(m, annotated_types.Ge)), None)
+    low = low or next(((m.gt, "(", ">") for m in meta if isinstance(m, annotated_types.Gt)), None)
+    high = next(((m.le, "]", "<=") for m in meta if isinstance(m, annotated_types.Le)), None)
+    high = high or next(((m.lt, ")", "<") for m in meta if isinstance(m, annotated_types.Lt)), None)
+    if low is None and high is None:
+        return "a finite number"
+    if high is None:
+        return f"{low[2]} {_num(low[0])}"
+    if low is None:
+        return f"{high[2]} {_num(high[0])}"
+    return f"in {low[1]}{_num(low[0])}, {_num(high[0])}{high[1]}"
+
+
+def field_names(cls: type) -> list[str]:
+    return list(cls.__pydantic_fields__)
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """``{field: default}`` of ``cls`` (fields without a default are left out)."""
+    return {
+        name: info.get_default(call_default_factory=True)
+        for name, info in cls.__pydantic_fields__.items()
+        if not info.is_required()
+    }
+
