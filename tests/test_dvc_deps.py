@@ -101,7 +101,7 @@ def test_the_closure_sees_function_local_and_dynamic_imports() -> None:
 
 
 def test_stages_of_one_fixed_model_name_only_its_model_files() -> None:
-    """baseline builds SASRec, pretrain MP4SR: a model file they never import is no dep (an ODMT edit reruns neither)."""
+    """baseline builds SASRec, pretrain MP4SR: a model file they never import is no dep (ODMT edits rerun neither)."""
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     modules = _modules(REPO_ROOT)
     models_dir = REPO_ROOT / "pipeline" / "models"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,14 @@ from pipeline.catalog import ItemCatalog
 from pipeline.evaluation.fusion import best_head_weights
 from pipeline.models import losses
 from pipeline.models.configs import ODMTConfig
-from pipeline.models.item_tokens import block_outputs, cap_tokens, id_first_mask, packed_layout
+from pipeline.models.item_tokens import (
+    ModalityInput,
+    block_outputs,
+    gather_content,
+    id_first_mask,
+    packed_layout,
+    register_content,
+)
 from pipeline.models.layers import (
     CausalTransformer,
     additive_mask,
@@ -64,28 +71,6 @@ def distill_ramp(epoch: int, ramp_epochs: int) -> float:
 def item_mlp(dim: int) -> nn.Sequential:
     """The 2-layer MLP that turns an output token into an item vector (authors: Linear, LeakyReLU, Linear)."""
     return nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(), nn.Linear(dim, dim))
-
-
-@dataclass
-class ModalityInput:
-    """One modality of M items, gathered from the catalog."""
-
-    pooled: torch.Tensor  # (M, d_m) float32 pooled feature
-    present: torch.Tensor  # (M,) bool: the item has this modality
-    tokens: torch.Tensor | None = None  # (M, T_m, d_m) per-token features (None in the "w/o IMT" ablation)
-    token_mask: torch.Tensor | None = None  # (M, T_m) bool: real token
-    # Optional, precomputed for the full catalog (the packed path derives them otherwise):
-    flat: torch.Tensor | None = None  # (R_m, d_m) the real tokens only (token_mask & present), item-major
-    counts: torch.Tensor | None = None  # (M,) int64 real tokens per item
-
-    def real_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (R_m, d_m) the tokens that exist (a missing modality has none), item-major, and (M,) counts per item."""
-        if self.flat is not None and self.counts is not None:
-            return self.flat, self.counts
-        if self.tokens is None or self.token_mask is None:
-            raise ValueError("the ID-aware transformer needs tokens; set embed.store_tokens: true")
-        real = self.token_mask & self.present[:, None]  # (M, T_m)
-        return self.tokens[real], real.sum(dim=1)  # (R_m, d_m), (M,)
 
 
 class IDAwareMultimodalTransformer(nn.Module):
@@ -326,7 +311,8 @@ class ODMT(nn.Module):
             raise ValueError(f"model.head_weight_* of the heads {self.heads} sum to {total}; at least one must be > 0")
         # (H,) fusion weights, summing to 1; a buffer so that the checkpoint carries weights chosen on validation
         self.register_buffer("head_weight", torch.tensor([weights[h] / total for h in self.heads]))
-        self._register_content(catalog)
+        caps = {"text": config.max_text_tokens, "image": config.max_image_tokens}
+        register_content(self, catalog, self.modalities, config.id_aware_transformer, caps)
         self.register_buffer("popularity", catalog.popularity.float(), persistent=False)  # (N+1,) training counts
 
         dim = config.hidden_dim
@@ -355,61 +341,10 @@ class ODMT(nn.Module):
 
     # --- catalog content ---------------------------------------------------------------------------------------
 
-    def _register_content(self, catalog: ItemCatalog) -> None:
-        """Keep each modality's pooled features, presence mask and (trimmed) tokens as non-persistent buffers."""
-        rows = catalog.num_items + 1
-        for m in self.modalities:
-            pooled = catalog.features[m]
-            present = catalog.masks.get(m)
-            if present is None:
-                raise ValueError(f"catalog has {m} features but no {m} mask; load features with load_catalog")
-            if pooled.shape[0] != rows or present.shape != (rows,):
-                raise ValueError(
-                    f"{m} features have {pooled.shape[0]} rows and a mask of {tuple(present.shape)}; expected "
-                    f"{rows} (items + padding row). Run `dvc repro embed`."
-                )
-            self.register_buffer(f"{m}_pooled", pooled.float(), persistent=False)  # (N+1, d_m)
-            self.register_buffer(f"{m}_present", present.bool(), persistent=False)  # (N+1,)
-            if not self.config.id_aware_transformer:
-                continue
-            if m not in catalog.tokens or m not in catalog.token_masks:
-                raise ValueError(
-                    f"model.id_aware_transformer is true but the catalog has no {m} tokens; set "
-                    "embed.store_tokens: true and run `dvc repro embed` (or set model.id_aware_transformer: false)"
-                )
-            cap = self.config.max_text_tokens if m == "text" else self.config.max_image_tokens
-            tokens, token_mask = cap_tokens(m, catalog.tokens[m], catalog.token_masks[m].bool(), cap)
-            used = token_mask.any(dim=0)  # (T,): drop columns that are padding for every item (less compute)
-            used[0] = True  # keep at least one column
-            tokens, token_mask = tokens[:, used], token_mask[:, used]  # (N+1, T_m, d_m) float16, (N+1, T_m)
-            self.register_buffer(f"{m}_tokens", tokens, persistent=False)  # (N+1, T_m, d_m)
-            self.register_buffer(f"{m}_token_mask", token_mask, persistent=False)  # (N+1, T_m)
-            # the packed item transformer's input for the whole catalog, float32 once (full softmax reads it
-            # every step): only the tokens that exist, item-major, and their count per item
-            real = token_mask & present.bool()[:, None]  # (N+1, T_m)
-            self.register_buffer(f"{m}_flat", tokens[real].float(), persistent=False)  # (R_m, d_m)
-            self.register_buffer(f"{m}_counts", real.sum(dim=1), persistent=False)  # (N+1,)
-
     def content(self, ids: torch.Tensor | None = None, with_tokens: bool = True) -> dict[str, ModalityInput]:
         """(M,) item ids, or None for all N+1 rows (no gather) -> each modality's inputs for those items."""
-
-        def rows(name: str) -> torch.Tensor:
-            table = getattr(self, name)  # (N+1, ...)
-            return table if ids is None else table[ids]  # (M, ...)
-
-        out = {}
-        dtype = self.id_emb.weight.dtype
-        for m in self.modalities:
-            tokens = token_mask = None
-            flat = counts = None
-            if with_tokens and self.config.id_aware_transformer:
-                tokens = rows(f"{m}_tokens").to(dtype)  # (M, T_m, d_m): float16 on the catalog side
-                token_mask = rows(f"{m}_token_mask")  # (M, T_m)
-                if ids is None:  # all items: the packed tokens are ready
-                    flat, counts = getattr(self, f"{m}_flat"), getattr(self, f"{m}_counts")  # (R_m, d_m), (N+1,)
-            pooled, present = rows(f"{m}_pooled").to(dtype), rows(f"{m}_present")  # (M, d_m), (M,)
-            out[m] = ModalityInput(pooled, present, tokens, token_mask, flat, counts)
-        return out
+        tokens = with_tokens and self.config.id_aware_transformer
+        return gather_content(self, self.modalities, ids, tokens, self.id_emb.weight.dtype)
 
     @torch.no_grad()
     def _init_ids_from_content(self) -> None:
