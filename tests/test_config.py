@@ -182,3 +182,34 @@ def test_baseline_section_is_sasrec_only_and_strict(tmp_path: Path) -> None:
     path = write_params(tmp_path, lambda r: r["baseline"]["train"].pop("patience"))
     with pytest.raises(ConfigError, match=r"missing key `baseline\.train\.patience`"):
         load_section(BaselineConfig, "baseline", path)
+
+
+def test_a_config_built_in_python_is_checked_with_the_same_one_line_messages() -> None:
+    import dataclasses
+
+    from pipeline.models.configs import MP4SRConfig, ODMTConfig
+
+    with pytest.raises(ConfigError, match=r"^`model\.num_heads` = 3 must divide `model\.hidden_dim` = 64$"):
+        ODMTConfig(num_heads=3)
+    with pytest.raises(ConfigError, match=r"^`model\.dropout` = 1\.5 must be in \[0, 1\)$"):
+        dataclasses.replace(MP4SRConfig(), dropout=1.5)  # replace validates too
+    with pytest.raises(ConfigError, match=r"^unknown key `model\.hiden_dim`; allowed keys in `model`: hidden_dim"):
+        ODMTConfig(hiden_dim=8)
+    weighted = dataclasses.asdict(ODMTConfig(distill_weight=2))  # an int given for a float is kept as a float
+    assert weighted == dataclasses.asdict(ODMTConfig()) | {"distill_weight": 2.0}
+
+
+def test_config_imports_no_model_code_and_the_registry_only_the_model_it_builds() -> None:
+    import subprocess
+    import sys
+
+    def loaded(code: str) -> str:
+        run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+        return run.stdout.strip()
+
+    no_models = "import sys, pipeline.config, pipeline.models.configs; print(sorted(m for m in sys.modules " \
+        "if m.split('.')[0] == 'torch' or m.startswith('pipeline.models.') and m != 'pipeline.models.configs'))"
+    assert loaded(no_models) == "[]"
+    one_model = "import sys; from pipeline.models import registry; registry.spec('sasrec'); " \
+        "print(sorted(m for m in sys.modules if m in registry.MODEL_MODULES))"
+    assert loaded(one_model) == "['pipeline.models.sasrec']"
