@@ -8,7 +8,8 @@ constraints on the fields themselves and whose cross-field rules are ``model_val
 It validates wherever it is built (``ODMTConfig(dropout=1.5)``, ``dataclasses.replace``) and stays a dataclass:
 ``dataclasses.asdict(config)`` is what checkpoints store, plain data.
 
-:func:`describe` turns pydantic's ``ValidationError`` into today's one line: the params file, the dotted key and the
+Strictness is per scalar type, not ``ConfigDict(strict=True)``: a strict class refuses a mapping for a nested section
+(``embed.text``), which is how YAML writes one. :func:`describe` turns pydantic's ``ValidationError`` into one line: the params file, the dotted key and the
 fix (``params.yaml: `train.seed` = -1 must be in [0, 4294967295]``). :func:`from_dict` is the loader's entry point:
 from a params file every key is required, also the ones with a Python default.
 """
@@ -39,8 +40,6 @@ Float = Annotated[float, Strict()]  # a YAML float or int (kept as a float); not
 Str = Annotated[str, Strict()]
 Bool = Annotated[bool, Strict()]
 SEED_MAX = 2**32 - 1  # what numpy, torch and FAISS accept as a seed
-
-
 Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
 
 
@@ -150,49 +149,43 @@ def describe(
 
 def _message(error: Mapping[str, Any], cls: type, raw: Any, display: Mapping[str, str], prefix: str) -> str:
     kind, loc, value = error["type"], tuple(error["loc"]), error["input"]
-    if kind in RULE and (not loc or _is_section(_locate(cls, loc, display, prefix)[1])):
-        owner, key = _locate(cls, loc, display, prefix)[1], _locate(cls, loc, display, prefix)[0]
-        names = {n: (display[n] if not loc else f"{key}.{n}") for n in owner.__pydantic_fields__}
-        text = str(error["ctx"]["error"])
-        return re.sub(r"\{(\w+)\}", lambda m: names.get(m[1], m[0]), text)
-    if kind == "missing_key":
-        owner_key = _locate(cls, loc, display, prefix)[0] if loc else prefix
-        name = error["ctx"]["key"]
-        key = display.get(name) if not loc else f"{owner_key}.{name}"
-        return f"missing key `{key}` (add it to the `{owner_key or '<top level>'}` section)"
-    if kind in UNKNOWN or kind in MISSING:
-        parent_key, parent, _ = _locate(cls, loc[:-1], display, prefix) if len(loc) > 1 else (prefix, cls, [])
-        key = _locate(cls, loc, display, prefix)[0] if len(loc) > 1 else _join(prefix, str(loc[-1]))
-        if len(loc) == 1:
-            key = display.get(str(loc[0]), key)
-        where = parent_key or "<top level>"
-        if kind in MISSING:
-            return f"missing key `{key}` (add it to the `{where}` section)"
-        allowed = ", ".join(getattr(parent, "__pydantic_fields__", {}))
-        return f"unknown key `{key}`; allowed keys in `{where}`: {allowed}"
+    if kind == "missing_key":  # raised by Section for the section at ``loc``: the key is in the context
+        kind, loc = "missing", (*loc, error["ctx"]["key"])
     key, tp, meta = _locate(cls, loc, display, prefix)
+    if kind in UNKNOWN or kind in MISSING:
+        where, parent, _ = _locate(cls, loc[:-1], display, prefix)
+        if kind in MISSING:
+            return f"missing key `{key}` (add it to the `{where or '<top level>'}` section)"
+        allowed = ", ".join(getattr(_strip(parent), "__pydantic_fields__", {}))
+        return f"unknown key `{key}`; allowed keys in `{where or '<top level>'}`: {allowed}"
+    if kind in RULE and _is_section(_strip(tp)):  # a model_validator: its message names its fields as {field}
+        names = {n: display[n] if not loc else f"{key}.{n}" for n in _strip(tp).__pydantic_fields__}
+        return re.sub(r"\{(\w+)\}", lambda m: names.get(m[1], m[0]), str(error["ctx"]["error"]))
+    if kind in RULE:  # a field_validator
+        return f"`{key}` = {value!r} {error['ctx']['error']}"
+    if kind in RANGE:
+        shown = float(value) if _base(tp) is float and isinstance(value, int) else value  # as loaded
+        return f"`{key}` = {shown!r} must be {_range_text(meta)}"
     union = _outer_optional(cls, loc, display, prefix)
-    if kind not in RANGE and kind not in RULE and union is not None:
+    if union is not None:  # the value fits no option of `X | None`
         depth, union_key, union_tp = union
         return f"`{union_key}` = {_dig(raw, loc[:depth])!r} must be one of: {_type_name(union_tp)}"
-    if kind in RANGE:
-        shown = float(value) if _base(tp) is float and isinstance(value, int) else value
-        return f"`{key}` = {shown!r} must be {_range_text(meta)}"
-    if kind in RULE:
-        return f"`{key}` = {value!r} {error['ctx']['error']}"
+    return _type_message(kind, key or prefix or "<top level>", tp, value, error["msg"])
+
+
+def _type_message(kind: str, key: str, tp: Any, value: Any, fallback: str) -> str:
+    scalar = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool"}
     if kind == "literal_error":
-        allowed = ", ".join(repr(a) for a in get_args(_strip(tp)))
-        return f"`{key}` = {value!r} must be one of {allowed}"
+        return f"`{key}` = {value!r} must be one of {', '.join(repr(a) for a in get_args(_strip(tp)))}"
     if kind == "int_type" and isinstance(value, bool):
         return f"`{key}` must be an int, got {value!r}"
-    scalar = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool"}
     if kind in scalar:
         return f"`{key}` must be {scalar[kind]}, got {value!r} ({type(value).__name__})"
     if kind == "list_type":
         return f"`{key}` must be a list, got {value!r}"
     if kind in ("dict_type", "dataclass_type", "dataclass_args_type", "model_type"):
-        return f"`{key or prefix or '<top level>'}` must be a mapping, got {value!r}"
-    return f"`{key or prefix or '<top level>'}`: {error['msg']}"
+        return f"`{key}` must be a mapping, got {value!r}"
+    return f"`{key}`: {fallback}"
 
 
 def _file(file: Path | None) -> str:
@@ -254,15 +247,17 @@ def _locate(cls: type, loc: tuple, display: Mapping[str, str], prefix: str) -> t
     key, tp, meta = prefix, cls, []
     for i, part in enumerate(loc):
         inner = _strip(tp)
-        if _is_section(inner) and isinstance(part, str) and part in inner.__pydantic_fields__:
+        if part == "[key]":  # pydantic's marker after a mapping key that failed: handled with the key
+            continue
+        if get_origin(inner) is dict and loc[i + 1 : i + 2] == ("[key]",):
+            key, tp, meta = f"{key} (a key)", get_args(inner)[0], []
+        elif _is_section(inner) and isinstance(part, str) and part in inner.__pydantic_fields__:
             info = inner.__pydantic_fields__[part]
             key = display.get(part, _join(prefix, part)) if i == 0 else f"{key}.{part}"
             tp, meta = info.annotation, list(info.metadata)
         elif get_origin(inner) in (list, tuple) and isinstance(part, int):
             key, tp = f"{key}[{part}]", get_args(inner)[0]
             meta = []
-        elif get_origin(inner) is dict and part == "[key]":
-            key, tp, meta = f"{key} (a key)", get_args(inner)[0], []
         elif get_origin(inner) is dict:
             key, tp, meta = f"{key}.{part}", get_args(inner)[1], []
         else:
@@ -317,10 +312,6 @@ def _range_text(meta: list[Any]) -> str:
     if low is None:
         return f"{high[2]} {_num(high[0])}"
     return f"in {low[1]}{_num(low[0])}, {_num(high[0])}{high[1]}"
-
-
-def field_names(cls: type) -> list[str]:
-    return list(cls.__pydantic_fields__)
 
 
 def defaults(cls: type) -> dict[str, Any]:
