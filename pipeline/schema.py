@@ -8,10 +8,12 @@ constraints on the fields themselves and whose cross-field rules are ``model_val
 It validates wherever it is built (``ODMTConfig(dropout=1.5)``, ``dataclasses.replace``) and stays a dataclass:
 ``dataclasses.asdict(config)`` is what checkpoints store, plain data.
 
-Strictness is per scalar type, not ``ConfigDict(strict=True)``: a strict class refuses a mapping for a nested section
-(``embed.text``), which is how YAML writes one. :func:`describe` turns pydantic's ``ValidationError`` into one line: the params file, the dotted key and the
-fix (``params.yaml: `train.seed` = -1 must be in [0, 4294967295]``). :func:`from_dict` is the loader's entry point:
-from a params file every key is required, also the ones with a Python default.
+Strictness is per scalar type, not ``ConfigDict(strict=True)``: a strict class refuses a mapping for a nested
+section (``embed.text``), which is how YAML writes one.
+
+:func:`describe` turns pydantic's ``ValidationError`` into one line: the params file, the dotted key and the fix
+(``params.yaml: `train.seed` = -1 must be in [0, 4294967295]``). :func:`from_dict` is the loader's entry point: from
+a params file every key is required, also the ones with a Python default.
 """
 
 from __future__ import annotations
