@@ -46,19 +46,10 @@ class SASRecConfig(Section):
 
 
 @section
-class SASRecFusionConfig(Section):
-    """:mod:`pipeline.models.sasrec_fusion`: SASRec's keys and defaults (the flat ``model:`` section shares them)."""
+class SASRecFusionConfig(SASRecConfig):
+    """:mod:`pipeline.models.sasrec_fusion`: SASRec's keys and defaults (the flat ``model:`` section shares them).
 
-    SECTION: ClassVar[str] = "model"
-    hidden_dim: AtLeast1 = 64  # D: item / position embedding, content projections and transformer width
-    num_layers: AtLeast1 = 2  # self-attention blocks
-    num_heads: AtLeast1 = 1  # attention heads; must divide hidden_dim
-    dropout: Dropout = 0.1  # embedding, residual and feed-forward dropout
-
-    @model_validator(mode="after")
-    def _heads(self) -> SASRecFusionConfig:
-        _heads_divide(self, "num_heads")
-        return self
+    ``hidden_dim`` is also the width of the content projections."""
 
 
 @section
