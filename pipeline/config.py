@@ -1,4 +1,4 @@
-"""Strict loading of ``params.yaml`` into frozen pydantic dataclasses, one per section.
+"""Strict loading of ``params.yaml`` into frozen dataclasses, one per section, validated by pydantic.
 
 ``params.yaml`` is read here and nowhere else. An unknown key, a missing key, a value of the wrong type or out of its
 range is a ``ConfigError`` that names the file and the dotted key; nothing is ever silently defaulted to ``None``.
@@ -9,21 +9,22 @@ that read ``model:`` or ``baseline:`` (so a model's defaults are no dependency o
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field, Strict, field_validator
 
-from pipeline.schema import Bool, ConfigError, Float, Int, Section, Seed, Str, from_dict, section
+from pipeline.schema import Bool, ConfigError, Float, Int, Section, Seed, Str, check, from_dict
 
-__all__ = ["ConfigError", "from_dict"]  # re-exported: the loader's error and entry point
+__all__ = ["ConfigError", "check", "from_dict"]  # re-exported: the loader's error, entry point and check
 
 DEFAULT_PARAMS = Path("params.yaml")
 MAX_SEQ_LEN = 100_000  # positions a model embeds (and attends over, L^2): beyond this nothing trains
 
 
-@section
+@dataclass(frozen=True)
 class RecboleConfig(Section):
     """``data.recbole``: RecBole atomic files, read by ``data.source: recbole`` (pipeline.data.readers.recbole).
 
@@ -37,11 +38,11 @@ class RecboleConfig(Section):
     timestamp_field: Str | None = "timestamp"  # None = file order (only for files listed chronologically)
     rating_field: Str | None = "rating"  # read when the file has it; None = never
     text_fields: list[Str] | None = None  # .item fields making the item text, in order; None = every token field
-    text_labels: dict[Str, Str] = Field(default_factory=dict)  # field -> label in the text ("" = no label)
+    text_labels: dict[Str, Str] = field(default_factory=dict)  # field -> label in the text ("" = no label)
     seq_separator: Str = " "  # separator of token_seq / float_seq values (RecBole's seq_separator)
 
 
-@section
+@dataclass(frozen=True)
 class TableColumns(Section):
     """``data.table.columns``: the interaction table's column names."""
 
@@ -52,17 +53,17 @@ class TableColumns(Section):
     rating: Str | None = None
 
 
-@section
+@dataclass(frozen=True)
 class TableItemColumns(Section):
     """``data.table.item_columns``: the item table's column names."""
 
     SECTION: ClassVar[str] = "data.table.item_columns"
     id: Str = "item_id"
-    text: list[Str] = Field(default_factory=lambda: ["title"])  # text columns, in order (lists joined by ", ")
+    text: list[Str] = field(default_factory=lambda: ["title"])  # text columns, in order (lists joined by ", ")
     image: Str | None = None  # local path (relative to data.images_dir) or http(s) URL; None = no image column
 
 
-@section
+@dataclass(frozen=True)
 class TableConfig(Section):
     """``data.table``: interactions + items as CSV, TSV, Parquet or JSON Lines (``data.source: table``)."""
 
@@ -70,14 +71,14 @@ class TableConfig(Section):
     interactions: Str | None = None  # a file, a folder or a glob of shards; relative paths are under data.path
     items: Str | None = None  # the item table (same forms)
     format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = "auto"  # auto = from the file extension
-    columns: TableColumns = Field(default_factory=TableColumns)
+    columns: TableColumns = field(default_factory=TableColumns)
     timestamp_unit: Literal["auto", "s", "ms", "us", "ns", "iso"] = "auto"  # auto: numbers by magnitude, text ISO
     timezone: Str | None = None  # zone of ISO 8601 values / date-times without an offset, e.g. UTC; None = refuse
-    item_columns: TableItemColumns = Field(default_factory=TableItemColumns)
-    text_labels: dict[Str, Str] = Field(default_factory=dict)  # column -> label in the text ("" = no label)
+    item_columns: TableItemColumns = field(default_factory=TableItemColumns)
+    text_labels: dict[Str, Str] = field(default_factory=dict)  # column -> label in the text ("" = no label)
 
 
-@section
+@dataclass(frozen=True)
 class DataConfig(Section):
     SECTION: ClassVar[str] = "data"
     source: Str  # reader name, see pipeline.data.readers.READERS
@@ -101,11 +102,11 @@ class DataConfig(Section):
     # data.source ml1m_recbole / movielens; None = no posters (title cards, or data.images_dir)
     posters_dir: Str | None = None
     # Sections read only by data.source: recbole / table (each must keep its defaults for any other source).
-    recbole: RecboleConfig = Field(default_factory=RecboleConfig)
-    table: TableConfig = Field(default_factory=TableConfig)
+    recbole: RecboleConfig = field(default_factory=RecboleConfig)
+    table: TableConfig = field(default_factory=TableConfig)
 
 
-@section
+@dataclass(frozen=True)
 class EncoderConfig(Section):
     SECTION: ClassVar[str] = "embed.text"
     name: Str  # see pipeline.features.encoders.ENCODERS; "none" disables the modality
@@ -115,7 +116,7 @@ class EncoderConfig(Section):
     max_tokens: Annotated[Int, Field(ge=1)]  # text: tokenizer truncation; image: number of spatial tokens kept per item
 
 
-@section
+@dataclass(frozen=True)
 class ImageWordsConfig(Section):
     """MP4SR's "CLIP words" image feature (pipeline.features.clip_words); needs a clip image encoder."""
 
@@ -125,7 +126,7 @@ class ImageWordsConfig(Section):
     prompt: Str  # zero-shot prompt each word is put into ("{}" = the word) before CLIP's text tower
 
 
-@section
+@dataclass(frozen=True)
 class EmbedConfig(Section):
     SECTION: ClassVar[str] = "embed"
     device: Str  # auto | cpu | cuda | cuda:N
@@ -133,7 +134,7 @@ class EmbedConfig(Section):
     image: EncoderConfig
     store_tokens: Bool  # also write per-token features (float16) for models that need them (ODMT)
     # Required in params.yaml like every key; the default (off) only spares Python callers from spelling it out.
-    image_words: ImageWordsConfig = Field(
+    image_words: ImageWordsConfig = field(
         default_factory=lambda: ImageWordsConfig(vocabulary=None, top_k=15, prompt="a photo of {}.")
     )
     # unique inputs per content-cache shard: each finished shard is written (atomic rename) before the next one
@@ -141,7 +142,7 @@ class EmbedConfig(Section):
     shard_size: Annotated[Int, Field(ge=1)] = 256
 
 
-@section
+@dataclass(frozen=True)
 class TrainConfig(Section):
     SECTION: ClassVar[str] = "train"
     seed: Seed
@@ -165,7 +166,7 @@ class TrainConfig(Section):
     nproc: Annotated[Int, Field(ge=1)] = 1  # processes per node with launcher torchrun (one per GPU); else 1
 
 
-@section
+@dataclass(frozen=True)
 class PretrainConfig(Section):
     """``pretrain:``: MP4SR's contrastive pre-training (stage `pretrain`); seed, device and threads come from
     ``train``."""
@@ -180,13 +181,13 @@ class PretrainConfig(Section):
     grad_clip: Annotated[Float, Field(gt=0, allow_inf_nan=False)] | None
 
 
-@section
+@dataclass(frozen=True)
 class ModelConfig(Section):
     """``model.name`` plus the raw keys; the selected model's own config (pipeline.models.configs) validates them."""
 
     SECTION: ClassVar[str] = "model"
     name: Str
-    options: dict[Str, Any] = Field(default_factory=dict)
+    options: dict[Str, Any] = field(default_factory=dict)
 
     def build(self, path: Path = DEFAULT_PARAMS) -> Any:
         """The selected model's own frozen config."""
@@ -195,7 +196,7 @@ class ModelConfig(Section):
         return configs.model_config(self.name, self.options, path)
 
 
-@section
+@dataclass(frozen=True)
 class BaselineConfig(Section):
     """``baseline:``: the SASRec baseline every model is compared with, trained by its own stage from its own
     sections (``baseline.train`` and ``baseline.model``, SASRec's keys), so no change under ``train:`` or
@@ -217,7 +218,7 @@ BASELINE_MODEL = "sasrec"
 IndexKind = Literal["flat", "ivf", "hnsw"]
 
 
-@section
+@dataclass(frozen=True)
 class IvfConfig(Section):
     """FAISS ``IVF<nlist>,Flat``: k-means splits the items into ``nlist`` lists; a query scans ``nprobe`` of them."""
 
@@ -227,7 +228,7 @@ class IvfConfig(Section):
     seed: Seed  # k-means seed (training sample and initial centroids): same seed, same index
 
 
-@section
+@dataclass(frozen=True)
 class HnswConfig(Section):
     """FAISS ``HNSW<m>,Flat``: a navigable small-world graph (CPU only in FAISS)."""
 
@@ -237,7 +238,7 @@ class HnswConfig(Section):
     ef_search: Annotated[Int, Field(ge=1)]  # candidate list while searching (raised to the k searched when smaller)
 
 
-@section
+@dataclass(frozen=True)
 class IndexConfig(Section):
     """Which FAISS index ranks the items (pipeline.evaluation.faiss_index); ``ivf``/``hnsw`` are read by their kind
     only."""
@@ -252,7 +253,7 @@ DEFAULT_IVF = IvfConfig(nlist=1024, nprobe=16, seed=0)
 DEFAULT_HNSW = HnswConfig(m=32, ef_construction=200, ef_search=128)
 
 
-@section
+@dataclass(frozen=True)
 class EvaluateConfig(Section):
     SECTION: ClassVar[str] = "evaluate"
     ks: list[Annotated[int, Strict(), Field(ge=1)]]  # cut-offs K of every @K metric
@@ -281,7 +282,7 @@ class EvaluateConfig(Section):
         return IndexConfig(self.index, self.ivf, self.hnsw)
 
 
-@section
+@dataclass(frozen=True)
 class RecommendConfig(Section):
     """``recommend:``: the exported index, every user's top-K (stage `recommend`) and the gallery."""
 
@@ -299,7 +300,7 @@ class RecommendConfig(Section):
         return IndexConfig(self.index, self.ivf, self.hnsw)
 
 
-@section
+@dataclass(frozen=True)
 class Params(Section):
     data: DataConfig
     embed: EmbedConfig

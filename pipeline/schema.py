@@ -1,33 +1,36 @@
-"""The ground floor of the params: frozen pydantic dataclasses and the one formatter of their errors.
+"""The ground floor of the params: their pydantic schema and the one formatter of its errors.
 
 Every section of ``params.yaml`` (:mod:`pipeline.config`) and every model's config (:mod:`pipeline.models.configs`)
-is a class decorated with :func:`section`: a frozen pydantic v2 dataclass (``extra="forbid"``) whose scalars are
-strict (:data:`Int`, :data:`Float`, :data:`Str`, :data:`Bool`: no ``"15"`` for 15, no ``true`` for 1; an int is
-accepted where a float is expected, as YAML writes ``lr: 1``), whose ranges are ``Field(ge=..., lt=...)``
-constraints on the fields themselves and whose cross-field rules are ``model_validator``s beside their fields.
-It validates wherever it is built (``ODMTConfig(dropout=1.5)``, ``dataclasses.replace``) and stays a dataclass:
-``dataclasses.asdict(config)`` is what checkpoints store, plain data.
+is a frozen ``@dataclass`` subclassing :class:`Section`, whose schema pydantic v2 validates: scalars are strict
+(:data:`Int`, :data:`Float`, :data:`Str`, :data:`Bool`: no ``"15"`` for 15, no ``true`` for 1; an int is accepted
+where a float is expected, as YAML writes ``lr: 1``, and loaded as a float), an unknown key is an error, ranges are
+``Field(ge=..., lt=...)`` constraints on the fields themselves and cross-field rules are ``model_validator``s beside
+their fields. Strictness is per scalar type, not ``ConfigDict(strict=True)``: a strict schema refuses a mapping for a
+nested section (``embed.text``), which is how YAML writes one.
 
-Strictness is per scalar type, not ``ConfigDict(strict=True)``: a strict class refuses a mapping for a nested
-section (``embed.text``), which is how YAML writes one.
+Validation runs where a config enters: :func:`from_dict` loads a section from a params file (every key required,
+also the ones with a Python default), :func:`check` validates a config built in Python (each model checks its own
+when it is built). Building one in Python does not validate, as with any dataclass, so a library function keeps its
+own message for a value no params file can hold. ``dataclasses.asdict(config)`` is what checkpoints store, plain
+data.
 
 :func:`describe` turns pydantic's ``ValidationError`` into one line: the params file, the dotted key and the fix
-(``params.yaml: `train.seed` = -1 must be in [0, 4294967295]``). :func:`from_dict` is the loader's entry point: from
-a params file every key is required, also the ones with a Python default.
+(``params.yaml: `train.seed` = -1 must be in [0, 4294967295]``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import annotated_types
-import pydantic
 from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, ValidationInfo, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
@@ -45,17 +48,23 @@ SEED_MAX = 2**32 - 1  # what numpy, torch and FAISS accept as a seed
 Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
 
 
-@pydantic.dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True)
 class Section:
-    """Base of every params section: loaded from a params file, every key must be written out."""
+    """Base of every params section and model config (a frozen dataclass with a pydantic schema).
+
+    ``SECTION`` is the dotted key it is usually loaded from; :func:`check`'s messages name it."""
+
+    SECTION: ClassVar[str] = ""
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
     def _every_key_written(cls, data: Any, info: ValidationInfo) -> Any:
+        """From a params file (:func:`from_dict`), every key is written out, also the ones with a default."""
         if not (info.context or {}).get("every_key") or not isinstance(data, dict):
             return data
-        names = list(cls.__pydantic_fields__)
-        if set(data) <= set(names):  # unknown keys first: pydantic names them (extra="forbid")
+        names = list(_fields(cls))
+        if set(data) <= set(names):  # unknown keys first: pydantic names them
             for name in names:
                 if name not in data:
                     raise PydanticCustomError("missing_key", "missing key {key}", {"key": name})
@@ -63,25 +72,6 @@ class Section:
 
 
 S = TypeVar("S")
-
-
-def section(cls: type[S]) -> type[S]:
-    """``cls`` as a frozen, ``extra="forbid"`` pydantic dataclass whose direct construction errors are one line.
-
-    ``cls.SECTION`` (a ``ClassVar``) is the dotted key it is usually loaded from; Python callers' errors name it."""
-    built = pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))(cls)
-    validate = built.__init__
-
-    @functools.wraps(validate)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            validate(self, *args, **kwargs)
-        except ValidationError as e:
-            raw = dict(zip(built.__pydantic_fields__, args, strict=False)) | kwargs
-            raise ConfigError(describe(e, built, raw, None, getattr(built, "SECTION", ""))) from None
-
-    built.__init__ = __init__
-    return built
 
 
 class Rule(ValueError):
@@ -98,23 +88,35 @@ def _adapter(cls: type) -> TypeAdapter:
 
 
 def from_dict(
-    cls: type[S], raw: Any, file: Path | None, prefix: str = "", keys: Mapping[str, str] | None = None
+    cls: type[S],
+    raw: Any,
+    file: Path | None,
+    prefix: str = "",
+    keys: Mapping[str, str] | None = None,
+    every_key: bool = True,
 ) -> S:
     """``cls`` from the mapping ``raw`` of a params file; unknown, missing, mistyped or out-of-range keys raise a
     one-line ``ConfigError`` naming ``file`` and the dotted key (``prefix.name``, or ``keys[name]`` where given)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{_file(file)}`{prefix or '<top level>'}` must be a mapping, got {raw!r}")
     try:
-        return _adapter(cls).validate_python(raw, context={"every_key": True})
+        return _adapter(cls).validate_python(raw, context={"every_key": every_key})
     except ValidationError as e:
         raise ConfigError(describe(e, cls, raw, file, prefix, keys)) from None
 
 
+def check(config: S, prefix: str | None = None, file: Path | None = None) -> S:
+    """``config`` (built in Python) validated like a loaded one: the validated copy (ints given for floats become
+    floats), or a one-line ``ConfigError`` naming ``prefix.<key>`` (default: the class's ``SECTION``)."""
+    cls = type(config)
+    raw = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return from_dict(cls, raw, file, cls.SECTION if prefix is None else prefix, every_key=False)
+
+
 def check_value(cls: type, name: str, value: Any, file: Path | None, key: str) -> Any:
     """``value`` of ``cls``'s field ``name`` (type and range), validated alone; an error names ``key``."""
-    info = cls.__pydantic_fields__[name]
     try:
-        return TypeAdapter(Annotated[info.annotation, *info.metadata]).validate_python(value)
+        return TypeAdapter(_fields(cls)[name]).validate_python(value)
     except ValidationError as e:
         first = min(e.errors(), key=_rank)
         error = first | {"loc": (name, *first["loc"])}
@@ -145,7 +147,7 @@ def describe(
 ) -> str:
     """One line for the first problem (unknown keys, then missing keys, types, ranges, cross-field rules)."""
     first = min(error.errors(), key=_rank)  # min is stable: pydantic lists errors in field order
-    display = {name: (keys or {}).get(name) or _join(prefix, name) for name in getattr(cls, "__pydantic_fields__", {})}
+    display = {name: (keys or {}).get(name) or _join(prefix, name) for name in _fields(cls)}
     return f"{_file(file)}{_message(first, cls, raw, display, prefix)}"
 
 
@@ -158,10 +160,10 @@ def _message(error: Mapping[str, Any], cls: type, raw: Any, display: Mapping[str
         where, parent, _ = _locate(cls, loc[:-1], display, prefix)
         if kind in MISSING:
             return f"missing key `{key}` (add it to the `{where or '<top level>'}` section)"
-        allowed = ", ".join(getattr(_strip(parent), "__pydantic_fields__", {}))
+        allowed = ", ".join(_fields(_strip(parent)) if _is_section(_strip(parent)) else {})
         return f"unknown key `{key}`; allowed keys in `{where or '<top level>'}`: {allowed}"
     if kind in RULE and _is_section(_strip(tp)):  # a model_validator: its message names its fields as {field}
-        names = {n: display[n] if not loc else f"{key}.{n}" for n in _strip(tp).__pydantic_fields__}
+        names = {n: display[n] if not loc else f"{key}.{n}" for n in _fields(_strip(tp))}
         return re.sub(r"\{(\w+)\}", lambda m: names.get(m[1], m[0]), str(error["ctx"]["error"]))
     if kind in RULE:  # a field_validator
         return f"`{key}` = {value!r} {error['ctx']['error']}"
@@ -199,7 +201,14 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _is_section(tp: Any) -> bool:
-    return isinstance(tp, type) and hasattr(tp, "__pydantic_fields__")
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+@functools.cache
+def _fields(cls: type) -> dict[str, Any]:
+    """``{field: annotation with its constraints}`` of the dataclass ``cls``, in field order."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _strip(tp: Any) -> Any:
@@ -253,10 +262,9 @@ def _locate(cls: type, loc: tuple, display: Mapping[str, str], prefix: str) -> t
             continue
         if get_origin(inner) is dict and loc[i + 1 : i + 2] == ("[key]",):
             key, tp, meta = f"{key} (a key)", get_args(inner)[0], []
-        elif _is_section(inner) and isinstance(part, str) and part in inner.__pydantic_fields__:
-            info = inner.__pydantic_fields__[part]
+        elif _is_section(inner) and isinstance(part, str) and part in _fields(inner):
             key = display.get(part, _join(prefix, part)) if i == 0 else f"{key}.{part}"
-            tp, meta = info.annotation, list(info.metadata)
+            tp, meta = _fields(inner)[part], []
         elif get_origin(inner) in (list, tuple) and isinstance(part, int):
             key, tp = f"{key}[{part}]", get_args(inner)[0]
             meta = []
@@ -317,10 +325,12 @@ def _range_text(meta: list[Any]) -> str:
 
 
 def defaults(cls: type) -> dict[str, Any]:
-    """``{field: default}`` of ``cls`` (fields without a default are left out)."""
-    return {
-        name: info.get_default(call_default_factory=True)
-        for name, info in cls.__pydantic_fields__.items()
-        if not info.is_required()
-    }
+    """``{field: default}`` of the dataclass ``cls`` (fields without a default are left out)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 

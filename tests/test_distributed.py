@@ -157,7 +157,7 @@ def test_launcher_params_are_checked(tmp_path: Path) -> None:
         distributed.relaunch(cfg, "stages.train", [])
     assert distributed.relaunch(dataclasses.replace(cfg, nproc=1), "stages.train", []) is False  # train here
     with pytest.raises(ValueError, match="baseline.train.nproc = 0 must be >= 1"):
-        distributed.check_launcher(toys.unchecked(cfg, launcher="torchrun", nproc=0), "baseline.train")
+        distributed.check_launcher(dataclasses.replace(cfg, launcher="torchrun", nproc=0), "baseline.train")
 
 
 @pytest.mark.slow

@@ -20,15 +20,7 @@ from pipeline.serving.inference import item_table, user_queries
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.fit import fit, seed_everything, validate, write_summary
 from stages.train import app
-from tests.helpers.training import (
-    MAX_LEN,
-    NUM_ITEMS,
-    catalog,
-    cycle_split,
-    train_cfg,
-    unchecked,
-    write_stage_project,
-)
+from tests.helpers.training import MAX_LEN, NUM_ITEMS, catalog, cycle_split, train_cfg, write_stage_project
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
@@ -95,7 +87,7 @@ def test_training_lowers_the_loss_and_beats_random() -> None:
 
 
 def test_early_stopping_after_patience_bad_epochs() -> None:
-    result = fit(model(), cycle_split(), unchecked(train_cfg(epochs=10, patience=2), lr=0.0), MAX_LEN, None)
+    result = fit(model(), cycle_split(), train_cfg(epochs=10, patience=2, lr=0.0), MAX_LEN, None)
     assert result.best_epoch == 1  # lr 0: the metric never improves after the first epoch
     assert result.epochs_run == 3 and result.stopped_early
 

@@ -38,12 +38,12 @@ from pipeline.download.http import (
 )
 from pipeline.download.images import ImageSummary, download_images
 from pipeline.io import check_disjoint
-from pipeline.schema import Bool, Float, Int, Section, Str, section
+from pipeline.schema import Bool, Float, Int, Section, Str
 
 log = logging.getLogger(__name__)
 
 
-@section
+@dataclass(frozen=True)
 class DownloadConfig(Section):
     """The ``download:`` section of params.yaml (or the CLI options of ``python -m stages.download``)."""
 

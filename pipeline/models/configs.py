@@ -1,7 +1,8 @@
 """Every registered model's config, and the rules of the ``model:`` section that selects one.
 
-Plain pydantic dataclasses (:mod:`pipeline.schema`): no torch, no model code, so ``pipeline.config`` and the
-registry read them without importing a model. Each config's defaults are the model's *registered* defaults (the
+Frozen dataclasses with a pydantic schema (:mod:`pipeline.schema`): no torch, no model code, so ``pipeline.config``
+and the registry read them without importing a model; each model checks its config when it is built
+(:func:`pipeline.schema.check`). Each config's defaults are the model's *registered* defaults (the
 paper's or the pipeline's values): a key of a model that is not selected must keep them. Ranges are ``Field``
 constraints on the fields; cross-field rules are the ``model_validator``s beside them. Messages name ``model.<key>``
 (``baseline.model.<key>`` for the baseline, ``model.<model>.<key>`` for a key set in a model's subsection).
@@ -9,12 +10,14 @@ constraints on the fields; cross-field rules are the ``model_validator``s beside
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.schema import Bool, ConfigError, Float, Int, Rule, Section, check_value, defaults, from_dict, section
+from pipeline.schema import Bool, ConfigError, Float, Int, Rule, Section, check_value, defaults, from_dict
 
 AtLeast1 = Annotated[Int, Field(ge=1)]
 Dropout = Annotated[Float, Field(ge=0, lt=1, allow_inf_nan=False)]  # a dropout probability: [0, 1)
@@ -23,13 +26,17 @@ Positive = Annotated[Float, Field(gt=0, allow_inf_nan=False)]
 Probability = Annotated[Float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
+def _names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
 def _heads_divide(config: Any, *heads: str) -> None:
     for key in heads:
         if config.hidden_dim % getattr(config, key):
             raise Rule(f"`{{{key}}}` = {getattr(config, key)} must divide `{{hidden_dim}}` = {config.hidden_dim}")
 
 
-@section
+@dataclass(frozen=True)
 class SASRecConfig(Section):
     """SASRec (:mod:`pipeline.models.sasrec`), also the baseline's ``baseline.model``."""
 
@@ -45,14 +52,14 @@ class SASRecConfig(Section):
         return self
 
 
-@section
+@dataclass(frozen=True)
 class SASRecFusionConfig(SASRecConfig):
     """:mod:`pipeline.models.sasrec_fusion`: SASRec's keys and defaults (the flat ``model:`` section shares them).
 
     ``hidden_dim`` is also the width of the content projections."""
 
 
-@section
+@dataclass(frozen=True)
 class ODMTConfig(Section):
     """:mod:`pipeline.models.odmt`. Defaults = the pipeline's defaults (params.yaml), which are also the registered
     defaults that keys of a non-selected model must keep. Extensions are on by default where they measured better;
@@ -103,7 +110,7 @@ class ODMTConfig(Section):
         return self
 
 
-@section
+@dataclass(frozen=True)
 class MP4SRConfig(Section):
     """:mod:`pipeline.models.mp4sr`; defaults are the paper's."""
 
@@ -211,7 +218,7 @@ def model_config(name: str, options: dict[str, Any], path: Path = Path("params.y
             f"{path}: `model.{key}` is read by several models ({several}), so a value here would be "
             f"read by whichever model is selected. Set it for one model: model.{name}.{key} (model.name is {name!r})"
         )
-    own = set(selected.__pydantic_fields__)
+    own = set(_names(selected))
     for key in sorted(set(flat) - own):
         _check_unread_key(key, flat[key], readers[key], name, path)
     scoped = {m: _scoped(m, options[m], path) for m in MODEL_CONFIGS if m in options}
@@ -229,7 +236,7 @@ def key_readers() -> dict[str, list[str]]:
     """``{key: [models whose config has it]}`` over every registered model."""
     readers: dict[str, list[str]] = {}
     for model_name, cls in MODEL_CONFIGS.items():
-        for key in cls.__pydantic_fields__:
+        for key in _names(cls):
             readers.setdefault(key, []).append(model_name)
     return readers
 
@@ -254,7 +261,7 @@ def _scoped(model_name: str, raw: Any, path: Path) -> dict[str, Any]:
     out = {}
     for key, value in raw.items():
         if key not in allowed:
-            hint = f"; it is read by {model_name} alone: set model.{key}" if key in cls.__pydantic_fields__ else ""
+            hint = f"; it is read by {model_name} alone: set model.{key}" if key in _names(cls) else ""
             raise ConfigError(
                 f"{path}: unknown key `{where}.{key}`; `{where}` holds only keys several models read "
                 f"({', '.join(allowed)}){hint}"

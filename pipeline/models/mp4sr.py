@@ -58,6 +58,7 @@ from pipeline.models.layers import (
     init_weights,
     left_padded_positions,
 )
+from pipeline.schema import check
 
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim (paper: hidden 64, inner 256)
 INIT_STD = 0.02
@@ -249,6 +250,7 @@ class MP4SR(nn.Module):
         """``max_seq_len`` sizes M2SE's position table (``data.max_seq_len`` or the checkpoint's; None = the
         catalog's)."""
         super().__init__()
+        check(config)  # types, ranges and rules of its config (pipeline.models.configs), named model.<key>
         self.config = config
         self.num_items = catalog.num_items
         self.max_seq_len = catalog.max_seq_len if max_seq_len is None else max_seq_len

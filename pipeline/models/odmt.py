@@ -51,6 +51,7 @@ from pipeline.models.layers import (
     init_weights,
     left_padded_positions,
 )
+from pipeline.schema import check
 
 MODALITIES: tuple[str, ...] = ("text", "image")
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim, item side and user side (paper, authors' code)
@@ -295,6 +296,7 @@ class ODMT(nn.Module):
     def __init__(self, config: ODMTConfig, catalog: ItemCatalog, max_seq_len: int | None = None) -> None:
         """``max_seq_len`` sizes the user encoders' position tables; None = the catalog's."""
         super().__init__()
+        check(config)  # types, ranges and rules of its config (pipeline.models.configs), named model.<key>
         self.config = config
         self.num_items = catalog.num_items
         self.max_seq_len = catalog.max_seq_len if max_seq_len is None else max_seq_len

@@ -24,6 +24,7 @@ from pipeline.models.layers import (
     init_weights,
     left_padded_positions,
 )
+from pipeline.schema import check
 
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim
 INIT_STD = 0.02
@@ -35,6 +36,7 @@ class SASRec(nn.Module):
     def __init__(self, config: SASRecConfig, catalog: ItemCatalog, max_seq_len: int | None = None) -> None:
         """``max_seq_len`` sizes the position table (``data.max_seq_len``, the checkpoint's); None = the catalog's."""
         super().__init__()
+        check(config)  # types, ranges and rules of its config (pipeline.models.configs), named model.<key>
         self.config = config
         self.num_items = catalog.num_items
         self.max_seq_len = catalog.max_seq_len if max_seq_len is None else max_seq_len

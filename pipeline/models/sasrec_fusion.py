@@ -25,6 +25,7 @@ from pipeline.models.layers import (
     init_weights,
     left_padded_positions,
 )
+from pipeline.schema import check
 
 MODALITIES: tuple[str, ...] = ("text", "image")
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim (as SASRec)
@@ -37,6 +38,7 @@ class SASRecFusion(nn.Module):
     def __init__(self, config: SASRecFusionConfig, catalog: ItemCatalog, max_seq_len: int | None = None) -> None:
         """``max_seq_len`` sizes the position table (``data.max_seq_len``, the checkpoint's); None = the catalog's."""
         super().__init__()
+        check(config)  # types, ranges and rules of its config (pipeline.models.configs), named model.<key>
         self.modalities = tuple(m for m in MODALITIES if m in catalog.features)
         if not self.modalities:
             raise ValueError(

@@ -42,6 +42,8 @@ FINE_TUNING_ONLY: tuple[str, ...] = (ID_EMBEDDING_PREFIX, "cold_offset")
 
 def pretrain_train_config(pretrain_cfg: PretrainConfig, train_cfg: TrainConfig) -> TrainConfig:
     """The ``TrainConfig`` that :func:`fit` runs pre-training with: ``pretrain:`` values, train's seed/device."""
+    if pretrain_cfg.epochs < 1 or pretrain_cfg.batch_size < 1 or pretrain_cfg.lr <= 0:
+        raise ValueError("pretrain.epochs and pretrain.batch_size must be >= 1 and pretrain.lr > 0")
     return dataclasses.replace(
         train_cfg,
         epochs=pretrain_cfg.epochs,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +49,6 @@ def train_cfg(**overrides: Any) -> TrainConfig:
         num_threads=1,  # tiny tensors: one thread avoids OpenMP spin-waits on a busy machine
     )
     return TrainConfig(**(base | overrides))
-
-
-def unchecked(cfg: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` without the config's validation: a value no params file can hold (``lr`` 0,
-    ``nproc`` 0), to reach a library's own defensive check or a degenerate run."""
-    out = object.__new__(type(cfg))
-    for f in dataclasses.fields(cfg):
-        object.__setattr__(out, f.name, changes.get(f.name, getattr(cfg, f.name)))
-    return out
 
 
 def write_prepared(prepared: Path, split: UserSplit, num_items: int) -> None:
