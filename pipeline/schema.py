@@ -36,6 +36,9 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 
+S = TypeVar("S")
+
+
 class ConfigError(ValueError):
     """A params file (or a config built in Python) does not match the expected schema."""
 
@@ -69,9 +72,6 @@ class Section:
                 if name not in data:
                     raise PydanticCustomError("missing_key", "missing key {key}", {"key": name})
         return data
-
-
-S = TypeVar("S")
 
 
 class Rule(ValueError):
@@ -109,7 +109,7 @@ def check(config: S, prefix: str | None = None, file: Path | None = None) -> S:
     """``config`` (built in Python) validated like a loaded one: the validated copy (ints given for floats become
     floats), or a one-line ``ConfigError`` naming ``prefix.<key>`` (default: the class's ``SECTION``)."""
     cls = type(config)
-    raw = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    raw = dataclasses.asdict(config)  # nested sections as mappings, so that they are validated too
     return from_dict(cls, raw, file, cls.SECTION if prefix is None else prefix, every_key=False)
 
 
