@@ -35,7 +35,6 @@ from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, Va
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-
 S = TypeVar("S")
 
 
