@@ -37,7 +37,7 @@ from bench.control_rows import ROW_KEYS, control_kind, control_runs, paired_rows
 from bench.run_stage import StageRun, run_measured
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.models import registry
-from pipeline.models.mp4sr import PRETRAIN_KEYS
+from pipeline.models.configs import PRETRAIN_KEYS
 from pipeline.models.registry import spec as model_spec
 from pipeline.reporting.experiments import experiments_markdown
 from pipeline.reporting.images_plot import plot_cards_vs_posters

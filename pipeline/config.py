@@ -1,148 +1,159 @@
-"""Strict loading of ``params.yaml`` into frozen dataclasses.
+"""Strict loading of ``params.yaml`` into frozen dataclasses, one per section, validated by pydantic.
 
-``params.yaml`` is read here and nowhere else. An unknown key, a missing key or a value of the wrong type is a
-``ConfigError`` that names the file and the dotted key; nothing is ever silently defaulted to ``None``.
+``params.yaml`` is read here and nowhere else. An unknown key, a missing key, a value of the wrong type or out of its
+range is a ``ConfigError`` that names the file and the dotted key; nothing is ever silently defaulted to ``None``.
+Each range is a ``Field`` constraint on its field; the machinery (strict scalars, the error formatter) is
+:mod:`pipeline.schema`. The models' own configs are :mod:`pipeline.models.configs`, imported only by the functions
+that read ``model:`` or ``baseline:`` (so a model's defaults are no dependency of ``prepare`` or ``embed``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import Field, Strict, field_validator, model_validator
+
+from pipeline.schema import Bool, ConfigError, Float, Int, Rule, Section, Seed, Str, check, from_dict
+
+__all__ = ["ConfigError", "check", "from_dict"]  # re-exported: the loader's error, entry point and check
 
 DEFAULT_PARAMS = Path("params.yaml")
-
-
-class ConfigError(ValueError):
-    """A params file does not match the expected schema."""
+MAX_SEQ_LEN = 100_000  # positions a model embeds (and attends over, L^2): beyond this nothing trains
 
 
 @dataclass(frozen=True)
-class RecboleConfig:
+class RecboleConfig(Section):
     """``data.recbole``: RecBole atomic files, read by ``data.source: recbole`` (pipeline.data.readers.recbole).
 
     Defaults are RecBole's conventions; each field name can be overridden. Read by no other source.
     """
 
-    dataset: str | None = None  # reads <dataset>.inter (+ <dataset>.item) in data.path; None = the folder's name
-    user_field: str = "user_id"
-    item_field: str = "item_id"
-    timestamp_field: str | None = "timestamp"  # None = file order (only for files listed chronologically)
-    rating_field: str | None = "rating"  # read when the file has it; None = never
-    text_fields: list[str] | None = None  # .item fields making the item text, in order; None = every token field
-    text_labels: dict[str, str] = field(default_factory=dict)  # field -> label in the text ("" = no label)
-    seq_separator: str = " "  # separator of token_seq / float_seq values (RecBole's seq_separator)
+    SECTION: ClassVar[str] = "data.recbole"
+    dataset: Str | None = None  # reads <dataset>.inter (+ <dataset>.item) in data.path; None = the folder's name
+    user_field: Str = "user_id"
+    item_field: Str = "item_id"
+    timestamp_field: Str | None = "timestamp"  # None = file order (only for files listed chronologically)
+    rating_field: Str | None = "rating"  # read when the file has it; None = never
+    text_fields: list[Str] | None = None  # .item fields making the item text, in order; None = every token field
+    text_labels: dict[Str, Str] = field(default_factory=dict)  # field -> label in the text ("" = no label)
+    seq_separator: Str = " "  # separator of token_seq / float_seq values (RecBole's seq_separator)
 
 
 @dataclass(frozen=True)
-class TableColumns:
+class TableColumns(Section):
     """``data.table.columns``: the interaction table's column names."""
 
-    user: str = "user_id"
-    item: str = "item_id"
-    timestamp: str = "timestamp"
-    rating: str | None = None
+    SECTION: ClassVar[str] = "data.table.columns"
+    user: Str = "user_id"
+    item: Str = "item_id"
+    timestamp: Str = "timestamp"
+    rating: Str | None = None
 
 
 @dataclass(frozen=True)
-class TableItemColumns:
+class TableItemColumns(Section):
     """``data.table.item_columns``: the item table's column names."""
 
-    id: str = "item_id"
-    text: list[str] = field(default_factory=lambda: ["title"])  # text columns, in order (lists joined by ", ")
-    image: str | None = None  # local path (relative to data.images_dir) or http(s) URL; None = no image column
+    SECTION: ClassVar[str] = "data.table.item_columns"
+    id: Str = "item_id"
+    text: list[Str] = field(default_factory=lambda: ["title"])  # text columns, in order (lists joined by ", ")
+    image: Str | None = None  # local path (relative to data.images_dir) or http(s) URL; None = no image column
 
 
 @dataclass(frozen=True)
-class TableConfig:
+class TableConfig(Section):
     """``data.table``: interactions + items as CSV, TSV, Parquet or JSON Lines (``data.source: table``)."""
 
-    interactions: str | None = None  # a file, a folder or a glob of shards; relative paths are under data.path
-    items: str | None = None  # the item table (same forms)
+    SECTION: ClassVar[str] = "data.table"
+    interactions: Str | None = None  # a file, a folder or a glob of shards; relative paths are under data.path
+    items: Str | None = None  # the item table (same forms)
     format: Literal["auto", "csv", "tsv", "parquet", "jsonl"] = "auto"  # auto = from the file extension
     columns: TableColumns = field(default_factory=TableColumns)
     timestamp_unit: Literal["auto", "s", "ms", "us", "ns", "iso"] = "auto"  # auto: numbers by magnitude, text ISO
-    timezone: str | None = None  # zone of ISO 8601 values / date-times without an offset, e.g. UTC; None = refuse
+    timezone: Str | None = None  # zone of ISO 8601 values / date-times without an offset, e.g. UTC; None = refuse
     item_columns: TableItemColumns = field(default_factory=TableItemColumns)
-    text_labels: dict[str, str] = field(default_factory=dict)  # column -> label in the text ("" = no label)
+    text_labels: dict[Str, Str] = field(default_factory=dict)  # column -> label in the text ("" = no label)
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    source: str  # reader name, see pipeline.data.readers.READERS
-    path: str | None  # raw files for sources read from disk; None = the source's embedded default
-    images_dir: str | None  # real images named <item_id>.<ext>; None = synthetic title cards
-    min_rating: float | None  # keep interactions with rating >= this; None keeps all
-    user_core: int  # iterative k-core: minimum interactions per user
-    item_core: int  # iterative k-core: minimum interactions per item
+class DataConfig(Section):
+    SECTION: ClassVar[str] = "data"
+    source: Str  # reader name, see pipeline.data.readers.READERS
+    path: Str | None  # raw files for sources read from disk; None = the source's embedded default
+    images_dir: Str | None  # real images named <item_id>.<ext>; None = synthetic title cards
+    min_rating: Annotated[Float, Field(allow_inf_nan=False)] | None  # keep ratings >= this; None keeps all
+    user_core: Annotated[Int, Field(ge=1)]  # iterative k-core: minimum interactions per user
+    item_core: Annotated[Int, Field(ge=1)]  # iterative k-core: minimum interactions per item
     dedupe: Literal["user_item", "exact"]  # drop repeated (user, item) pairs, or only identical rows
-    max_seq_len: int  # longest training input a model sees (the most recent items are kept)
-    cold_start_fraction: float  # fraction of items held out of training entirely (0 = normal setting)
-    seed: int
+    max_seq_len: Annotated[Int, Field(ge=1, le=MAX_SEQ_LEN)]  # longest input a model sees (the most recent items)
+    # fraction of items held out of training entirely (0 = the normal setting)
+    cold_start_fraction: Annotated[Float, Field(ge=0, lt=1, allow_inf_nan=False)]
+    seed: Seed
     # keep each user's most recent N interactions (after dedupe, before k-core); None keeps all. ODMT's authors
     # cut every history to its last 15 (xyliugo/ODMT), where ID embeddings see far fewer interactions.
-    history_limit: int | None = None
+    history_limit: Int | None = None
     # cold-start setting: share of users whose valid (resp. test) target is a held-out item; None = the held-out
     # items' share of all interactions (pipeline.data.cold_start)
-    cold_target_share: float | None = None
+    cold_target_share: Annotated[Float, Field(gt=0, lt=1, allow_inf_nan=False)] | None = None
     # MovieLens-1M posters (pipeline.data.posters): a folder with images/<MovieID>.jpg and movies.dat, read by
     # data.source ml1m_recbole / movielens; None = no posters (title cards, or data.images_dir)
-    posters_dir: str | None = None
+    posters_dir: Str | None = None
     # Sections read only by data.source: recbole / table (each must keep its defaults for any other source).
     recbole: RecboleConfig = field(default_factory=RecboleConfig)
     table: TableConfig = field(default_factory=TableConfig)
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
-    name: str  # see pipeline.features.encoders.ENCODERS; "none" disables the modality
-    checkpoint: str | None  # local path, or a hub tag/name (needs internet); None = the packaged default
-    arch: str | None  # architecture name where the encoder needs one (open_clip: "ViT-B-32")
-    batch_size: int
-    max_tokens: int  # text: tokenizer truncation; image: number of spatial tokens kept per item
+class EncoderConfig(Section):
+    SECTION: ClassVar[str] = "embed.text"
+    name: Str  # see pipeline.features.encoders.ENCODERS; "none" disables the modality
+    checkpoint: Str | None  # local path, or a hub tag/name (needs internet); None = the packaged default
+    arch: Str | None  # architecture name where the encoder needs one (open_clip: "ViT-B-32")
+    batch_size: Annotated[Int, Field(ge=1)]
+    max_tokens: Annotated[Int, Field(ge=1)]  # text: tokenizer truncation; image: number of spatial tokens kept per item
 
 
 @dataclass(frozen=True)
-class ImageWordsConfig:
+class ImageWordsConfig(Section):
     """MP4SR's "CLIP words" image feature (pipeline.features.clip_words); needs a clip image encoder."""
 
-    vocabulary: str | None  # text file, one word/phrase per line; None = off (image feature = image embedding)
-    top_k: int  # words kept per image (paper: 15)
-    prompt: str  # zero-shot prompt each word is put into ("{}" = the word) before CLIP's text tower
+    SECTION: ClassVar[str] = "embed.image_words"
+    vocabulary: Str | None  # text file, one word/phrase per line; None = off (image feature = image embedding)
+    top_k: Annotated[Int, Field(ge=1)]  # words kept per image (paper: 15)
+    prompt: Str  # zero-shot prompt each word is put into ("{}" = the word) before CLIP's text tower
 
 
 @dataclass(frozen=True)
-class EmbedConfig:
-    device: str  # auto | cpu | cuda | cuda:N
+class EmbedConfig(Section):
+    SECTION: ClassVar[str] = "embed"
+    device: Str  # auto | cpu | cuda | cuda:N
     text: EncoderConfig
     image: EncoderConfig
-    store_tokens: bool  # also write per-token features (float16) for models that need them (ODMT)
+    store_tokens: Bool  # also write per-token features (float16) for models that need them (ODMT)
     # Required in params.yaml like every key; the default (off) only spares Python callers from spelling it out.
     image_words: ImageWordsConfig = field(
         default_factory=lambda: ImageWordsConfig(vocabulary=None, top_k=15, prompt="a photo of {}.")
     )
     # unique inputs per content-cache shard: each finished shard is written (atomic rename) before the next one
     # starts, so a killed run loses at most one shard per modality and the next run encodes only the rest
-    shard_size: int = 256
+    shard_size: Annotated[Int, Field(ge=1)] = 256
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    seed: int
-    device: str
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    patience: int  # epochs without a better valid NDCG@10 before stopping
-    grad_clip: float | None
-    num_threads: int  # torch intra-op threads on CPU; 0 = torch's default
+class TrainConfig(Section):
+    SECTION: ClassVar[str] = "train"
+    seed: Seed
+    device: Str
+    epochs: Annotated[Int, Field(ge=1)]
+    batch_size: Annotated[Int, Field(ge=1)]
+    lr: Annotated[Float, Field(gt=0, allow_inf_nan=False)]
+    weight_decay: Annotated[Float, Field(ge=0, allow_inf_nan=False)]
+    patience: Annotated[Int, Field(ge=0)]  # epochs without a better valid NDCG@10 before stopping
+    grad_clip: Annotated[Float, Field(gt=0, allow_inf_nan=False)] | None
+    num_threads: Annotated[Int, Field(ge=0)]  # torch intra-op threads on CPU; 0 = torch's default
     # fp32 | bf16: the training forward under torch.autocast(bfloat16) (matmuls in bf16, softmax/log-sum-exp and
     # the optimizer in fp32); evaluation stays fp32. Required in params.yaml like every key; the default only
     # spares Python callers from spelling it out.
@@ -152,40 +163,63 @@ class TrainConfig:
     # pipeline/training/distributed.py); batch_size stays the global batch. Required in params.yaml; the defaults spare
     # Python callers.
     launcher: Literal["none", "torchrun"] = "none"
-    nproc: int = 1  # processes per node with launcher torchrun (one per GPU); must be 1 with launcher none
+    nproc: Annotated[Int, Field(ge=1)] = 1  # processes per node with launcher torchrun (one per GPU); else 1
     # constant: train.lr throughout | cosine: lr decays per optimiser step along a half cosine from train.lr to 0
     # at the end of train.epochs (so early stopping cuts the tail). warmup_epochs: linear ramp from 0 first.
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_epochs: int = 0
+    warmup_epochs: Annotated[Int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _warmup_within_epochs(self) -> TrainConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise Rule(f"`{{warmup_epochs}}` = {self.warmup_epochs} must be less than `{{epochs}}` = {self.epochs}")
+        return self
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """``model.name`` plus the raw keys; the selected model's own dataclass validates them."""
+class PretrainConfig(Section):
+    """``pretrain:``: MP4SR's contrastive pre-training (stage `pretrain`); seed, device and threads come from
+    ``train``."""
 
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
+    SECTION: ClassVar[str] = "pretrain"
+    enabled: Bool  # false = fine-tune from scratch (the "without pre-training" ablation)
+    epochs: Annotated[Int, Field(ge=1)]
+    batch_size: Annotated[Int, Field(ge=1)]
+    lr: Annotated[Float, Field(gt=0, allow_inf_nan=False)]
+    weight_decay: Annotated[Float, Field(ge=0, allow_inf_nan=False)]
+    patience: Annotated[Int, Field(ge=0)]  # epochs without a better valid NDCG@10 (pre-trained vectors) before stopping
+    grad_clip: Annotated[Float, Field(gt=0, allow_inf_nan=False)] | None
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    """``model.name`` plus the raw keys; the selected model's own config (pipeline.models.configs) validates them."""
+
+    SECTION: ClassVar[str] = "model"
+    name: Str
+    options: dict[Str, Any] = field(default_factory=dict)
 
     def build(self, path: Path = DEFAULT_PARAMS) -> Any:
-        """The selected model's own frozen config dataclass."""
-        from pipeline.models import registry
+        """The selected model's own frozen config."""
+        from pipeline.models import configs
 
-        return registry.model_config(self.name, self.options, path)
+        return configs.model_config(self.name, self.options, path)
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
+class BaselineConfig(Section):
     """``baseline:``: the SASRec baseline every model is compared with, trained by its own stage from its own
     sections (``baseline.train`` and ``baseline.model``, SASRec's keys), so no change under ``train:`` or
     ``model:`` retrains it. It shares ``data`` (split, ``max_seq_len``) with the model."""
 
+    SECTION: ClassVar[str] = "baseline"
     train: TrainConfig
-    model: dict[str, Any]  # SASRec's config keys, validated by :meth:`build`
+    model: dict[Str, Any]  # SASRec's config keys, validated by :meth:`build`
 
     def build(self, path: Path = DEFAULT_PARAMS) -> Any:
-        from pipeline.models import registry
+        from pipeline.models import configs
 
-        return registry.model_config(BASELINE_MODEL, self.model, path, prefix="baseline.model")
+        return configs.model_config(BASELINE_MODEL, self.model, path, prefix="baseline.model")
 
 
 BASELINE_MODEL = "sasrec"
@@ -195,28 +229,31 @@ IndexKind = Literal["flat", "ivf", "hnsw"]
 
 
 @dataclass(frozen=True)
-class IvfConfig:
+class IvfConfig(Section):
     """FAISS ``IVF<nlist>,Flat``: k-means splits the items into ``nlist`` lists; a query scans ``nprobe`` of them."""
 
-    nlist: int  # lists; clamped to items // 39 on small catalogs (FAISS wants >= 39 training points per list)
-    nprobe: int  # lists scanned per query (more = slower, closer to exact); at most nlist
-    seed: int  # k-means seed (training sample and initial centroids): same seed, same index
+    SECTION: ClassVar[str] = "evaluate.ivf"
+    nlist: Annotated[Int, Field(ge=1)]  # lists; clamped to items // 39 (FAISS wants >= 39 points per list)
+    nprobe: Annotated[Int, Field(ge=1)]  # lists scanned per query (more = slower, closer to exact); at most nlist
+    seed: Seed  # k-means seed (training sample and initial centroids): same seed, same index
 
 
 @dataclass(frozen=True)
-class HnswConfig:
+class HnswConfig(Section):
     """FAISS ``HNSW<m>,Flat``: a navigable small-world graph (CPU only in FAISS)."""
 
-    m: int  # neighbours per node (memory ~ 2 m ints per item; more = better recall, slower build)
-    ef_construction: int  # candidate list while building
-    ef_search: int  # candidate list while searching (raised to the k searched when smaller)
+    SECTION: ClassVar[str] = "evaluate.hnsw"
+    m: Annotated[Int, Field(ge=1)]  # neighbours per node (memory ~ 2 m ints per item; more = better recall, slower)
+    ef_construction: Annotated[Int, Field(ge=1)]  # candidate list while building
+    ef_search: Annotated[Int, Field(ge=1)]  # candidate list while searching (raised to the k searched when smaller)
 
 
 @dataclass(frozen=True)
-class IndexConfig:
+class IndexConfig(Section):
     """Which FAISS index ranks the items (pipeline.evaluation.faiss_index); ``ivf``/``hnsw`` are read by their kind
     only."""
 
+    SECTION: ClassVar[str] = "evaluate"
     kind: IndexKind
     ivf: IvfConfig
     hnsw: HnswConfig
@@ -227,20 +264,28 @@ DEFAULT_HNSW = HnswConfig(m=32, ef_construction=200, ef_search=128)
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
-    ks: list[int]
-    batch_size: int
-    popularity_baseline: bool
+class EvaluateConfig(Section):
+    SECTION: ClassVar[str] = "evaluate"
+    ks: list[Annotated[int, Strict(), Field(ge=1)]]  # cut-offs K of every @K metric
+    batch_size: Annotated[Int, Field(ge=1)]
+    popularity_baseline: Bool
     # paired comparison model - baseline (pipeline.evaluation.significance): bootstrap resamples over users, their seed
-    bootstrap_resamples: int = 2000
-    bootstrap_seed: int = 0
+    bootstrap_resamples: Annotated[Int, Field(ge=1)] = 2000
+    bootstrap_seed: Seed = 0
     # cold-start setting: the content-kNN reference rows average the features of each history's last N items
-    knn_history: int = 10
+    knn_history: Annotated[Int, Field(ge=1)] = 10
     # FAISS index that ranks the model's and the baseline's items: flat (exact) | ivf | hnsw (approximate; the
     # report adds their recall@K against flat). Required in params.yaml; defaults spare Python callers only.
     index: IndexKind = "flat"
     ivf: IvfConfig = DEFAULT_IVF
     hnsw: HnswConfig = DEFAULT_HNSW
+
+    @field_validator("ks")
+    @classmethod
+    def _at_least_one_k(cls, ks: list[int]) -> list[int]:
+        if not ks:
+            raise ValueError("must list at least one cut-off K, e.g. [5, 10, 20]")
+        return ks
 
     @property
     def index_config(self) -> IndexConfig:
@@ -248,14 +293,15 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class RecommendConfig:
+class RecommendConfig(Section):
     """``recommend:``: the exported index, every user's top-K (stage `recommend`) and the gallery."""
 
-    k: int  # items per user in recommendations/topk.parquet, and the CLI's default --k
+    SECTION: ClassVar[str] = "recommend"
+    k: Annotated[Int, Field(ge=1)]  # items per user in recommendations/topk.parquet, and the CLI's default --k
     index: IndexKind  # FAISS index kind exported (pipeline.evaluation.faiss_index); flat = exact inner product
-    batch_size: int  # users per forward pass when encoding histories
-    gallery_users: int  # test users shown in reports/gallery.html (a seeded sample)
-    gallery_seed: int
+    batch_size: Annotated[Int, Field(ge=1)]  # users per forward pass when encoding histories
+    gallery_users: Annotated[Int, Field(ge=1)]  # test users shown in reports/gallery.html (a seeded sample)
+    gallery_seed: Seed
     ivf: IvfConfig = DEFAULT_IVF  # read when index: ivf (required in params.yaml like every key)
     hnsw: HnswConfig = DEFAULT_HNSW  # read when index: hnsw
 
@@ -265,185 +311,12 @@ class RecommendConfig:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(Section):
     data: DataConfig
     embed: EmbedConfig
     train: TrainConfig
     model: ModelConfig
     evaluate: EvaluateConfig
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str, file: Path) -> Any:
-    """Check ``value`` against annotation ``tp``; return it (ints become floats where floats are expected)."""
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key, file)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{file}: `{key}` = {value!r} must be one of: {_type_name(tp)}")
-    if origin is Literal:
-        if value not in get_args(tp):
-            allowed = ", ".join(repr(a) for a in get_args(tp))
-            raise ConfigError(f"{file}: `{key}` = {value!r} must be one of {allowed}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, list):
-            raise ConfigError(f"{file}: `{key}` must be a list, got {value!r}")
-        (item_tp, *_) = get_args(tp) or (Any,)
-        return [_coerce(v, item_tp, f"{key}[{i}]", file) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{file}: `{key}` must be a mapping, got {value!r}")
-        key_tp, value_tp = get_args(tp) or (Any, Any)
-        return {
-            _coerce(k, key_tp, f"{key} (a key)", file): _coerce(v, value_tp, f"{key}.{k}", file)
-            for k, v in value.items()
-        }
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, file, prefix=key)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, bool):
-        raise ConfigError(f"{file}: `{key}` must be an int, got {value!r}")
-    if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise ConfigError(f"{file}: `{key}` must be {tp.__name__}, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def from_dict(cls: type, raw: Any, file: Path, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``raw``; unknown, missing or mistyped keys raise ``ConfigError``."""
-    where = prefix or "<top level>"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: `{where}` must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"{file}: unknown key `{_join(prefix, unknown[0])}`; allowed keys in `{where}`: {', '.join(names)}"
-        )
-    missing = [n for n in names if n not in raw]
-    if missing:
-        raise ConfigError(f"{file}: missing key `{_join(prefix, missing[0])}` (add it to the `{where}` section)")
-    values = {n: _coerce(raw[n], hints[n], _join(prefix, n), file) for n in names}
-    for name, value in values.items():
-        check_range(_join(prefix, name), value, file)
-    if prefix in ("model", "baseline.model"):
-        _check_heads_divide(values, file, prefix)
-    return cls(**values)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Ranges of numeric keys, by dotted key. A ``model.*`` key applies to whichever model has it.
-
-
-@dataclass(frozen=True)
-class Range:
-    """``low <= value`` (``<`` with ``low_open``) and ``value <= high`` (``<`` with ``high_open``); finite."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def holds(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def text(self) -> str:
-        if self.low is None and self.high is None:
-            return "a finite number"
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {_num(self.low)}"
-        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"in {left}{_num(self.low)}, {_num(self.high)}{right}"
-
-
-def _num(value: float | None) -> str:
-    return str(int(value)) if value is not None and float(value).is_integer() else str(value)
-
-
-AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, low_open=True)
-FRACTION, PROBABILITY = Range(0, 1, high_open=True), Range(0, 1)
-SEED = Range(0, 2**32 - 1)  # what numpy, torch and FAISS accept as a seed
-MAX_SEQ_LEN = Range(1, 100_000)  # positions a model embeds (and attends over, L^2): beyond this nothing trains
-RANGES: dict[str, Range] = {
-    **dict.fromkeys(("data.user_core", "data.item_core"), AT_LEAST_1),
-    "data.max_seq_len": MAX_SEQ_LEN,
-    "data.seed": SEED,
-    "data.min_rating": Range(),  # finite
-    "data.cold_start_fraction": FRACTION,
-    "data.cold_target_share": Range(0, 1, low_open=True, high_open=True),
-    **{f"embed.{m}.{k}": AT_LEAST_1 for m in ("text", "image") for k in ("batch_size", "max_tokens")},
-    "embed.image_words.top_k": AT_LEAST_1,
-    "embed.shard_size": AT_LEAST_1,
-    **{f"{s}.{k}": AT_LEAST_1 for s in ("train", "pretrain") for k in ("epochs", "batch_size")},
-    **{f"{s}.{k}": AT_LEAST_0 for s in ("train", "pretrain") for k in ("weight_decay", "patience")},
-    **{f"{s}.{k}": POSITIVE for s in ("train", "pretrain") for k in ("lr", "grad_clip")},
-    "train.seed": SEED,
-    "train.num_threads": AT_LEAST_0,
-    "train.nproc": AT_LEAST_1,
-    "train.warmup_epochs": AT_LEAST_0,
-    **dict.fromkeys(("evaluate.batch_size", "evaluate.knn_history", "evaluate.bootstrap_resamples"), AT_LEAST_1),
-    "evaluate.bootstrap_seed": SEED,
-    **{f"{s}.{k}": AT_LEAST_1 for s in ("evaluate", "recommend") for k in ("ivf.nlist", "ivf.nprobe", "hnsw.m")},
-    **{f"{s}.{k}": AT_LEAST_1 for s in ("evaluate", "recommend") for k in ("hnsw.ef_construction", "hnsw.ef_search")},
-    **{f"{s}.ivf.seed": SEED for s in ("evaluate", "recommend")},
-    **dict.fromkeys(("recommend.k", "recommend.batch_size", "recommend.gallery_users"), AT_LEAST_1),
-    "recommend.gallery_seed": SEED,
-    **{f"model.{k}": AT_LEAST_1 for k in ("hidden_dim", "num_layers", "num_heads", "fusion_layers", "fusion_heads")},
-    "model.num_experts": AT_LEAST_1,
-    **dict.fromkeys(("model.dropout", "model.adaptor_dropout", "model.id_dropout"), FRACTION),
-    **dict.fromkeys(("model.mixup_max_prob", "model.item_drop_max"), PROBABILITY),
-    **dict.fromkeys(("model.temperature", "model.distill_temperature", "model.cold_offset_weight"), POSITIVE),
-    **{f"model.{k}": AT_LEAST_0 for k in ("distill_weight", "distill_ramp_epochs", "cm_weight", "cold_id_neighbours")},
-    **{f"model.head_weight_{m}": AT_LEAST_0 for m in ("id", "text", "image")},
-}
-
-
-def check_range(key: str, value: Any, file: Path, rule_key: str | None = None) -> None:
-    """``value`` of dotted ``key`` lies in its :data:`RANGES` entry (None = a key's "off" value is always fine).
-
-    ``rule_key``: the :data:`RANGES` entry to use when it is not ``key`` (``model.mp4sr.dropout`` -> ``model.dropout``).
-    ``baseline.train.*`` and ``baseline.model.*`` follow the rules of ``train.*`` and ``model.*``."""
-    if key == "evaluate.ks":
-        if not value:
-            raise ConfigError(f"{file}: `evaluate.ks` = [] must list at least one cut-off K, e.g. [5, 10, 20]")
-        for i, k in enumerate(value):
-            check_range(f"evaluate.ks[{i}]", k, file)
-        return
-    rule = AT_LEAST_1 if key.startswith("evaluate.ks[") else RANGES.get(rule_key or key.removeprefix("baseline."))
-    if rule is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return
-    if not rule.holds(value):
-        raise ConfigError(f"{file}: `{key}` = {value!r} must be {rule.text()}")
-
-
-def _check_heads_divide(values: dict[str, Any], file: Path, prefix: str = "model") -> None:
-    for heads in ("num_heads", "fusion_heads"):
-        dim, n = values.get("hidden_dim"), values.get(heads)
-        if isinstance(dim, int) and isinstance(n, int) and n >= 1 and dim % n:
-            raise ConfigError(f"{file}: `{prefix}.{heads}` = {n} must divide `{prefix}.hidden_dim` = {dim}")
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -512,21 +385,21 @@ EXTRA_SECTIONS: tuple[str, ...] = ("pretrain", "download", "baseline", "recommen
 CORE_SECTIONS: tuple[str, ...] = ("data", "embed", "train", "model", "evaluate")
 
 
-def section(raw: dict[str, Any], name: str, path: Path) -> Any:
+def raw_section(raw: dict[str, Any], name: str, path: Path) -> Any:
     if name not in raw:
         raise ConfigError(f"{path}: missing section `{name}`")
     return raw[name]
 
 
 def load_model_config(raw_model: Any, path: Path) -> ModelConfig:
-    """Validate ``model:`` against the registry: ``name`` must be registered and every key must belong to a model."""
+    """Validate ``model:``: ``name`` must be a registered model and every key must belong to one."""
     if not isinstance(raw_model, dict) or "name" not in raw_model:
         raise ConfigError(f"{path}: missing key `model.name` (one of the registered models, e.g. sasrec)")
-    from pipeline.models import registry
+    from pipeline.models import configs
 
     name = raw_model["name"]
     options = {k: v for k, v in raw_model.items() if k != "name"}
-    registry.model_config(name, options, path)  # raises ConfigError on any problem
+    configs.model_config(name, options, path)  # raises ConfigError on any problem
     return ModelConfig(name=name, options=options)
 
 
@@ -537,11 +410,11 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     for extra in sorted(set(raw) - set(allowed)):
         raise ConfigError(f"{path}: unknown section `{extra}`; known sections: {', '.join(allowed)}")
     return Params(
-        data=from_dict(DataConfig, section(raw, "data", path), path, "data"),
-        embed=from_dict(EmbedConfig, section(raw, "embed", path), path, "embed"),
-        train=from_dict(TrainConfig, section(raw, "train", path), path, "train"),
-        model=load_model_config(section(raw, "model", path), path),
-        evaluate=from_dict(EvaluateConfig, section(raw, "evaluate", path), path, "evaluate"),
+        data=from_dict(DataConfig, raw_section(raw, "data", path), path, "data"),
+        embed=from_dict(EmbedConfig, raw_section(raw, "embed", path), path, "embed"),
+        train=from_dict(TrainConfig, raw_section(raw, "train", path), path, "train"),
+        model=load_model_config(raw_section(raw, "model", path), path),
+        evaluate=from_dict(EvaluateConfig, raw_section(raw, "evaluate", path), path, "evaluate"),
     )
 
 
@@ -549,8 +422,8 @@ def load_section(cls: type, name: str, path: Path = DEFAULT_PARAMS) -> Any:
     """Load one section; stages that read a single section use this so their DVC params stay exact."""
     raw = load_raw(path)
     if name == "model":
-        return load_model_config(section(raw, name, path), path)
-    loaded = from_dict(cls, section(raw, name, path), path, prefix=name)
+        return load_model_config(raw_section(raw, name, path), path)
+    loaded = from_dict(cls, raw_section(raw, name, path), path, prefix=name)
     if isinstance(loaded, BaselineConfig):
         loaded.build(path)  # SASRec's keys are checked when the section is loaded, not when the model is built
     return loaded

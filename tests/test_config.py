@@ -182,3 +182,49 @@ def test_baseline_section_is_sasrec_only_and_strict(tmp_path: Path) -> None:
     path = write_params(tmp_path, lambda r: r["baseline"]["train"].pop("patience"))
     with pytest.raises(ConfigError, match=r"missing key `baseline\.train\.patience`"):
         load_section(BaselineConfig, "baseline", path)
+
+
+def test_a_config_built_in_python_is_checked_with_the_same_one_line_messages() -> None:
+    import dataclasses
+
+    from pipeline.config import check
+    from pipeline.models.configs import MP4SRConfig, ODMTConfig
+
+    with pytest.raises(ConfigError, match=r"^`model\.num_heads` = 3 must divide `model\.hidden_dim` = 64$"):
+        check(ODMTConfig(num_heads=3))
+    with pytest.raises(ConfigError, match=r"^`baseline\.model\.dropout` = 1\.5 must be in \[0, 1\)$"):
+        check(dataclasses.replace(MP4SRConfig(), dropout=1.5), prefix="baseline.model")
+    checked = dataclasses.asdict(check(ODMTConfig(distill_weight=2)))  # an int given for a float becomes a float
+    assert checked == dataclasses.asdict(ODMTConfig()) | {"distill_weight": 2.0}
+    assert type(checked["distill_weight"]) is float
+
+
+def test_config_imports_no_model_code_and_the_registry_only_the_model_it_builds() -> None:
+    import subprocess
+    import sys
+
+    def loaded(code: str) -> str:
+        run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+        return run.stdout.strip()
+
+    no_models = (
+        "import sys, pipeline.config, pipeline.models.configs; print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] == 'torch' or m.startswith('pipeline.models.') and m != 'pipeline.models.configs'))"
+    )
+    assert loaded(no_models) == "[]"
+    one_model = (
+        "import sys; from pipeline.models import registry; registry.spec('sasrec'); "
+        "print(sorted(m for m in sys.modules if m in registry.MODEL_MODULES))"
+    )
+    assert loaded(one_model) == "['pipeline.models.sasrec']"
+
+
+def test_lr_schedule_keys_are_checked_in_train_and_baseline(tmp_path: Path) -> None:
+    path = write_params(tmp_path, lambda p: p["train"].update(warmup_epochs=12, epochs=12))
+    with pytest.raises(ConfigError, match=r"`train.warmup_epochs` = 12 must be less than `train.epochs` = 12"):
+        load_params(path)
+    path = write_params(tmp_path, lambda p: p["baseline"]["train"].update(lr_schedule="step"))
+    with pytest.raises(ConfigError, match=r"`baseline.train.lr_schedule` = 'step' must be one of 'constant', 'cosine'"):
+        load_section(BaselineConfig, "baseline", path)
+    path = write_params(tmp_path, lambda p: p["train"].update(lr_schedule="cosine", warmup_epochs=1))
+    assert (load_params(path).train.lr_schedule, load_params(path).train.warmup_epochs) == ("cosine", 1)

@@ -8,14 +8,18 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.models.registry import MODEL_MODULES
+from pipeline.config import BASELINE_MODEL
+from pipeline.models.registry import MODEL_MODULES, REGISTERED
+from pipeline.training.pretrain import PRETRAIN_MODELS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Imported inside functions that only stages reading `model:` / `baseline:` call (ModelConfig.build,
-# load_model_config); prepare and embed never reach them.
-LAZY = {("pipeline.config", "pipeline.models.registry")}
-# Imported by name at run time: the registry imports every model file, the readers' table every reader.
+# load_model_config); prepare and embed never reach them, so a model's defaults never rerun them.
+LAZY = {("pipeline.config", "pipeline.models.configs")}
+# Imported by name at run time: the registry imports the module of the model it builds (every model file, except
+# in a stage that builds one fixed model), the readers' table every reader.
 DYNAMIC = {"pipeline.models.registry": MODEL_MODULES}
+STAGE_MODELS = {"baseline": (BASELINE_MODEL,), "pretrain": PRETRAIN_MODELS}  # the models these stages can build
 
 
 def _modules(root: Path) -> dict[str, Path]:
@@ -26,9 +30,11 @@ def _modules(root: Path) -> dict[str, Path]:
     return found
 
 
-def _imports(name: str, modules: dict[str, Path]) -> set[str]:
-    """Modules ``name`` imports (function-local imports too), each with the packages above it."""
+def _imports(name: str, modules: dict[str, Path], stage: str = "") -> set[str]:
+    """Modules ``name`` imports (function-local imports too), each with the packages above it; in ``stage``."""
     named: set[str] = set(DYNAMIC.get(name, ()))
+    if name == "pipeline.models.registry" and stage in STAGE_MODELS:
+        named = {REGISTERED[model].module for model in STAGE_MODELS[stage]}
     if name == "pipeline.data.readers":
         named |= {m for m in modules if m.startswith("pipeline.data.readers.")}
     for node in ast.walk(ast.parse(modules[name].read_text(encoding="utf-8"))):
@@ -48,7 +54,7 @@ def _closure(stage: str, modules: dict[str, Path]) -> set[Path]:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo += _imports(name, modules)
+            todo += _imports(name, modules, stage)
     return {modules[m] for m in seen}
 
 
@@ -85,6 +91,23 @@ def test_the_closure_sees_function_local_and_dynamic_imports() -> None:
     modules = _modules(REPO_ROOT)
     assert "pipeline.io" in _imports("pipeline.training.distributed", modules)  # inside a function only
     assert "pipeline.features.clip_encoders" in _imports("pipeline.features.encoders", modules)  # likewise
-    assert modules["pipeline.models.odmt"] in _closure("baseline", modules)  # through the registry
+    assert modules["pipeline.models.odmt"] in _closure("train", modules)  # through the registry
+    assert modules["pipeline.models.sasrec"] in _closure("baseline", modules)  # the one model baseline builds
+    assert modules["pipeline.models.odmt"] not in _closure("baseline", modules)
+    assert modules["pipeline.models.mp4sr"] in _closure("pretrain", modules)
     assert modules["pipeline.data.readers.hm"] in _closure("prepare", modules)  # through the readers' table
-    assert modules["pipeline.models.registry"] not in _closure("embed", modules)  # config imports it lazily
+    assert modules["pipeline.models.registry"] not in _closure("embed", modules)
+    assert modules["pipeline.models.configs"] not in _closure("embed", modules)  # config imports it lazily
+
+
+def test_stages_of_one_fixed_model_name_only_its_model_files() -> None:
+    """baseline builds SASRec, pretrain MP4SR: a model file they never import is no dep (ODMT edits rerun neither)."""
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    modules = _modules(REPO_ROOT)
+    models_dir = REPO_ROOT / "pipeline" / "models"
+    for name in STAGE_MODELS:
+        closure = _closure(name, modules)
+        for dep in _deps(stages[name]):
+            path = REPO_ROOT / dep
+            if path == models_dir or models_dir in path.parents:
+                assert path.is_file() and path in closure, f"{name}: {dep} is not a model file the stage imports"

@@ -15,9 +15,9 @@ import yaml
 from pipeline.config import ConfigError
 from pipeline.data.splits import UserSplit
 from pipeline.models import registry
+from pipeline.models.configs import PRETRAIN_KEYS
 from pipeline.models.mp4sr import (
     MP4SR,
-    PRETRAIN_KEYS,
     ComplementaryMixup,
     MoEAdaptor,
     MP4SRConfig,

@@ -22,6 +22,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from pipeline.config import DataConfig
 from pipeline.download import catalog
@@ -37,23 +38,25 @@ from pipeline.download.http import (
 )
 from pipeline.download.images import ImageSummary, download_images
 from pipeline.io import check_disjoint
+from pipeline.schema import Bool, Float, Int, Section, Str
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DownloadConfig:
+class DownloadConfig(Section):
     """The ``download:`` section of params.yaml (or the CLI options of ``python -m stages.download``)."""
 
-    dataset: str  # a key of pipeline.download.catalog.CATALOG
-    category: str | None  # Amazon category, e.g. All_Beauty; null = the data set's default
-    out: str | None  # null = data/raw/<dataset>[/<category>]
-    images: bool  # also fetch item images (Amazon)
-    workers: int  # concurrent requests
-    retries: int  # retries per file after the first attempt
-    timeout: float  # seconds per connect/read
-    base_url: str | None  # mirror or test server replacing the catalogue's base URL
-    url_list: str | None = None  # ml1m_posters only: the poster URL list (URL or local file); null = the default
+    SECTION: ClassVar[str] = "download"
+    dataset: Str  # a key of pipeline.download.catalog.CATALOG
+    category: Str | None  # Amazon category, e.g. All_Beauty; null = the data set's default
+    out: Str | None  # null = data/raw/<dataset>[/<category>]
+    images: Bool  # also fetch item images (Amazon)
+    workers: Int  # concurrent requests
+    retries: Int  # retries per file after the first attempt
+    timeout: Float  # seconds per connect/read
+    base_url: Str | None  # mirror or test server replacing the catalogue's base URL
+    url_list: Str | None = None  # ml1m_posters only: the poster URL list (URL or local file); null = the default
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""ODMT's item-side token inputs: the model-side token caps (:func:`cap_tokens`) and the packed layout of the
-item-side transformer (the same outputs as the padded one, less compute).
+"""ODMT's item-side token inputs: the catalog's content kept as buffers and gathered per item
+(:func:`register_content`, :func:`gather_content` -> :class:`ModalityInput`), the model-side token caps
+(:func:`cap_tokens`) and the packed layout of the item-side transformer (the same outputs as the padded one, less
+compute).
 
 Attention over an item's tokens has no positions (only role embeddings), so its tokens may come in any order: each
 item is laid out ``[ID, summaries, its real tokens]``, items are grouped by length (:func:`packed_layout`) and each
@@ -11,11 +13,98 @@ positions (:func:`block_outputs`). Used by
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from pipeline.catalog import ItemCatalog
 from pipeline.models.layers import TransformerBlock
+
+
+@dataclass
+class ModalityInput:
+    """One modality of M items, gathered from the catalog."""
+
+    pooled: torch.Tensor  # (M, d_m) float32 pooled feature
+    present: torch.Tensor  # (M,) bool: the item has this modality
+    tokens: torch.Tensor | None = None  # (M, T_m, d_m) per-token features (None in the "w/o IMT" ablation)
+    token_mask: torch.Tensor | None = None  # (M, T_m) bool: real token
+    # Optional, precomputed for the full catalog (the packed path derives them otherwise):
+    flat: torch.Tensor | None = None  # (R_m, d_m) the real tokens only (token_mask & present), item-major
+    counts: torch.Tensor | None = None  # (M,) int64 real tokens per item
+
+    def real_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (R_m, d_m) the tokens that exist (a missing modality has none), item-major, and (M,) counts per item."""
+        if self.flat is not None and self.counts is not None:
+            return self.flat, self.counts
+        if self.tokens is None or self.token_mask is None:
+            raise ValueError("the ID-aware transformer needs tokens; set embed.store_tokens: true")
+        real = self.token_mask & self.present[:, None]  # (M, T_m)
+        return self.tokens[real], real.sum(dim=1)  # (R_m, d_m), (M,)
+
+
+def register_content(
+    module: nn.Module, catalog: ItemCatalog, modalities: tuple[str, ...], with_tokens: bool, caps: dict[str, int]
+) -> None:
+    """Keep each modality's pooled features, presence mask and (capped, trimmed) tokens as non-persistent buffers
+    of ``module`` (data, not weights: they stay out of checkpoints). ``caps``: ``max_<m>_tokens`` per modality."""
+    rows = catalog.num_items + 1
+    for m in modalities:
+        pooled = catalog.features[m]
+        present = catalog.masks.get(m)
+        if present is None:
+            raise ValueError(f"catalog has {m} features but no {m} mask; load features with load_catalog")
+        if pooled.shape[0] != rows or present.shape != (rows,):
+            raise ValueError(
+                f"{m} features have {pooled.shape[0]} rows and a mask of {tuple(present.shape)}; expected "
+                f"{rows} (items + padding row). Run `dvc repro embed`."
+            )
+        module.register_buffer(f"{m}_pooled", pooled.float(), persistent=False)  # (N+1, d_m)
+        module.register_buffer(f"{m}_present", present.bool(), persistent=False)  # (N+1,)
+        if not with_tokens:
+            continue
+        if m not in catalog.tokens or m not in catalog.token_masks:
+            raise ValueError(
+                f"model.id_aware_transformer is true but the catalog has no {m} tokens; set "
+                "embed.store_tokens: true and run `dvc repro embed` (or set model.id_aware_transformer: false)"
+            )
+        tokens, token_mask = cap_tokens(m, catalog.tokens[m], catalog.token_masks[m].bool(), caps[m])
+        used = token_mask.any(dim=0)  # (T,): drop columns that are padding for every item (less compute)
+        used[0] = True  # keep at least one column
+        tokens, token_mask = tokens[:, used], token_mask[:, used]  # (N+1, T_m, d_m) float16, (N+1, T_m)
+        module.register_buffer(f"{m}_tokens", tokens, persistent=False)  # (N+1, T_m, d_m)
+        module.register_buffer(f"{m}_token_mask", token_mask, persistent=False)  # (N+1, T_m)
+        # the packed item transformer's input for the whole catalog, float32 once (full softmax reads it
+        # every step): only the tokens that exist, item-major, and their count per item
+        real = token_mask & present.bool()[:, None]  # (N+1, T_m)
+        module.register_buffer(f"{m}_flat", tokens[real].float(), persistent=False)  # (R_m, d_m)
+        module.register_buffer(f"{m}_counts", real.sum(dim=1), persistent=False)  # (N+1,)
+
+
+def gather_content(
+    module: nn.Module, modalities: tuple[str, ...], ids: torch.Tensor | None, with_tokens: bool, dtype: torch.dtype
+) -> dict[str, ModalityInput]:
+    """(M,) item ids, or None for all N+1 rows (no gather) -> each modality's inputs for those items, from the
+    buffers of :func:`register_content`, in ``dtype``."""
+
+    def rows(name: str) -> torch.Tensor:
+        table = getattr(module, name)  # (N+1, ...)
+        return table if ids is None else table[ids]  # (M, ...)
+
+    out = {}
+    for m in modalities:
+        tokens = token_mask = None
+        flat = counts = None
+        if with_tokens:
+            tokens = rows(f"{m}_tokens").to(dtype)  # (M, T_m, d_m): float16 on the catalog side
+            token_mask = rows(f"{m}_token_mask")  # (M, T_m)
+            if ids is None:  # all items: the packed tokens are ready
+                flat, counts = getattr(module, f"{m}_flat"), getattr(module, f"{m}_counts")  # (R_m, d_m), (N+1,)
+        pooled, present = rows(f"{m}_pooled").to(dtype), rows(f"{m}_present")  # (M, d_m), (M,)
+        out[m] = ModalityInput(pooled, present, tokens, token_mask, flat, counts)
+    return out
 
 
 def cap_tokens(modality: str, tokens: torch.Tensor, mask: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:

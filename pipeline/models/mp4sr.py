@@ -45,13 +45,12 @@ Differences from the authors' RecBole code (lzz0007/MP4SR), each deliberate:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
+from pipeline.models.configs import MP4SRConfig
 from pipeline.models.layers import (
     CausalTransformer,
     causal_padding_mask,
@@ -59,7 +58,7 @@ from pipeline.models.layers import (
     init_weights,
     left_padded_positions,
 )
-from pipeline.models.registry import register
+from pipeline.schema import check
 
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim (paper: hidden 64, inner 256)
 INIT_STD = 0.02
@@ -67,84 +66,8 @@ COLD_ID_TEMPERATURE = 0.1  # softmax temperature over the cosine similarities of
 COLD_ID_CHUNK = 4096  # cold items scored against the warm ones at once (bounds the (chunk, S) similarity matrix)
 MODALITIES: tuple[str, str] = ("text", "image")
 PHASES: tuple[str, ...] = ("pretrain", "train")
-COLD_OFFSETS: tuple[str, ...] = ("none", "validation")
 # cold_offset: validation searches these offsets (logits are cosines / tau, at most 2 / 0.07 ~ 28.6 apart)
 COLD_OFFSET_GRID: tuple[float, ...] = tuple(sorted((x / 4 for x in range(-40, 121)), key=abs))  # -10..30, step 0.25
-
-# ``model:`` keys that shape the pre-trained network or its training; the others are fine-tuning only. The
-# ``pretrain`` stage declares exactly these as DVC params; :func:`pipeline.training.pretrain.init_from_pretrained`
-# checks them.
-PRETRAIN_KEYS: tuple[str, ...] = (
-    "hidden_dim",
-    "num_layers",
-    "num_heads",
-    "dropout",
-    "num_experts",
-    "adaptor_dropout",
-    "temperature",
-    "cm_weight",
-    "mixup_max_prob",
-    "item_drop_max",
-)
-
-
-@dataclass(frozen=True)
-class MP4SRConfig:
-    hidden_dim: int = 64  # D: adaptor output, position embedding and transformer width (paper: 64)
-    num_layers: int = 2  # transformer blocks of the shared M2SE backbone (paper: 2)
-    num_heads: int = 2  # attention heads; must divide hidden_dim (paper: 2)
-    dropout: float = 0.2  # embedding, residual and feed-forward dropout (paper: 0.2; attention weights: none)
-    num_experts: int = 8  # experts per modality in the MoE adaptor (paper: 8)
-    adaptor_dropout: float = 0.2  # dropout inside each adaptor expert (paper: 0.2)
-    temperature: float = 0.07  # tau of the InfoNCE / NT-Xent losses and of the fine-tuning logits (paper: 0.07)
-    cm_weight: float = 0.01  # lambda: weight of the cross-modality NT-Xent in pre-training (paper: 0.01)
-    mixup_max_prob: float = 0.5  # per-batch swap probability p ~ U(0, this) of complementary mixup; 0 = no mixup (0.5)
-    item_drop_max: float = 0.2  # per-batch item-drop probability p ~ U(0, this) in pre-training; 0 = no drop (0.2)
-    finetune_id_embeddings: bool = True  # add item-ID embeddings when fine-tuning (paper: true); false = content only
-    # Ranking only: a cold item's ID row = softmax-weighted mean of the ID rows of its k most content-similar warm
-    # items (cosine of the adapted features); 0 = zero (content alone). Default for checkpoints that predate it.
-    cold_id_neighbours: int = 0
-    # Extensions for the cold-start setting (not in the paper), each off by default:
-    # fine-tuning zeroes each item's ID embedding with this probability per batch, in inputs and candidates alike,
-    # so the content path learns to rank on its own (items without an ID are ranked by content alone)
-    id_dropout: float = 0.0
-    # "validation": a scalar added to the score of every item without training interactions, chosen after each
-    # fine-tuning epoch on valid NDCG@10 (grid COLD_OFFSET_GRID; the realistic valid population) | "none"
-    cold_offset: str = "none"
-    # weight of a valid user whose target has no training interactions in that choice: 1 = the realistic population;
-    # (1 - share) / share weighs cold and warm targets equally (new items must surface, at the warm users' cost)
-    cold_offset_weight: float = 1.0
-    # fine-tuning leaves the pre-trained M2SE transformer (and its position embeddings) frozen, as UniSRec does
-    freeze_transformer: bool = False
-
-
-def _check_config(config: MP4SRConfig) -> None:
-    if config.hidden_dim < 1 or config.num_layers < 1 or config.num_heads < 1 or config.num_experts < 1:
-        raise ValueError("model.hidden_dim, num_layers, num_heads and num_experts must be >= 1")
-    for key in ("dropout", "adaptor_dropout"):
-        if not 0.0 <= getattr(config, key) < 1.0:
-            raise ValueError(f"model.{key} = {getattr(config, key)} must be in [0, 1)")
-    if not 0.0 <= config.id_dropout < 1.0:
-        raise ValueError(f"model.id_dropout = {config.id_dropout} must be in [0, 1) (0 = off)")
-    if config.cold_offset_weight <= 0:
-        raise ValueError(f"model.cold_offset_weight = {config.cold_offset_weight} must be > 0 (1 = no reweighting)")
-    if config.cold_offset == "none" and config.cold_offset_weight != 1.0:
-        raise ValueError(
-            f"model.cold_offset_weight = {config.cold_offset_weight} is read only with model.cold_offset: validation "
-            "(it is 'none', so the weight would be ignored); set cold_offset: validation or put the weight back to 1.0"
-        )
-    if config.cold_offset not in COLD_OFFSETS:
-        raise ValueError(f"model.cold_offset = {config.cold_offset!r} must be one of: {', '.join(COLD_OFFSETS)}")
-    if config.cold_id_neighbours < 0:
-        raise ValueError(f"model.cold_id_neighbours = {config.cold_id_neighbours} must be >= 0 (0 = off)")
-    for key in ("mixup_max_prob", "item_drop_max"):
-        if not 0.0 <= getattr(config, key) <= 1.0:
-            raise ValueError(f"model.{key} = {getattr(config, key)} must be in [0, 1]")
-    if config.temperature <= 0.0:
-        raise ValueError(f"model.temperature = {config.temperature} must be > 0 (paper: 0.07)")
-    if config.cm_weight < 0.0:
-        raise ValueError(f"model.cm_weight = {config.cm_weight} must be >= 0 (paper: 0.01)")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pre-training losses
@@ -320,7 +243,6 @@ class M2SE(nn.Module):
         return self.encoder(x, mask).chunk(count)  # M x (B, L, D)
 
 
-@register("mp4sr", MP4SRConfig, needs_features=MODALITIES)
 class MP4SR(nn.Module):
     """MP4SR: MoE-adapted text/image item features, the shared M2SE backbone, two training phases."""
 
@@ -328,7 +250,7 @@ class MP4SR(nn.Module):
         """``max_seq_len`` sizes M2SE's position table (``data.max_seq_len`` or the checkpoint's; None = the
         catalog's)."""
         super().__init__()
-        _check_config(config)
+        check(config)  # types, ranges and rules of its config (pipeline.models.configs), named model.<key>
         self.config = config
         self.num_items = catalog.num_items
         self.max_seq_len = catalog.max_seq_len if max_seq_len is None else max_seq_len

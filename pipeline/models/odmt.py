@@ -26,8 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +35,15 @@ from torch import nn
 from pipeline.catalog import ItemCatalog
 from pipeline.evaluation.fusion import best_head_weights
 from pipeline.models import losses
-from pipeline.models.item_tokens import block_outputs, cap_tokens, id_first_mask, packed_layout
+from pipeline.models.configs import ODMTConfig
+from pipeline.models.item_tokens import (
+    ModalityInput,
+    block_outputs,
+    gather_content,
+    id_first_mask,
+    packed_layout,
+    register_content,
+)
 from pipeline.models.layers import (
     CausalTransformer,
     additive_mask,
@@ -44,7 +51,7 @@ from pipeline.models.layers import (
     init_weights,
     left_padded_positions,
 )
-from pipeline.models.registry import register
+from pipeline.schema import check
 
 MODALITIES: tuple[str, ...] = ("text", "image")
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim, item side and user side (paper, authors' code)
@@ -52,46 +59,6 @@ INIT_STD = 0.02
 RAMP_SHARPNESS = 5.0  # exp(-5 (1 - t)^2), Laine & Aila 2017, as in the authors' code
 EVAL_CHUNK = 1024  # items per item-transformer call when building the ranking table (bounds memory)
 DISTILL_MODES = ("mutual", "detached", "one_way")
-
-
-@dataclass(frozen=True)
-class ODMTConfig:
-    """Defaults = the pipeline's defaults (params.yaml), which are also the registered defaults that keys of a
-    non-selected model must keep (pipeline.models.registry). Extensions are on by default where they measured
-    better; the authors' values are in each comment."""
-
-    hidden_dim: int = 64  # D: width of tokens, item vectors and user encoders; the ranking vector is (#heads x D)
-    num_layers: int = 2  # user-encoder depth per head: transformer blocks (sasrec) or GRU layers (gru4rec)
-    num_heads: int = 1  # attention heads of the SASRec user encoders; must divide hidden_dim
-    dropout: float = 0.1  # dropout everywhere (embeddings, attention, residual, feed-forward), item and user side
-    backbone: Literal["sasrec", "gru4rec"] = "sasrec"  # sequential user encoder (the framework is model-agnostic)
-    id_aware_transformer: bool = True  # False = ablation "w/o IMT": ID embedding and pooled features through MLPs only
-    fusion_layers: int = 2  # blocks of the ID-aware multimodal transformer (paper: 2)
-    fusion_heads: int = 2  # its attention heads (paper: 2); must divide hidden_dim
-    id_init: Literal["features", "random"] = "features"  # features = IDs start from mean content
-    softmax: Literal["full", "in_batch"] = "full"  # full CE over all items | in-batch candidates with logQ correction
-    distill_weight: float = 1.0  # weight of the online-distillation term (0 = ablation "w/o distillation")
-    distill_temperature: float = 0.5  # tau
-    distill_ramp_epochs: int = 12  # alpha: KD x exp(-5 (1 - epoch/alpha)^2); 0 = no ramp
-    # mutual (authors): every KD term trains student and teacher | detached: teachers get no KD gradient |
-    # one_way (extension): only KD(m <- id), id detached; the ID head gets no KD term at all
-    distill_mode: Literal["mutual", "detached", "one_way"] = "one_way"
-    head_weight_id: float = 1.0  # ranking score = weighted mean of the heads' scores (the start point for `validation`)
-    head_weight_text: float = 1.0
-    head_weight_image: float = 1.0
-    # --- extensions (off = the authors' behaviour) and speed levers; see "Extensions" in the module docstring ---
-    residual_id: bool = True  # v_id = id_emb + MLP(ID token), MLP's last layer zero-initialised (SASRec at init)
-    item_dropout: float | None = 0.0  # dropout of the item side (IMT input + blocks); None = `dropout` (authors)
-    head_weights: Literal["fixed", "validation"] = "validation"  # validation: grid-searched (authors: fixed)
-    max_text_tokens: int = 16  # text tokens kept per item (the first ones); 0 = every stored token
-    max_image_tokens: int = 4  # image tokens per item: the stored grid average-pooled to at most this; 0 = all
-    # speed lever (extension): the content heads' user encoders read only the most recent N items, and their
-    # cross-entropy and KD are computed at those positions only; the ID head reads all. 0 = all (authors)
-    content_max_seq_len: int = 0
-    # extension: start the ID head (ID embeddings + its SASRec user encoder) from the trained SASRec baseline
-    # (models/baseline/model.pt); with residual_id the ID head then *is* the baseline at step 0. false = authors
-    init_from_baseline: bool = True
-    compile_loss: bool = True  # torch.compile the loss arithmetic (needs a C++ compiler)
 
 
 def distill_ramp(epoch: int, ramp_epochs: int) -> float:
@@ -105,28 +72,6 @@ def distill_ramp(epoch: int, ramp_epochs: int) -> float:
 def item_mlp(dim: int) -> nn.Sequential:
     """The 2-layer MLP that turns an output token into an item vector (authors: Linear, LeakyReLU, Linear)."""
     return nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(), nn.Linear(dim, dim))
-
-
-@dataclass
-class ModalityInput:
-    """One modality of M items, gathered from the catalog."""
-
-    pooled: torch.Tensor  # (M, d_m) float32 pooled feature
-    present: torch.Tensor  # (M,) bool: the item has this modality
-    tokens: torch.Tensor | None = None  # (M, T_m, d_m) per-token features (None in the "w/o IMT" ablation)
-    token_mask: torch.Tensor | None = None  # (M, T_m) bool: real token
-    # Optional, precomputed for the full catalog (the packed path derives them otherwise):
-    flat: torch.Tensor | None = None  # (R_m, d_m) the real tokens only (token_mask & present), item-major
-    counts: torch.Tensor | None = None  # (M,) int64 real tokens per item
-
-    def real_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (R_m, d_m) the tokens that exist (a missing modality has none), item-major, and (M,) counts per item."""
-        if self.flat is not None and self.counts is not None:
-            return self.flat, self.counts
-        if self.tokens is None or self.token_mask is None:
-            raise ValueError("the ID-aware transformer needs tokens; set embed.store_tokens: true")
-        real = self.token_mask & self.present[:, None]  # (M, T_m)
-        return self.tokens[real], real.sum(dim=1)  # (R_m, d_m), (M,)
 
 
 class IDAwareMultimodalTransformer(nn.Module):
@@ -341,12 +286,6 @@ class OnlineDistillation(nn.Module):
         return terms
 
 
-@register(
-    "odmt",
-    ODMTConfig,
-    needs_features=("text", "image", "text_tokens", "image_tokens"),
-    all_modalities_required=False,  # embed.image.name: none -> two-head mode (ID + text)
-)
 class ODMT(nn.Module):
     """ID-aware multimodal item vectors + one user encoder per head + online distillation; see the module docstring.
 
@@ -357,7 +296,7 @@ class ODMT(nn.Module):
     def __init__(self, config: ODMTConfig, catalog: ItemCatalog, max_seq_len: int | None = None) -> None:
         """``max_seq_len`` sizes the user encoders' position tables; None = the catalog's."""
         super().__init__()
-        _check_config(config)
+        check(config)  # types, ranges and rules of its config (pipeline.models.configs), named model.<key>
         self.config = config
         self.num_items = catalog.num_items
         self.max_seq_len = catalog.max_seq_len if max_seq_len is None else max_seq_len
@@ -374,7 +313,8 @@ class ODMT(nn.Module):
             raise ValueError(f"model.head_weight_* of the heads {self.heads} sum to {total}; at least one must be > 0")
         # (H,) fusion weights, summing to 1; a buffer so that the checkpoint carries weights chosen on validation
         self.register_buffer("head_weight", torch.tensor([weights[h] / total for h in self.heads]))
-        self._register_content(catalog)
+        caps = {"text": config.max_text_tokens, "image": config.max_image_tokens}
+        register_content(self, catalog, self.modalities, config.id_aware_transformer, caps)
         self.register_buffer("popularity", catalog.popularity.float(), persistent=False)  # (N+1,) training counts
 
         dim = config.hidden_dim
@@ -403,61 +343,10 @@ class ODMT(nn.Module):
 
     # --- catalog content ---------------------------------------------------------------------------------------
 
-    def _register_content(self, catalog: ItemCatalog) -> None:
-        """Keep each modality's pooled features, presence mask and (trimmed) tokens as non-persistent buffers."""
-        rows = catalog.num_items + 1
-        for m in self.modalities:
-            pooled = catalog.features[m]
-            present = catalog.masks.get(m)
-            if present is None:
-                raise ValueError(f"catalog has {m} features but no {m} mask; load features with load_catalog")
-            if pooled.shape[0] != rows or present.shape != (rows,):
-                raise ValueError(
-                    f"{m} features have {pooled.shape[0]} rows and a mask of {tuple(present.shape)}; expected "
-                    f"{rows} (items + padding row). Run `dvc repro embed`."
-                )
-            self.register_buffer(f"{m}_pooled", pooled.float(), persistent=False)  # (N+1, d_m)
-            self.register_buffer(f"{m}_present", present.bool(), persistent=False)  # (N+1,)
-            if not self.config.id_aware_transformer:
-                continue
-            if m not in catalog.tokens or m not in catalog.token_masks:
-                raise ValueError(
-                    f"model.id_aware_transformer is true but the catalog has no {m} tokens; set "
-                    "embed.store_tokens: true and run `dvc repro embed` (or set model.id_aware_transformer: false)"
-                )
-            cap = self.config.max_text_tokens if m == "text" else self.config.max_image_tokens
-            tokens, token_mask = cap_tokens(m, catalog.tokens[m], catalog.token_masks[m].bool(), cap)
-            used = token_mask.any(dim=0)  # (T,): drop columns that are padding for every item (less compute)
-            used[0] = True  # keep at least one column
-            tokens, token_mask = tokens[:, used], token_mask[:, used]  # (N+1, T_m, d_m) float16, (N+1, T_m)
-            self.register_buffer(f"{m}_tokens", tokens, persistent=False)  # (N+1, T_m, d_m)
-            self.register_buffer(f"{m}_token_mask", token_mask, persistent=False)  # (N+1, T_m)
-            # the packed item transformer's input for the whole catalog, float32 once (full softmax reads it
-            # every step): only the tokens that exist, item-major, and their count per item
-            real = token_mask & present.bool()[:, None]  # (N+1, T_m)
-            self.register_buffer(f"{m}_flat", tokens[real].float(), persistent=False)  # (R_m, d_m)
-            self.register_buffer(f"{m}_counts", real.sum(dim=1), persistent=False)  # (N+1,)
-
     def content(self, ids: torch.Tensor | None = None, with_tokens: bool = True) -> dict[str, ModalityInput]:
         """(M,) item ids, or None for all N+1 rows (no gather) -> each modality's inputs for those items."""
-
-        def rows(name: str) -> torch.Tensor:
-            table = getattr(self, name)  # (N+1, ...)
-            return table if ids is None else table[ids]  # (M, ...)
-
-        out = {}
-        dtype = self.id_emb.weight.dtype
-        for m in self.modalities:
-            tokens = token_mask = None
-            flat = counts = None
-            if with_tokens and self.config.id_aware_transformer:
-                tokens = rows(f"{m}_tokens").to(dtype)  # (M, T_m, d_m): float16 on the catalog side
-                token_mask = rows(f"{m}_token_mask")  # (M, T_m)
-                if ids is None:  # all items: the packed tokens are ready
-                    flat, counts = getattr(self, f"{m}_flat"), getattr(self, f"{m}_counts")  # (R_m, d_m), (N+1,)
-            pooled, present = rows(f"{m}_pooled").to(dtype), rows(f"{m}_present")  # (M, d_m), (M,)
-            out[m] = ModalityInput(pooled, present, tokens, token_mask, flat, counts)
-        return out
+        tokens = with_tokens and self.config.id_aware_transformer
+        return gather_content(self, self.modalities, ids, tokens, self.id_emb.weight.dtype)
 
     @torch.no_grad()
     def _init_ids_from_content(self) -> None:
@@ -685,38 +574,3 @@ class ODMT(nn.Module):
         """(N+1, H*D) ``concat(v_h)`` over heads (row 0 = padding, zeros)."""
         table = self.ranking_table()  # {head: (N+1, D)}
         return torch.cat([table[h] for h in self.heads], dim=1)  # (N+1, H*D)
-
-
-def _check_config(config: ODMTConfig) -> None:
-    """Value checks the type checks of :mod:`pipeline.config` cannot do; messages name the ``model.`` key."""
-    if not 0.0 <= config.dropout < 1.0:
-        raise ValueError(f"model.dropout = {config.dropout} must be in [0, 1)")
-    for key in ("hidden_dim", "num_layers", "num_heads", "fusion_layers", "fusion_heads"):
-        if getattr(config, key) < 1:
-            raise ValueError(f"model.{key} = {getattr(config, key)} must be >= 1")
-    for key in ("num_heads", "fusion_heads"):
-        if config.hidden_dim % getattr(config, key):
-            raise ValueError(f"model.hidden_dim = {config.hidden_dim} must be divisible by model.{key}")
-    if config.distill_weight < 0:
-        raise ValueError(f"model.distill_weight = {config.distill_weight} must be >= 0 (0 turns distillation off)")
-    if config.distill_temperature <= 0:
-        raise ValueError(f"model.distill_temperature = {config.distill_temperature} must be > 0")
-    if config.distill_ramp_epochs < 0:
-        raise ValueError(f"model.distill_ramp_epochs = {config.distill_ramp_epochs} must be >= 0 (0 = no ramp)")
-    for key in ("head_weight_id", "head_weight_text", "head_weight_image"):
-        if getattr(config, key) < 0:
-            raise ValueError(f"model.{key} = {getattr(config, key)} must be >= 0")
-    if config.item_dropout is not None and not 0.0 <= config.item_dropout < 1.0:
-        raise ValueError(f"model.item_dropout = {config.item_dropout} must be in [0, 1), or null (= model.dropout)")
-    if config.distill_mode not in DISTILL_MODES:
-        raise ValueError(f"model.distill_mode = {config.distill_mode!r} must be one of: {', '.join(DISTILL_MODES)}")
-    if config.content_max_seq_len < 0:
-        raise ValueError(f"model.content_max_seq_len = {config.content_max_seq_len} must be >= 0 (0 = all)")
-    if config.content_max_seq_len > 0 and (config.softmax != "full" or config.distill_mode != "one_way"):
-        raise ValueError(
-            f"model.content_max_seq_len = {config.content_max_seq_len} needs model.softmax: full and "
-            "model.distill_mode: one_way (the ID head must get no KD gradient); set it to 0 otherwise"
-        )
-    for key in ("max_text_tokens", "max_image_tokens"):
-        if getattr(config, key) < 0:
-            raise ValueError(f"model.{key} = {getattr(config, key)} must be >= 0 (0 = every stored token)")

@@ -12,12 +12,11 @@ to it: the amount of left padding never changes an output, and ``max_seq_len`` b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
+from pipeline.models.configs import SASRecConfig
 from pipeline.models.layers import (
     CausalTransformer,
     causal_padding_mask,
@@ -25,29 +24,19 @@ from pipeline.models.layers import (
     init_weights,
     left_padded_positions,
 )
-from pipeline.models.registry import register
+from pipeline.schema import check
 
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim
 INIT_STD = 0.02
 
 
-@dataclass(frozen=True)
-class SASRecConfig:
-    hidden_dim: int = 64  # D: item / position embedding and transformer width
-    num_layers: int = 2  # self-attention blocks
-    num_heads: int = 1  # attention heads; must divide hidden_dim
-    dropout: float = 0.1  # embedding, residual and feed-forward dropout (attention weights: none, see layers.py)
-
-
-@register("sasrec", SASRecConfig)
 class SASRec(nn.Module):
     """Next-item prediction from item IDs only; scores are ``user_vectors(x) @ item_vectors().T``."""
 
     def __init__(self, config: SASRecConfig, catalog: ItemCatalog, max_seq_len: int | None = None) -> None:
         """``max_seq_len`` sizes the position table (``data.max_seq_len``, the checkpoint's); None = the catalog's."""
         super().__init__()
-        if not 0.0 <= config.dropout < 1.0:
-            raise ValueError(f"model.dropout = {config.dropout} must be in [0, 1)")
+        check(config)  # types, ranges and rules of its config (pipeline.models.configs), named model.<key>
         self.config = config
         self.num_items = catalog.num_items
         self.max_seq_len = catalog.max_seq_len if max_seq_len is None else max_seq_len

@@ -13,12 +13,11 @@ A multimodal architecture claims value for its design only where it also beats t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from pipeline.catalog import ItemCatalog
+from pipeline.models.configs import SASRecFusionConfig
 from pipeline.models.layers import (
     CausalTransformer,
     causal_padding_mask,
@@ -26,32 +25,20 @@ from pipeline.models.layers import (
     init_weights,
     left_padded_positions,
 )
-from pipeline.models.registry import register
+from pipeline.schema import check
 
 MODALITIES: tuple[str, ...] = ("text", "image")
 FFN_MULTIPLIER = 4  # feed-forward width = 4 x hidden_dim (as SASRec)
 INIT_STD = 0.02
 
 
-@dataclass(frozen=True)
-class SASRecFusionConfig:
-    """SASRec's keys and defaults (the flat ``model:`` section shares them)."""
-
-    hidden_dim: int = 64  # D: item / position embedding, content projections and transformer width
-    num_layers: int = 2  # self-attention blocks
-    num_heads: int = 1  # attention heads; must divide hidden_dim
-    dropout: float = 0.1  # embedding, residual and feed-forward dropout
-
-
-@register("sasrec_fusion", SASRecFusionConfig, needs_features=("text", "image"), all_modalities_required=False)
 class SASRecFusion(nn.Module):
     """SASRec whose (tied) item table adds projected frozen content features to the ID embedding."""
 
     def __init__(self, config: SASRecFusionConfig, catalog: ItemCatalog, max_seq_len: int | None = None) -> None:
         """``max_seq_len`` sizes the position table (``data.max_seq_len``, the checkpoint's); None = the catalog's."""
         super().__init__()
-        if not 0.0 <= config.dropout < 1.0:
-            raise ValueError(f"model.dropout = {config.dropout} must be in [0, 1)")
+        check(config)  # types, ranges and rules of its config (pipeline.models.configs), named model.<key>
         self.modalities = tuple(m for m in MODALITIES if m in catalog.features)
         if not self.modalities:
             raise ValueError(

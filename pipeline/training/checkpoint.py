@@ -54,22 +54,21 @@ _READ_ERRORS = (
 
 
 def registered_name(model: nn.Module) -> str:
-    for name, spec in registry.models().items():
-        if type(model) is spec.model_cls:
-            return name
-    raise ValueError(f"{type(model).__name__} is not registered; decorate it with @register in pipeline.models")
+    name = registry.name_of(model)
+    if name is None:
+        raise ValueError(f"{type(model).__name__} is not registered; add it to pipeline.models.registry.REGISTERED")
+    return name
 
 
 def model_spec(path: Path, checkpoint: Mapping[str, Any]) -> registry.ModelSpec:
     """The registry entry of the checkpoint's model (an unregistered name names the file, not params.yaml)."""
     name = checkpoint["model_name"]
-    registered = registry.models()
-    if name not in registered:
+    if name not in registry.REGISTERED:
         raise ValueError(
-            f"{path} holds model {name!r}, which is not registered (known: {', '.join(sorted(registered))}); "
+            f"{path} holds model {name!r}, which is not registered (known: {', '.join(sorted(registry.REGISTERED))}); "
             f"run `dvc repro {rerun_stage(Path(path))}`"
         )
-    return registered[name]
+    return registry.spec(name)
 
 
 def rerun_stage(path: Path) -> str:

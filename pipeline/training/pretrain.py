@@ -7,24 +7,24 @@ pre-training" ablation), it writes a small marker checkpoint instead, so DVC alw
 always has the same dependency; :func:`init_from_pretrained` then leaves the model as initialised.
 
 Seed, device and thread count come from ``train:`` (one seed for the whole run); everything that shapes what is
-learned comes from ``pretrain:`` and from the model keys in :data:`pipeline.models.mp4sr.PRETRAIN_KEYS`.
+learned comes from ``pretrain:`` and from the model keys in :data:`pipeline.models.configs.PRETRAIN_KEYS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.config import TrainConfig
+from pipeline.config import PretrainConfig, TrainConfig
 from pipeline.data.splits import UserSplit
 from pipeline.io import atomic_path, write_json_atomic
-from pipeline.models.mp4sr import PRETRAIN_KEYS
+from pipeline.models.configs import PRETRAIN_KEYS
 from pipeline.training import distributed
 from pipeline.training.checkpoint import registered_name
 from pipeline.training.fit import TrainResult, fit
@@ -38,17 +38,6 @@ KIND = "pretrain"
 ID_EMBEDDING_PREFIX = "id_emb."  # learned in fine-tuning only; never handed over
 # state-dict keys learned or chosen in fine-tuning only (MP4SR's ID embeddings and its cold_offset extension)
 FINE_TUNING_ONLY: tuple[str, ...] = (ID_EMBEDDING_PREFIX, "cold_offset")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    enabled: bool  # false = fine-tune from scratch (the "without pre-training" ablation)
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    patience: int  # epochs without a better valid NDCG@10 (pre-trained vectors) before stopping
-    grad_clip: float | None
 
 
 def pretrain_train_config(pretrain_cfg: PretrainConfig, train_cfg: TrainConfig) -> TrainConfig:
@@ -124,7 +113,7 @@ def init_from_pretrained(model: nn.Module, path: Path) -> bool:
 
     False, and the model left as initialised, for a model without a pre-training phase (``path`` is not read) or
     for a marker checkpoint. Raises when a checkpoint does not fit: another model, another item set or different
-    pre-training keys (:data:`pipeline.models.mp4sr.PRETRAIN_KEYS`).
+    pre-training keys (:data:`pipeline.models.configs.PRETRAIN_KEYS`).
     """
     name = registered_name(model)
     if name not in PRETRAIN_MODELS:
