@@ -1,13 +1,15 @@
-"""One error line instead of a traceback for every stage CLI (``@cli_errors`` on the typer command).
+"""What every stage CLI shares: ``@cli.command(app)`` on its typer command, and option types.
 
-A stage that fails prints ``error: <what, where, fix>`` on stderr and exits with status 1; ``MMREC_DEBUG=1`` in the
-environment re-raises instead, so the full traceback is shown. Errors of the tool's own kinds (``ConfigError``,
-``DataFormatError``, and ``ValueError``/``OSError`` which the library raises with a full message) print their
-message alone; any other exception is printed with its type, as it is most likely a bug to report.
+``@cli.command(app)`` registers the command with logging set up once (``setup_logging()``: one log format) and one
+error line instead of a traceback (``@cli_errors``). A stage that fails prints ``error: <what, where, fix>`` on stderr
+and exits with status 1; ``MMREC_DEBUG=1`` in the environment re-raises instead, so the full traceback is shown.
+Errors of the tool's own kinds (``ConfigError``, ``DataFormatError``, and ``ValueError``/``OSError`` which the library
+raises with a full message) print their message alone; any other exception is printed with its type, as it is most
+likely a bug to report.
 
-Also what every stage shares: ``setup_logging()`` (one log format) and typer option types for the options that
-several stages declare alike, used as ``prepared: cli.Prepared = Path("data/prepared")`` or
-``params: cli.params("only `evaluate`") = DEFAULT_PARAMS``. Defaults stay in each stage, beside its dvc.yaml path.
+Typer option types for the options that several stages declare alike are used as ``prepared: cli.Prepared =
+Path("data/prepared")`` or ``params: cli.params("only `evaluate`") = DEFAULT_PARAMS``. Defaults stay in each stage,
+beside its dvc.yaml path.
 """
 
 from __future__ import annotations
@@ -48,17 +50,34 @@ def out(writes: str) -> Any:
     return Annotated[Path, typer.Option(help=f"output directory: {writes}")]
 
 
-def implied_command(route: Callable[[list[str]], str]) -> type[TyperGroup]:
+def implied_command(route: Callable[[set[str]], str]) -> type[TyperGroup]:
     """A typer group class (``typer.Typer(cls=...)``) for a stage split into subcommands: a command line that names
-    none (the form from before the split) runs the one ``route(args)`` names."""
+    none (the form from before the split) runs the one ``route`` names from the set of option names given
+    (``--k=3`` counts as ``--k``)."""
 
     class Group(TyperGroup):
         def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
             if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
-                args = [route(args), *args]
+                args = [route({arg.split("=")[0] for arg in args}), *args]
             return super().parse_args(ctx, args)
 
     return Group
+
+
+def command(app: typer.Typer, name: str | None = None, quiet: bool = False) -> Callable[[F], F]:
+    """Register the decorated function as ``app``'s command ``name`` the way every stage's is: logging set up first
+    (:func:`setup_logging`; ``quiet`` for a query printed to the terminal) and errors as one line (:func:`cli_errors`).
+    """
+
+    def register(function: F) -> F:
+        @functools.wraps(function)
+        def logged(*args: Any, **kwargs: Any) -> Any:
+            setup_logging(quiet)
+            return function(*args, **kwargs)
+
+        return app.command(name)(cli_errors(logged))  # type: ignore[arg-type]
+
+    return register
 
 
 def setup_logging(quiet: bool = False) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 import typer
 
 from pipeline import cli
-from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import BASELINE_MODEL, DEFAULT_PARAMS, BaselineConfig, DataConfig, load_section
 from pipeline.training import distributed
 from pipeline.training.job import train_to_dir
@@ -23,8 +22,7 @@ log = logging.getLogger("stages.baseline")
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-@app.command()
-@cli_errors
+@cli.command(app)
 def main(
     params: cli.params("baseline, data.max_seq_len") = DEFAULT_PARAMS,
     prepared: cli.Prepared = Path("data/prepared"),
@@ -32,7 +30,6 @@ def main(
     out: cli.out("model.pt, train_summary.json, dvclive/") = Path("models/baseline"),
 ) -> None:
     """Train SASRec with `baseline.train` and `baseline.model`; keep the epoch with the best valid NDCG@10."""
-    setup_logging()
     cfg: BaselineConfig = load_section(BaselineConfig, "baseline", params)
     max_seq_len = load_section(DataConfig, "data", params).max_seq_len
     args = distributed.cli_args(params=params, prepared=prepared, features=features, out=out)

@@ -18,7 +18,6 @@ from typing import Annotated
 import typer
 
 from pipeline import cli
-from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS
 from pipeline.download.catalog import BASE_URL_ENV, CATALOG
 from pipeline.download.command import download_command
@@ -28,8 +27,7 @@ log = logging.getLogger("stages.download")
 Opt = typer.Option
 
 
-@app.command()
-@cli_errors
+@cli.command(app)
 def main(
     dataset: Annotated[
         str | None, typer.Argument(help=f"one of: {', '.join(CATALOG)}, table; omitted: params.yaml")
@@ -51,7 +49,6 @@ def main(
     params: cli.params("`download` when DATASET is omitted, `data` for `table`") = DEFAULT_PARAMS,
 ) -> None:
     """Download one data set; finished files are kept, so an interrupted run resumes where it stopped."""
-    setup_logging()
     options = dict(category=category, out=out, images=images, workers=workers, retries=retries, timeout=timeout)
     limits = dict(max_file_gb=max_file_gb, max_image_mb=max_image_mb, base_url=base_url, url_list=url_list)
     if code := download_command(dataset, params, log, **options, **limits):

@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 
 from pipeline import cli
-from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import EmbedConfig, load_section
 from pipeline.features.embed import embed_items
 from pipeline.features.ranks import embed_session
@@ -21,8 +20,7 @@ from pipeline.features.ranks import embed_session
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-@app.command()
-@cli_errors
+@cli.command(app)
 def main(
     params: cli.params("only `embed`") = Path("params.yaml"),
     items: Annotated[Path, typer.Option(help="items written by `prepare`")] = Path("data/prepared/items.parquet"),
@@ -30,7 +28,6 @@ def main(
     cache: Annotated[Path, typer.Option(help="embedding cache, kept across runs")] = Path("data/cache/embeddings"),
 ) -> None:
     """Encode every item's text and image with the frozen encoders named in `embed`."""
-    setup_logging()
     config = load_section(EmbedConfig, "embed", params)
     with embed_session() as ranks:  # several processes under torchrun (one per GPU), else one
         manifest = embed_items(items, out, cache, config, ranks=ranks)

@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from pipeline import cli
-from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import EvaluateConfig, load_section
 from pipeline.evaluation.job import evaluate_to_dir
 
@@ -21,8 +20,7 @@ MEMBERS_HELP = (
 )
 
 
-@app.command()
-@cli_errors
+@cli.command(app)
 def main(
     params: cli.params("only `evaluate`") = Path("params.yaml"),
     prepared: cli.Prepared = Path("data/prepared"),
@@ -37,7 +35,6 @@ def main(
     ensemble_members: Annotated[list[Path] | None, typer.Option(help=MEMBERS_HELP)] = None,
 ) -> None:
     """Rank all items for every user (history masked) at valid and test; write reports/ and print the tables."""
-    setup_logging()
     cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
     typer.echo(evaluate_to_dir(cfg, prepared, features, model, baseline, out, device, experiments, ensemble_members))
 

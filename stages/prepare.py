@@ -11,7 +11,6 @@ from pathlib import Path
 import typer
 
 from pipeline import cli
-from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, DataConfig, load_section
 from pipeline.data.prepare import prepare
 
@@ -19,14 +18,12 @@ log = logging.getLogger("stages.prepare")
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-@app.command()
-@cli_errors
+@cli.command(app)
 def main(
     params: cli.params("only `data`") = DEFAULT_PARAMS,
     out: cli.out("items.parquet, sequences.parquet, images/, stats.json") = Path("data/prepared"),
 ) -> None:
     """Read `data.source`, clean it (dedupe, k-core, tie-breaking), map ids and write the prepared data set."""
-    setup_logging()
     stats = prepare(load_section(DataConfig, "data", params), out)  # an error: one line (pipeline.cli)
     dropped = ", ".join(f"{k}={v:,}" for k, v in stats["dropped"].items())
     log.info(

@@ -10,7 +10,6 @@ from pathlib import Path
 import typer
 
 from pipeline import cli
-from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
 from pipeline.training import distributed
 from pipeline.training.job import pretrain_to_dir
@@ -19,8 +18,7 @@ from pipeline.training.pretrain import PretrainConfig, skip_reason
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-@app.command()
-@cli_errors
+@cli.command(app)
 def main(
     params: cli.params("pretrain, model, train, data") = DEFAULT_PARAMS,
     prepared: cli.Prepared = Path("data/prepared"),
@@ -28,7 +26,6 @@ def main(
     out: cli.out("pretrain.pt, pretrain_summary.json, dvclive/") = Path("models/pretrain"),
 ) -> None:
     """Pre-train MP4SR's M2SE (NI + CM losses); keep the epoch with the best valid NDCG@10."""
-    setup_logging()
     pretrain_cfg: PretrainConfig = load_section(PretrainConfig, "pretrain", params)
     model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
     train_cfg: TrainConfig = load_section(TrainConfig, "train", params)

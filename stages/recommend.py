@@ -4,29 +4,23 @@ Without a subcommand (the form from before the split): `query` with --history/--
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pipeline import cli
-from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, RecommendConfig, load_section
-from pipeline.serving.job import export_to_dir, query
-from pipeline.serving.recommend import format_table
+from pipeline.serving.job import export_to_dir, query, render
 
-QUERY_OPTIONS = {"--history", "--user"}
-route = cli.implied_command(lambda args: "query" if QUERY_OPTIONS & {a.split("=")[0] for a in args} else "export")
+route = cli.implied_command(lambda options: "query" if options & {"--history", "--user"} else "export")
 app = typer.Typer(add_completion=False, help=__doc__, cls=route)
-Params = cli.params("only `recommend`")
 K = Annotated[int | None, typer.Option(help="items to return; default recommend.k")]
 
 
-@app.command("export")
-@cli_errors
+@cli.command(app, "export")
 def export_command(
-    params: Params = DEFAULT_PARAMS,
+    params: cli.params("only `recommend`") = DEFAULT_PARAMS,
     prepared: cli.Prepared = Path("data/prepared"),
     features: cli.Features = Path("data/features"),
     model: cli.Model = Path("models/model.pt"),
@@ -37,15 +31,13 @@ def export_command(
     k: K = None,
 ) -> None:
     """Write the item index, every user's top-K and the gallery (the DVC stage)."""
-    setup_logging()
     cfg = load_section(RecommendConfig, "recommend", params)
     export_to_dir(cfg, prepared, features, model, baseline, out, gallery, device, k)
 
 
-@app.command("query")
-@cli_errors
+@cli.command(app, "query", quiet=True)
 def query_command(
-    params: Params = DEFAULT_PARAMS,
+    params: cli.params("only `recommend`") = DEFAULT_PARAMS,
     prepared: cli.Prepared = Path("data/prepared"),
     features: cli.Features = Path("data/features"),
     model: cli.Model = Path("models/model.pt"),
@@ -59,10 +51,8 @@ def query_command(
     sep: Annotated[str, typer.Option(help="separator of --history (ids containing it still match)")] = ",",
 ) -> None:
     """Print the top-K after one history (--history) or one user's items (--user)."""
-    setup_logging(quiet=True)
     k = k if k is not None else load_section(RecommendConfig, "recommend", params).k
-    rows = query(prepared, features, model, index, k, history, user, sep, skip_unknown, device)
-    typer.echo(json.dumps(rows, ensure_ascii=False) if as_json else format_table(rows))
+    typer.echo(render(query(prepared, features, model, index, k, history, user, sep, skip_unknown, device), as_json))
 
 
 if __name__ == "__main__":

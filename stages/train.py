@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 
 from pipeline import cli
-from pipeline.cli import cli_errors, setup_logging
 from pipeline.config import DEFAULT_PARAMS, DataConfig, ModelConfig, TrainConfig, load_section
 from pipeline.training import distributed
 from pipeline.training.job import train_to_dir
@@ -23,8 +22,7 @@ BASELINE = Path("models/baseline/model.pt")  # read only with model.init_from_ba
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-@app.command()
-@cli_errors
+@cli.command(app)
 def main(
     params: cli.params("train, model, data.max_seq_len") = DEFAULT_PARAMS,
     prepared: cli.Prepared = Path("data/prepared"),
@@ -34,7 +32,6 @@ def main(
     baseline: Annotated[Path, typer.Option(help="baseline stage output (model.init_from_baseline)")] = BASELINE,
 ) -> None:
     """Train the configured model; keep the epoch with the best valid NDCG@10."""
-    setup_logging()
     train_cfg: TrainConfig = load_section(TrainConfig, "train", params)
     model_cfg: ModelConfig = load_section(ModelConfig, "model", params)
     max_seq_len = load_section(DataConfig, "data", params).max_seq_len

@@ -3,6 +3,8 @@ isinstance, and a model class that lacks a member is refused when built."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -41,7 +43,7 @@ def test_a_model_without_the_contract_is_refused(monkeypatch: pytest.MonkeyPatch
             self.config, self.num_items, self.max_seq_len = config, catalog.num_items, max_seq_len
 
     spec = registry.spec("sasrec")
-    monkeypatch.setattr(registry, "spec", lambda name: registry.ModelSpec(spec.config_cls, NoVectors))
+    monkeypatch.setattr(registry, "spec", lambda name: replace(spec, model_cls=NoVectors))
     catalog = ItemCatalog(num_items=5, max_seq_len=4, popularity=torch.zeros(6))
     with pytest.raises(TypeError, match=r"'sasrec' \(NoVectors\) lacks user_vectors, item_vectors"):
         registry.build_model("sasrec", SASRecConfig(), catalog, 4)

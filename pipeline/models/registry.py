@@ -12,7 +12,7 @@ model is built or named, so a stage that builds SASRec alone (``baseline``) neve
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +53,19 @@ REGISTERED: dict[str, Registered] = {
 MODEL_MODULES: tuple[str, ...] = tuple(r.module for r in REGISTERED.values())
 
 
-@dataclass(frozen=True)
-class ModelSpec:
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec(Registered):
+    """A registered model with its config class and its model class imported."""
+
     config_cls: type
     model_cls: type
-    needs_features: tuple[str, ...] = ()
-    all_modalities_required: bool = True
 
 
 def spec(name: str, path: Path = Path("params.yaml")) -> ModelSpec:
     """The registered model ``name``; imports its module (only that one)."""
-    config_cls = config_class(name, path)
     entry = REGISTERED[name]
     model_cls = getattr(importlib.import_module(entry.module), entry.class_name)
-    return ModelSpec(config_cls, model_cls, entry.needs_features, entry.all_modalities_required)
+    return ModelSpec(**asdict(entry), config_cls=config_class(name, path), model_cls=model_cls)
 
 
 def models() -> dict[str, ModelSpec]:

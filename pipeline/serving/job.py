@@ -1,8 +1,10 @@
 """The `recommend` stage's two bodies: :func:`export_to_dir` (the DVC stage: the item index, every user's top-K and
-the gallery) and :func:`query` (the on-demand CLI: one history's top-K from the exported index)."""
+the gallery) and :func:`query` (the on-demand CLI: one history's top-K from the exported index, printed by
+:func:`render`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ from pipeline.config import RecommendConfig
 from pipeline.io import check_disjoint
 from pipeline.reporting.gallery import export_gallery
 from pipeline.serving.inference import load_trained, resolve_device
-from pipeline.serving.recommend import Recommender, export, parse_history, user_history, user_sequences
+from pipeline.serving.recommend import Recommender, export, format_table, parse_history, user_history, user_sequences
 
 
 def check_k(k: int) -> int:
@@ -69,3 +71,8 @@ def query(
         items = recommender.map_ids(parse_history(history or "", recommender.idx_of, sep), skip_unknown)
     top_items, top_scores = recommender.recommend([items], k)
     return recommender.rows(top_items[0], top_scores[0])
+
+
+def render(rows: list[dict[str, Any]], as_json: bool = False) -> str:
+    """:func:`query`'s rows as the CLI prints them: a JSON list (``--json``) or an aligned text table."""
+    return json.dumps(rows, ensure_ascii=False) if as_json else format_table(rows)
