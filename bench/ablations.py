@@ -66,11 +66,10 @@ def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[s
 # Keys added to params.yaml after runs were recorded, with the value that reproduces the behaviour from before they
 # existed: a run's identity leaves such a key out while it holds that value, so finished runs stay reusable.
 NEUTRAL_LATER_KEYS: dict[str, Any] = {
-    **{
-        f"{s}.{k}": v
-        for s in ("train", "baseline.train")
-        for k, v in (("lr_schedule", "constant"), ("warmup_epochs", 0))
-    },
+    "train.lr_schedule": "constant",
+    "train.warmup_epochs": 0,
+    "baseline.train.lr_schedule": "constant",
+    "baseline.train.warmup_epochs": 0,
 }
 
 
@@ -186,9 +185,7 @@ def finished_run_dir(name: str, params: dict[str, Any]) -> dict[str, Any] | None
     interrupted between seeds of a variant resumes from there)."""
     out = RUNS / name
     files = [out / "params.yaml", out / "models" / "train_summary.json", out / "reports" / "metrics.json"]
-    if not all(f.exists() for f in files) or canonical_params(yaml.safe_load(files[0].read_text())) != canonical_params(
-        params
-    ):
+    if not all(f.exists() for f in files) or params_key(yaml.safe_load(files[0].read_text())) != params_key(params):
         return None
     return _run_record(out, params, {})  # stage costs are not measured again
 
