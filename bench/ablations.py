@@ -35,6 +35,7 @@ import yaml
 
 from bench.control_rows import ROW_KEYS, control_kind, control_runs, paired_rows
 from bench.run_stage import StageRun, run_measured
+from pipeline.config import ConfigError, check_params
 from pipeline.io import write_json_atomic, write_text_atomic
 from pipeline.models import registry
 from pipeline.models.configs import PRETRAIN_KEYS
@@ -321,6 +322,11 @@ def main(
     if unknown:
         raise typer.BadParameter(f"{experiments}: suite {suite!r} has no variant {', '.join(sorted(unknown))}")
     base = apply_overrides(yaml.safe_load(params_file.read_text()), budget)
+    try:
+        check_rows(suite, variants, base, experiments)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     done: dict[str, dict[str, Any]] = {}
     for path in sorted((results / suite).glob("*.json")):
@@ -420,6 +426,20 @@ def pair_with_ensembles(
                 paired = True
         if paired:
             write_json_atomic(suite_dir / f"{name}.json", row)
+
+
+def check_rows(suite: str, variants: dict[str, Any], base: dict[str, Any], experiments: Path) -> None:
+    """Every trained row's params validated before anything trains, as the stages would validate them: a mistyped
+    key or value stops the suite at once, naming the row, instead of after hours of the rows before it."""
+    for name, spec in variants.items():
+        if control_kind(spec):
+            continue
+        where = Path(f"{experiments} (suite {suite}, row {name})")
+        try:
+            params = apply_overrides(base, _overrides(spec))
+        except KeyError as e:
+            raise ConfigError(f"{where}: {e.args[0]}") from None
+        check_params(params, where)
 
 
 def _overrides(spec: dict[str, Any] | None) -> dict[str, Any]:

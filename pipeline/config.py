@@ -405,7 +405,21 @@ def load_model_config(raw_model: Any, path: Path) -> ModelConfig:
 
 def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     """Load and validate every core section (unknown sections are errors too)."""
-    raw = load_raw(path)
+    return parse_params(load_raw(path), path)
+
+
+def check_params(raw: dict[str, Any], path: Path) -> None:
+    """Validate params held in memory (``path`` names where they came from in messages): every core section and
+    the ``baseline`` and ``pretrain`` sections, as the stages that read them would; a ``ConfigError`` otherwise."""
+    parse_params(raw, path)
+    for cls, name in ((BaselineConfig, "baseline"), (PretrainConfig, "pretrain")):
+        loaded = from_dict(cls, raw_section(raw, name, path), path, prefix=name)
+        if isinstance(loaded, BaselineConfig):
+            loaded.build(path)
+
+
+def parse_params(raw: dict[str, Any], path: Path) -> Params:
+    """The core sections of ``raw`` (a params file's mapping) validated; ``path`` names it in messages."""
     allowed = CORE_SECTIONS + EXTRA_SECTIONS
     for extra in sorted(set(raw) - set(allowed)):
         raise ConfigError(f"{path}: unknown section `{extra}`; known sections: {', '.join(allowed)}")

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from typer.testing import CliRunner
 
-from bench.ablations import aggregate, apply_overrides, find_run, params_key, reference_row
+from bench.ablations import aggregate, app, apply_overrides, check_rows, find_run, params_key, reference_row
+from pipeline.config import ConfigError
 from pipeline.reporting.experiments import (
     experiments_markdown,
     experiments_sections,
@@ -45,6 +48,50 @@ def test_overrides_replace_existing_keys_only() -> None:
     assert params["model"]["name"] == "sasrec"  # the base is not mutated
     with pytest.raises(KeyError, match="train.learning_rate"):
         apply_overrides(params, {"train.learning_rate": 0.1})
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_row_of_the_shipped_suites_has_valid_params() -> None:
+    """A typo in bench/experiments.yaml would otherwise surface only when its row's turn comes, hours in."""
+    spec = yaml.safe_load((REPO / "bench/experiments.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for suite, variants in spec["suites"].items():
+        variants = dict(variants)
+        budget = {**(spec.get("budget") or {}), **(variants.pop("budget", None) or {})}
+        check_rows(suite, variants, apply_overrides(params, budget), Path("bench/experiments.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"model.distill_weigth": 0.5}, "unknown key `model.distill_weigth`"),
+        ({"train.lr": -1}, "`train.lr` = -1.0 must be > 0"),
+        ({"train.learning_rate": 0.1}, "override `train.learning_rate`: no such key"),
+        ({"baseline.train.patience": -2}, "`baseline.train.patience`"),
+    ],
+)
+def test_a_bad_row_stops_the_suite_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, override: dict, message: str
+) -> None:
+    suite = {"budget": {"train.epochs": 2}, "sasrec": {"model.name": "sasrec"}, "typo": override}
+    experiments = tmp_path / "experiments.yaml"
+    experiments.write_text(yaml.safe_dump({"suites": {"s": suite}}))
+    monkeypatch.chdir(tmp_path)  # the runner writes runs/ and results under the working directory
+    args = ["--suite", "s", "--experiments", str(experiments), "--params-file", str(REPO / "params.yaml")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()  # one line, naming the file, suite, row and key
+    assert line.startswith(f"error: {experiments} (suite s, row typo): ") and message in line
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()  # the good row did not run
+
+
+def test_control_rows_are_not_validated_as_params() -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    check_rows("s", {"ens": {"control": "id_ensemble", "members": 3}}, params, Path("x.yaml"))
+    with pytest.raises(ConfigError, match=r"x.yaml \(suite s, row bad\)"):
+        check_rows("s", {"bad": {"model.name": "nope"}}, params, Path("x.yaml"))
 
 
 def test_table_has_one_row_per_run_with_cold_start_and_cost(tmp_path: Path) -> None:
