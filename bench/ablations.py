@@ -75,7 +75,8 @@ NEUTRAL_LATER_KEYS: dict[str, Any] = {
 
 
 def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` without the :data:`NEUTRAL_LATER_KEYS` that hold their neutral value."""
+    """``params`` without the :data:`NEUTRAL_LATER_KEYS` that hold their neutral value, and with
+    ``model.content_max_seq_len`` at 0 where it has no effect (:func:`_content_window_without_effect`)."""
     out = copy.deepcopy(params)
     for dotted, neutral in NEUTRAL_LATER_KEYS.items():
         *parents, leaf = dotted.split(".")
@@ -84,7 +85,22 @@ def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
             del node[leaf]
+    if _content_window_without_effect(out):
+        out["model"]["content_max_seq_len"] = 0
     return out
+
+
+def _content_window_without_effect(params: dict[str, Any]) -> bool:
+    """ODMT's ``model.content_max_seq_len`` (default 0 until it moved to 50) changes nothing when the selected
+    model is not ODMT (no other model reads it) or when it is >= ``data.max_seq_len`` (the content heads then read
+    every item, as with 0): runs recorded with 0 stay reusable there."""
+    model, data = params.get("model"), params.get("data")
+    if not isinstance(model, dict) or "content_max_seq_len" not in model:
+        return False
+    if model.get("name") != "odmt":
+        return True
+    window, length = model["content_max_seq_len"], data.get("max_seq_len") if isinstance(data, dict) else None
+    return isinstance(window, int) and isinstance(length, int) and window >= length
 
 
 def params_key(params: dict[str, Any]) -> str:

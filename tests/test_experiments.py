@@ -10,7 +10,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from bench.ablations import aggregate, app, apply_overrides, check_rows, find_run, params_key, reference_row
+from bench.ablations import (
+    aggregate,
+    app,
+    apply_overrides,
+    canonical_params,
+    check_rows,
+    find_run,
+    params_key,
+    reference_row,
+)
 from pipeline.config import ConfigError
 from pipeline.reporting.experiments import (
     experiments_markdown,
@@ -156,6 +165,23 @@ def test_a_key_added_later_at_its_neutral_value_keeps_earlier_runs_reusable(tmp_
     assert params_key(now) == params_key(before) and find_run(tmp_path, params_key(now))["name"] == "sasrec"
     cosine = apply_overrides(now, {"train.lr_schedule": "cosine"})  # a real change is a new run
     assert params_key(cosine) != params_key(before) and find_run(tmp_path, params_key(cosine)) is None
+
+
+@pytest.mark.parametrize("name", ["odmt", "sasrec", "mp4sr"])
+def test_content_max_seq_len_without_effect_keeps_runs_recorded_with_0_reusable(tmp_path: Path, name: str) -> None:
+    """content_max_seq_len (default 0, now 50) changes nothing for a model other than ODMT or when it is >=
+    data.max_seq_len: such runs recorded with 0 keep their key; an ODMT window shorter than the histories is new."""
+    before = {"model": {"name": name, "content_max_seq_len": 0}, "data": {"max_seq_len": 15}}
+    (tmp_path / "odmt").mkdir()
+    (tmp_path / "odmt" / "row.json").write_text(json.dumps({"name": "row", "params_key": params_key(before)}))
+    for window in (15, 50):
+        now = apply_overrides(before, {"model.content_max_seq_len": window})
+        assert params_key(now) == params_key(before) and find_run(tmp_path, params_key(now))["name"] == "row"
+    shorter = apply_overrides(before, {"model.content_max_seq_len": 10})
+    assert (params_key(shorter) == params_key(before)) == (name != "odmt")
+    full = apply_overrides(before, {"data.max_seq_len": 200, "model.content_max_seq_len": 50})  # 200 > 50
+    assert (params_key(full) == params_key(apply_overrides(full, {"model.content_max_seq_len": 0}))) == (name != "odmt")
+    assert canonical_params(before) == before  # nothing else is touched
 
 
 def test_heads_table_lists_each_head_of_multi_head_runs_only(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -717,26 +718,104 @@ def test_content_heads_read_only_the_most_recent_items() -> None:
     torch.testing.assert_close(full.user_vectors(ids), plain.user_vectors(ids))  # N >= L: the same model
 
 
-def test_content_max_seq_len_loss_is_id_ce_everywhere_plus_content_terms_on_recent_positions() -> None:
-    model = make_model(distill_mode="one_way", content_max_seq_len=4, distill_weight=0.8).eval()
+def _recent_reference(model: ODMT, batch: dict[str, torch.Tensor], recent: int) -> tuple[torch.Tensor, ...]:
+    """The loss content_max_seq_len = ``recent`` must compute, built the plain autograd way from the model's own
+    hidden states: ID CE over every position + (every head's CE and the KD terms of ``model``'s distill_mode over
+    explicit logits on the last ``recent`` columns) - the ID CE on those. Returns (loss, ID CE, recent parts)."""
+    ids, targets = batch["input_ids"], batch["target_ids"]  # (B, L) each
+    table = model.item_table()  # {head: (N+1, D)}
+    hidden = model.encode(ids, table, ids)  # {head: (B, L_h, D)}: content heads (B, recent, D)
+    columns = [table[h][1:] for h in model.heads]  # H x (N, D)
+    has, kept = targets > 0, targets[:, -recent:] > 0  # (B, L), (B, recent)
+    ce_id = F.cross_entropy(hidden["id"][has] @ columns[0].T, targets[has] - 1)  # every position
+    queries = [hidden["id"][:, -recent:][kept]] + [hidden[h][kept] for h in model.modalities]  # H x (R, D)
+    target_recent = targets[:, -recent:][kept] - 1  # (R,)
+    options = LossOptions(model.config.distill_temperature, model.config.distill_weight, model.config.distill_mode)
+    loss_recent, parts = explicit_head_losses(queries, columns, target_recent, options)
+    ce_id_recent = F.cross_entropy(queries[0] @ columns[0].T, target_recent)  # counted once: in ce_id
+    return ce_id + loss_recent - ce_id_recent, ce_id, parts
+
+
+@pytest.mark.parametrize("mode", ["mutual", "detached", "one_way"])
+def test_content_max_seq_len_loss_is_id_ce_everywhere_plus_content_and_kd_terms_on_recent_positions(
+    mode: str,
+) -> None:
+    """Every distill_mode: the loss, its logged parts and every parameter's gradient equal the reference's (the
+    ID head gets the KD terms of its mode on the recent positions, its CE once over all positions)."""
+    model = make_model(distill_mode=mode, content_max_seq_len=4, distill_weight=0.8).eval()
     batch = next_item_batch(batch_ids())
+    assert int((batch["target_ids"][:, :-4] > 0).sum()) > 0  # older positions exist: the split is exercised
     out = model(batch)
-    plain = make_model(distill_mode="one_way", distill_weight=0.8).eval()
-    queries, columns, target_col, _ = plain.loss_inputs(batch)
-    options = LossOptions(0.5, 0.8, "one_way")
-    ce_id, _ = head_losses(queries[:1], columns[:1], target_col, replace(options, kd_weight=0.0))
-    recent = {"input_ids": batch["input_ids"][:, -4:], "target_ids": batch["target_ids"][:, -4:]}
-    q_recent, _, t_recent, _ = plain.loss_inputs(recent)
-    _, content_parts = head_losses(q_recent, columns, t_recent, options)
-    torch.testing.assert_close(out["ce_id"], ce_id)
-    torch.testing.assert_close(out["ce_text"], content_parts[1])
-    expected = ce_id + content_parts[1] + content_parts[2] + 0.8 * content_parts[3:].sum()
-    torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-4)  # loss_c - ce_id(recent): float32
+    expected, ce_id, parts = _recent_reference(model, batch, 4)
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["ce_id"], ce_id.detach())
+    for i, h in enumerate(("text", "image")):
+        torch.testing.assert_close(out[f"ce_{h}"], parts[1 + i])
+        torch.testing.assert_close(out[f"kd_{h}"], parts[3 + i])
+    torch.testing.assert_close(out["kd_id"], parts[5])
+    assert (out["kd_id"] > 0) == (mode != "one_way")
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(out["loss"], params, allow_unused=True)
+    want = torch.autograd.grad(expected, params, allow_unused=True)
+    for p, a, b in zip(params, got, want, strict=True):
+        torch.testing.assert_close(
+            torch.zeros_like(p) if a is None else a, torch.zeros_like(p) if b is None else b, rtol=1e-4, atol=1e-6
+        )
+    # N >= L: exactly the model without the lever
+    same = make_model(distill_mode=mode, content_max_seq_len=MAX_LEN, distill_weight=0.8).eval()(batch)
+    torch.testing.assert_close(same["loss"], make_model(distill_mode=mode, distill_weight=0.8).eval()(batch)["loss"])
 
 
-def test_content_max_seq_len_needs_one_way_kd() -> None:
-    with pytest.raises(ValueError, match="content_max_seq_len.*one_way"):
-        make_model(distill_mode="mutual", content_max_seq_len=4)
+def _id_head_grads(mode: str, weight: float) -> list[torch.Tensor]:
+    """Gradients of the ID head's own parameters (its user encoder and item MLP) under content_max_seq_len = 4."""
+    model = make_model(distill_mode=mode, content_max_seq_len=4, distill_weight=weight).eval()
+    own = [*model.user_encoders["id"].parameters(), *model.item_encoder.mlp["id"].parameters()]
+    return list(torch.autograd.grad(model(next_item_batch(batch_ids()))["loss"], own))
+
+
+@pytest.mark.parametrize("mode", ["mutual", "detached", "one_way"])
+def test_content_max_seq_len_gives_the_id_head_its_kd_gradient_except_in_one_way(mode: str) -> None:
+    without, with_kd = _id_head_grads(mode, 0.0), _id_head_grads(mode, 0.8)
+    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(without, with_kd, strict=True))
+    assert same == (mode == "one_way")
+
+
+def test_content_max_seq_len_needs_the_full_softmax() -> None:
+    message = (
+        "model.content_max_seq_len = 4 needs model.softmax: full; "
+        "set model.content_max_seq_len: 0 with model.softmax: in_batch"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_model(softmax="in_batch", content_max_seq_len=4)
+    for mode in ("mutual", "detached"):  # every distill_mode is fine now
+        assert make_model(distill_mode=mode, content_max_seq_len=4).config.content_max_seq_len == 4
+
+
+def test_content_max_seq_len_defaults_to_50_in_the_config_and_params_yaml() -> None:
+    assert ODMTConfig().content_max_seq_len == 50
+    assert yaml.safe_load((REPO / "params.yaml").read_text())["model"]["content_max_seq_len"] == 50
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_fused_losses_weigh_each_heads_cross_entropy(functional: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LossOptions.ce_weights scales each head's CE in the loss and its gradient; parts keep the plain means."""
+    monkeypatch.setitem(losses._COMPILED, "chunk", chunk_logit_grads)
+    torch.manual_seed(7)
+    hidden = [torch.randn(30, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    tables = [torch.randn(9, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    target_col = torch.randint(0, 9, (30,))
+    options = LossOptions(0.4, 0.7, "mutual", max_logits=9 * 7, compiled=functional, ce_weights=(0.3, 1.0, 0.0))
+    fused, fused_parts = head_losses(hidden, tables, target_col, options)
+    explicit, explicit_parts = explicit_head_losses(hidden, tables, target_col, options)
+    torch.testing.assert_close(fused, explicit)
+    torch.testing.assert_close(fused_parts, explicit_parts)
+    grads = torch.autograd.grad(fused, hidden + tables), torch.autograd.grad(explicit, hidden + tables)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+    _, plain_parts = head_losses(hidden, tables, target_col, replace(options, ce_weights=None))
+    torch.testing.assert_close(fused_parts, plain_parts)
+    with pytest.raises(ValueError, match="ce_weights has 2 weights for 3 heads"):
+        head_losses(hidden, tables, target_col, replace(options, ce_weights=(1.0, 1.0)))
 
 
 def test_init_from_baseline_makes_the_id_head_the_sasrec_at_step_zero() -> None:

@@ -92,8 +92,9 @@ class ODMTConfig(Section):
     max_text_tokens: Annotated[Int, Field(ge=0)] = 16  # text tokens kept per item (the first ones); 0 = every one
     max_image_tokens: Annotated[Int, Field(ge=0)] = 4  # image tokens per item: the grid pooled to at most this; 0 = all
     # speed lever (extension): the content heads' user encoders read only the most recent N items, and their
-    # cross-entropy and KD are computed at those positions only; the ID head reads all. 0 = all (authors)
-    content_max_seq_len: Annotated[Int, Field(ge=0)] = 0
+    # cross-entropy and the KD terms are computed at those positions only; the ID head reads all and its CE covers
+    # every position. Any distill_mode; needs softmax: full. 0 = all (authors); 50 measured in docs/benchmarks.md
+    content_max_seq_len: Annotated[Int, Field(ge=0)] = 50
     # extension: start the ID head (ID embeddings + its SASRec user encoder) from the trained SASRec baseline
     # (models/baseline/model.pt); with residual_id the ID head then *is* the baseline at step 0. false = authors
     init_from_baseline: Bool = True
@@ -102,10 +103,10 @@ class ODMTConfig(Section):
     @model_validator(mode="after")
     def _rules(self) -> ODMTConfig:
         _heads_divide(self, "num_heads", "fusion_heads")
-        if self.content_max_seq_len > 0 and (self.softmax != "full" or self.distill_mode != "one_way"):
+        if self.content_max_seq_len > 0 and self.softmax != "full":
             raise Rule(
-                f"{{content_max_seq_len}} = {self.content_max_seq_len} needs {{softmax}}: full and "
-                "{distill_mode}: one_way (the ID head must get no KD gradient); set it to 0 otherwise"
+                f"{{content_max_seq_len}} = {self.content_max_seq_len} needs {{softmax}}: full; "
+                "set {content_max_seq_len}: 0 with {softmax}: in_batch"
             )
         return self
 

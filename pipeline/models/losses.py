@@ -28,6 +28,9 @@ class LossOptions:
     # gradient accumulation stay float32. None = float32 throughout.
     matmul_dtype: torch.dtype | None = None
     compiled: bool = False  # model.compile_loss: the chunk's softmax/KD arithmetic fused by torch.compile
+    # per-head weights of the cross-entropies in ``loss`` (and their gradients); None = 1 each. ``parts`` keeps the
+    # unweighted means. ODMT's content_max_seq_len gives the ID head's CE on the recent positions its share there.
+    ce_weights: tuple[float, ...] | None = None
 
 
 def head_losses(
@@ -46,9 +49,12 @@ def head_losses(
     softmax passes ``column_bias`` (C,) = -log q, ``seen`` (B, C) bool (the user's own items) and ``rows`` (P,) (the
     user of each position): a user's own items other than the target are masked out.
 
-    Returns ``(loss, parts)``: ``loss = sum_h CE_h + kd_weight * sum KD``, and ``parts`` (2H,) detached =
+    Returns ``(loss, parts)``: ``loss = sum_h w_h CE_h + kd_weight * sum KD`` (``w_h`` = ``options.ce_weights``,
+    1 by default), and ``parts`` (2H,) detached =
     ``[CE_h for h] + [KD(m <- id) for each modality m] + [KD(id <- ensemble)]`` (KD zeros when kd_weight is 0).
     """
+    if options.ce_weights is not None and len(options.ce_weights) != len(hidden):
+        raise ValueError(f"LossOptions.ce_weights has {len(options.ce_weights)} weights for {len(hidden)} heads")
     if target_col.shape[0] == 0:  # no position has a target: zero loss, still part of the graph
         zero = sum(h.sum() for h in hidden) * 0.0
         return zero, hidden[0].new_zeros(2 * len(hidden))
@@ -83,6 +89,7 @@ class _HeadLosses(torch.autograd.Function):
         count, tau, weight = hidden[0].shape[0], options.temperature, options.kd_weight
         ce = hidden[0].new_zeros(heads, dtype=acc)  # (H,) summed over rows
         kd = hidden[0].new_zeros(heads, dtype=acc)  # (H,): modalities' KD, then the id head's
+        ce_weight = hidden[0].new_tensor(options.ce_weights or (1.0,) * heads, dtype=acc)  # (H,)
         chunk = max(1, options.max_logits // max(1, tables[0].shape[0]))
         for start in range(0, count, chunk):
             part = slice(start, start + chunk)
@@ -96,7 +103,7 @@ class _HeadLosses(torch.autograd.Function):
                 z = [x + bias for x in z]
             if options.compiled and need_grad:  # one fused pass per output instead of ~20 eager passes
                 ce_sum, kd_sum, g = compiled_chunk_grads()(
-                    z, t, z[0].new_tensor(tau), z[0].new_tensor(weight), count, options.mode, weight > 0, mm
+                    z, t, z[0].new_tensor(tau), z[0].new_tensor(weight), ce_weight, count, options.mode, weight > 0, mm
                 )
                 ce += ce_sum
                 kd += kd_sum
@@ -106,6 +113,9 @@ class _HeadLosses(torch.autograd.Function):
                 g = [lp.exp_() for lp in log_p] if need_grad else []  # H x (R, C): softmax, in place
                 for x in g:
                     x[at, t] -= 1.0
+                if options.ce_weights is not None:
+                    for x, w in zip(g, options.ce_weights, strict=True):
+                        x.mul_(w)  # (R, C): this head's CE gradient, weighted
                 if weight > 0:
                     _distill_chunk(z, tau, weight, options.mode, kd, g)
                 g = [x.div_(count).to(mm) for x in g]  # H x (R, C)
@@ -117,8 +127,9 @@ class _HeadLosses(torch.autograd.Function):
                     grads[heads + i] += x.T @ hidden[i][part]  # (C, D)
         ctx.save_for_backward(*grads)
         ce, kd = ce / count, kd * (tau * tau / count)
-        loss = ce[0]
-        for value in ce[1:]:
+        weighted = ce if options.ce_weights is None else ce * ce_weight  # (H,)
+        loss = weighted[0]
+        for value in weighted[1:]:
             loss = loss + value
         if weight > 0:
             loss = loss + weight * kd.sum()
@@ -178,6 +189,7 @@ def chunk_logit_grads(
     t: torch.Tensor,
     tau: torch.Tensor,
     weight: torch.Tensor,
+    ce_weight: torch.Tensor,
     count: int,
     mode: str,
     distill: bool,
@@ -186,14 +198,15 @@ def chunk_logit_grads(
     """One chunk of :class:`_HeadLosses` written functionally, for ``torch.compile`` to fuse (``compile_loss``).
 
     ``z`` H x (R, C) logits (head 0 = id), ``t`` (R,) target columns, ``tau`` and ``weight`` 0-dim tensors (so a
-    new KD-ramp weight needs no recompilation). Returns the chunk's summed CE (H,), summed KD (H,) and the logit
+    new KD-ramp weight needs no recompilation), ``ce_weight`` (H,) the heads' CE weights (a tensor for the same
+    reason). Returns the chunk's summed CE (H,), summed KD (H,) and the logit
     gradients H x (R, C) in ``out_dtype``, divided by ``count``: the same numbers as the in-place eager path.
     """
     heads = len(z)
     hit = (torch.arange(z[0].shape[1], device=t.device)[None, :] == t[:, None]).to(z[0].dtype)  # (R, C) one-hot
     log_p = [F.log_softmax(x, dim=-1) for x in z]  # H x (R, C)
     ce = torch.stack([-(lp * hit).sum() for lp in log_p])  # (H,)
-    g = [lp.exp() - hit for lp in log_p]  # H x (R, C)
+    g = [(lp.exp() - hit) * ce_weight[i] for i, lp in enumerate(log_p)]  # H x (R, C)
     kd = z[0].new_zeros(heads)  # (H,)
     if distill:
         scale = weight * tau

@@ -454,16 +454,11 @@ class ODMT(nn.Module):
             matmul_dtype=matmul_dtype,
             compiled=self.config.compile_loss,
         )
-        if "content" in in_batch:  # content_max_seq_len: the ID head alone on every position, then the rest
-            content = in_batch.pop("content")
-            no_kd = replace(options, kd_weight=0.0)
-            loss_id, parts_id = losses.head_losses(queries[:1], columns[:1], target_col, no_kd)
-            # the ID head is only a (detached, one_way) teacher here; its CE on these positions is a constant
-            loss_c, parts_c = losses.head_losses(content["queries"], content["columns"], content["target_col"], options)
-            loss = loss_id + loss_c - parts_c[0]
-            parts = torch.cat([parts_id[:1], parts_c[1:]])
-        else:
+        older = in_batch.pop("older", None)
+        if older is None:
             loss, parts = losses.head_losses(queries, columns, target_col, options, **in_batch)
+        else:  # content_max_seq_len: every head (CE, KD) on the recent positions, the ID head's CE on the older ones
+            loss, parts = self._split_losses(queries, columns, target_col, older, options)
         out = {"loss": loss} | {f"ce_{h}": parts[i] for i, h in enumerate(self.heads)}
         if self.config.distill_weight > 0:  # with distill_weight 0 the KD terms are not computed at all
             kd = parts[len(self.heads) :]  # (H,)
@@ -471,9 +466,39 @@ class ODMT(nn.Module):
         out["kd_weight"] = loss.new_tensor(weight)
         return out
 
+    def _split_losses(
+        self,
+        queries: list[torch.Tensor],
+        columns: list[torch.Tensor],
+        target_col: torch.Tensor,
+        older: dict[str, torch.Tensor],
+        options: losses.LossOptions,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``content_max_seq_len``'s loss: ``CE_id`` over all P positions + the content CEs and KD over the R recent
+        ones (the only positions where the content heads, hence the ensemble teacher, exist).
+
+        One :func:`head_losses` call over the recent positions with every head, in ``options.mode`` (so the ID head
+        gets its KD terms there exactly as without the lever: mutual and detached train it on KD(id <- ensemble),
+        mutual also as the teacher of KD(m <- id); one_way gives it none), its CE weighted R/P; one call over the
+        O = P - R older positions with the ID head alone and no KD, weighted O/P. Each of the ID head's logits is
+        computed once. ``parts``' ``ce_id`` is the mean over all P positions; the others are means over R.
+        """
+        recent, old = target_col.shape[0], older["target_col"].shape[0]
+        share = recent / max(recent + old, 1)  # R / P
+        ce_weights = (share,) + (1.0,) * (len(self.heads) - 1)
+        loss, parts = losses.head_losses(queries, columns, target_col, replace(options, ce_weights=ce_weights))
+        no_kd = replace(options, kd_weight=0.0)
+        loss_old, parts_old = losses.head_losses([older["queries"]], columns[:1], older["target_col"], no_kd)
+        ce_id = share * parts[0] + (1.0 - share) * parts_old[0]  # mean over all P positions
+        return loss + (1.0 - share) * loss_old, torch.cat([ce_id[None], parts[1:]])
+
     def loss_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[list, list, torch.Tensor, dict]:
         """Per head: queries (P, D) at positions with a target and candidate vectors (C, D); target columns (P,);
-        and, for in-batch softmax, the logQ bias and the users' own items (see :func:`head_losses`)."""
+        and, for in-batch softmax, the logQ bias and the users' own items (see :func:`head_losses`).
+
+        With ``content_max_seq_len`` = N < L: the queries and target columns of the positions in the last N columns
+        only (every head), and ``{"older": {"queries": (O, D), "target_col": (O,)}}``: the ID head's at the older
+        positions (see :meth:`_split_losses`)."""
         input_ids, targets = batch["input_ids"], batch["target_ids"]  # (B, L) each
         has_target = targets > 0  # (B, L)
         if self.config.softmax == "full":  # candidates are all items 0..N: ids are their own positions
@@ -491,12 +516,10 @@ class ODMT(nn.Module):
         columns = [table[h][1:] for h in self.heads]  # H x (C-1, D): padding (candidates[0] = 0) is no column
         recent = self.config.content_max_seq_len
         if 0 < recent < input_ids.shape[1]:  # content heads: the last `recent` columns only (full softmax)
-            queries = [hidden["id"][has_target]]  # (P, D)
-            kept = has_target[:, -recent:]  # (B, recent)
-            sub = [hidden["id"][:, -recent:][kept].detach()] + [hidden[h][kept] for h in self.modalities]
-            cols = [columns[0].detach(), *columns[1:]]
-            in_batch = {"content": {"queries": sub, "columns": cols, "target_col": targets[:, -recent:][kept] - 1}}
-            return queries + [None] * len(self.modalities), columns, target_col, in_batch
+            kept, old = has_target[:, -recent:], has_target[:, :-recent]  # (B, N), (B, L-N)
+            queries = [hidden["id"][:, -recent:][kept]] + [hidden[h][kept] for h in self.modalities]  # H x (R, D)
+            older = {"queries": hidden["id"][:, :-recent][old], "target_col": targets[:, :-recent][old] - 1}  # (O, D)
+            return queries, columns, targets[:, -recent:][kept] - 1, {"older": older}
         queries = [hidden[h][has_target] for h in self.heads]  # H x (P, D)
         return queries, columns, target_col, in_batch
 

@@ -108,7 +108,7 @@ def explicit_head_losses(
         bias = column_bias.expand(len(rows), -1).masked_fill(own, MASKED_LOGIT)  # (P, C)
         logits = [x + bias for x in logits]
     ce = torch.stack([F.cross_entropy(x, target_col) for x in logits])  # (H,)
-    loss = ce.sum()
+    loss = ce.sum() if options.ce_weights is None else (ce * ce.new_tensor(options.ce_weights)).sum()
     kd = torch.zeros_like(ce)  # (H,)
     if options.kd_weight > 0:
         names = ["id", *(f"m{i}" for i in range(1, len(logits)))]
