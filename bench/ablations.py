@@ -332,8 +332,7 @@ def main(
     suites = spec["suites"]
     if suite not in suites:
         raise typer.BadParameter(f"{experiments}: no suite {suite!r}; known: {', '.join(suites)}")
-    variants = suites[suite]
-    budget = {**(spec.get("budget") or {}), **(variants.pop("budget", None) or {})}  # a suite may add to it
+    variants, budget = suite_rows(spec, suite)
     unknown = set(only) - set(variants)
     if unknown:
         raise typer.BadParameter(f"{experiments}: suite {suite!r} has no variant {', '.join(sorted(unknown))}")
@@ -442,6 +441,14 @@ def pair_with_ensembles(
                 paired = True
         if paired:
             write_json_atomic(suite_dir / f"{name}.json", row)
+
+
+def suite_rows(spec: dict[str, Any], suite: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Suite ``suite`` of an experiments file's ``spec``: its rows, and its budget (the file's shared budget plus
+    the suite's own, which may add to it)."""
+    variants = dict(spec["suites"][suite])
+    budget = {**(spec.get("budget") or {}), **(variants.pop("budget", None) or {})}
+    return variants, budget
 
 
 def check_rows(suite: str, variants: dict[str, Any], base: dict[str, Any], experiments: Path) -> None:

@@ -412,10 +412,8 @@ def check_params(raw: dict[str, Any], path: Path) -> None:
     """Validate params held in memory (``path`` names where they came from in messages): every core section and
     the ``baseline`` and ``pretrain`` sections, as the stages that read them would; a ``ConfigError`` otherwise."""
     parse_params(raw, path)
-    for cls, name in ((BaselineConfig, "baseline"), (PretrainConfig, "pretrain")):
-        loaded = from_dict(cls, raw_section(raw, name, path), path, prefix=name)
-        if isinstance(loaded, BaselineConfig):
-            loaded.build(path)
+    parse_section(BaselineConfig, raw, "baseline", path)
+    parse_section(PretrainConfig, raw, "pretrain", path)
 
 
 def parse_params(raw: dict[str, Any], path: Path) -> Params:
@@ -434,7 +432,11 @@ def parse_params(raw: dict[str, Any], path: Path) -> Params:
 
 def load_section(cls: type, name: str, path: Path = DEFAULT_PARAMS) -> Any:
     """Load one section; stages that read a single section use this so their DVC params stay exact."""
-    raw = load_raw(path)
+    return parse_section(cls, load_raw(path), name, path)
+
+
+def parse_section(cls: type, raw: dict[str, Any], name: str, path: Path) -> Any:
+    """Section ``name`` of ``raw`` (a params file's mapping) validated as ``cls``; ``path`` names it in messages."""
     if name == "model":
         return load_model_config(raw_section(raw, name, path), path)
     loaded = from_dict(cls, raw_section(raw, name, path), path, prefix=name)

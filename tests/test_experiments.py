@@ -19,6 +19,7 @@ from bench.ablations import (
     find_run,
     params_key,
     reference_row,
+    suite_rows,
 )
 from pipeline.config import ConfigError
 from pipeline.reporting.experiments import (
@@ -66,9 +67,8 @@ def test_every_row_of_the_shipped_suites_has_valid_params() -> None:
     """A typo in bench/experiments.yaml would otherwise surface only when its row's turn comes, hours in."""
     spec = yaml.safe_load((REPO / "bench/experiments.yaml").read_text())
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for suite, variants in spec["suites"].items():
-        variants = dict(variants)
-        budget = {**(spec.get("budget") or {}), **(variants.pop("budget", None) or {})}
+    for suite in spec["suites"]:
+        variants, budget = suite_rows(spec, suite)
         check_rows(suite, variants, apply_overrides(params, budget), Path("bench/experiments.yaml"))
 
 
