@@ -151,7 +151,7 @@ class TrainConfig(Section):
     batch_size: Annotated[Int, Field(ge=1)]
     lr: Annotated[Float, Field(gt=0, allow_inf_nan=False)]
     weight_decay: Annotated[Float, Field(ge=0, allow_inf_nan=False)]
-    patience: Annotated[Int, Field(ge=0)]  # epochs without a better valid NDCG@10 before stopping
+    patience: Annotated[Int, Field(ge=1)]  # epochs without a better valid NDCG@10 before stopping
     grad_clip: Annotated[Float, Field(gt=0, allow_inf_nan=False)] | None
     num_threads: Annotated[Int, Field(ge=0)]  # torch intra-op threads on CPU; 0 = torch's default
     # fp32 | bf16: the training forward under torch.autocast(bfloat16) (matmuls in bf16, softmax/log-sum-exp and
@@ -187,7 +187,7 @@ class PretrainConfig(Section):
     batch_size: Annotated[Int, Field(ge=1)]
     lr: Annotated[Float, Field(gt=0, allow_inf_nan=False)]
     weight_decay: Annotated[Float, Field(ge=0, allow_inf_nan=False)]
-    patience: Annotated[Int, Field(ge=0)]  # epochs without a better valid NDCG@10 (pre-trained vectors) before stopping
+    patience: Annotated[Int, Field(ge=1)]  # epochs without a better valid NDCG@10 (pre-trained vectors) before stopping
     grad_clip: Annotated[Float, Field(gt=0, allow_inf_nan=False)] | None
 
 

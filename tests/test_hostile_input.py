@@ -12,11 +12,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import error_line
-from pipeline.config import ConfigError, DataConfig, load_params, load_section
+from pipeline.config import ConfigError, DataConfig, check_params, load_params, load_section
 from pipeline.data.images import attach_images
 from pipeline.data.paths import inside_root, safe_file_stem, safe_file_stem_expr
 from pipeline.data.prepare import prepare
@@ -274,7 +275,7 @@ def test_outputs_get_the_umask_mode_not_0600(tmp_path: Path, tiny_ml1m_dir: Path
         ("train", "batch_size", 0, r"`train.batch_size` = 0 must be >= 1"),
         ("train", "lr", -0.1, r"`train.lr` = -0.1 must be > 0"),
         ("train", "lr", float("nan"), r"`train.lr` = nan must be > 0"),
-        ("train", "patience", -1, r"`train.patience` = -1 must be >= 0"),
+        ("train", "patience", 0, r"`train.patience` = 0 must be >= 1"),
         ("train", "seed", -1, r"`train.seed` = -1 must be in \[0, 4294967295\]"),
         ("train", "num_threads", -3, r"`train.num_threads` = -3 must be >= 0"),
         ("data", "max_seq_len", 0, r"`data.max_seq_len` = 0 must be in \[1, 100000\]"),
@@ -301,6 +302,14 @@ def test_pretrain_ranges_are_checked(tmp_path: Path) -> None:
     path = params_with(tmp_path, "pretrain", "lr", 0)
     with pytest.raises(ConfigError, match=r"other.yaml: `pretrain.lr` = 0.0 must be > 0"):
         load_section(PretrainConfig, "pretrain", path)
+
+
+@pytest.mark.parametrize(("section", "key"), [("pretrain", "patience"), ("baseline", "train.patience")])
+def test_patience_zero_is_refused_at_load_naming_its_own_section(tmp_path: Path, section: str, key: str) -> None:
+    # a patience of 0 used to load and then stop the stage's training with a message about `train.patience`
+    path = params_with(tmp_path, section, key, 0)
+    with pytest.raises(ConfigError, match=rf"other.yaml: `{section}.{key}` = 0 must be >= 1"):
+        check_params(yaml.safe_load(path.read_text(encoding="utf-8")), path)
 
 
 def test_duplicate_yaml_key_is_an_error_naming_file_key_and_line(tmp_path: Path) -> None:
