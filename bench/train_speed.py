@@ -60,7 +60,10 @@ from pipeline.training.checkpoint import read_checkpoint
 log = logging.getLogger("bench.train_speed")
 app = typer.Typer(add_completion=False)
 
-TRAIN_DEFAULTS: dict[str, Any] = {"precision": "fp32", "lr_schedule": "constant", "warmup_epochs": 0}
+# TrainConfig's own defaults (keys a params file written before they existed may lack), not a hand-kept copy
+TRAIN_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING
+}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
