@@ -33,7 +33,7 @@ import numpy as np
 import typer
 import yaml
 
-from bench.control_rows import ROW_KEYS, control_kind, control_runs, paired_rows
+from bench.control_rows import ROW_KEYS, control_kind, control_runs, paired_by_seed, paired_rows
 from bench.run_stage import StageRun, run_measured
 from pipeline.config import ConfigError, check_params
 from pipeline.io import write_json_atomic, write_text_atomic
@@ -41,7 +41,7 @@ from pipeline.models import registry
 from pipeline.models.configs import PRETRAIN_KEYS
 from pipeline.models.registry import spec as model_spec
 from pipeline.reporting.experiments import experiments_markdown
-from pipeline.reporting.images_plot import plot_cards_vs_posters
+from pipeline.reporting.images_plot import POSTERS_SUFFIX, plot_cards_vs_posters
 from pipeline.reporting.report import RESERVED_KEYS
 from pipeline.training.pretrain import PRETRAIN_MODELS
 
@@ -386,6 +386,7 @@ def main(
             for row in reference_results(result):
                 write_json_atomic(results / suite / f"{row['name']}.json", row)
     pair_with_ensembles(done, variants, base, results / suite)
+    pair_posters_with_cards(results, suite)
     plot_cards_vs_posters(results)  # per-head NDCG@10, title cards against posters, where both suites ran
     markdown = experiments_markdown(results)
     write_text_atomic(results.parent / "experiments.md", markdown)
@@ -441,6 +442,21 @@ def pair_with_ensembles(
                 paired = True
         if paired:
             write_json_atomic(suite_dir / f"{name}.json", row)
+
+
+def pair_posters_with_cards(results: Path, suite: str) -> None:
+    """Every content-reading row of the posters suite of a ``<suite>`` / ``<suite>_posters`` pair gets
+    ``paired_vs_cards``: posters - title cards against the same row of the cards suite, paired over users at the
+    seeds both ran (rewritten in its result file); kept as it was where a topk file is not here."""
+    posters = suite if suite.endswith(POSTERS_SUFFIX) else suite + POSTERS_SUFFIX
+    cards = posters.removesuffix(POSTERS_SUFFIX)
+    for path in sorted((results / posters).glob("*.json")):
+        row, twin = json.loads(path.read_text()), results / cards / path.name
+        if not row.get("reads_content") or "runs" not in row or not twin.exists():
+            continue
+        paired = paired_by_seed(row, json.loads(twin.read_text()))
+        if paired is not None:
+            write_json_atomic(path, row | {"paired_vs_cards": paired})
 
 
 def suite_rows(spec: dict[str, Any], suite: str) -> tuple[dict[str, Any], dict[str, Any]]:

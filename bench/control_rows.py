@@ -132,6 +132,12 @@ def paired_rows(result: dict[str, Any], other: dict[str, Any] | None) -> dict[st
     paired; a run over several seeds (the ensemble, ``seed`` None) is paired with every run of the other row."""
     if other is None or other.get("name") == result.get("name"):
         return None
+    return paired_by_seed(result, other)
+
+
+def paired_by_seed(result: dict[str, Any], other: dict[str, Any]) -> dict[str, Any] | None:
+    """:func:`paired_rows` for any two rows, the same row of two suites included (posters against title cards);
+    None where no seed pairs or a topk file is not here."""
     mine, theirs = result["runs"], other["runs"]
     if any(r["seed"] is None for r in mine + theirs):
         pairs = [(a, b) for a in mine for b in theirs]

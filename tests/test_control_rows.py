@@ -10,9 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.ablations import aggregate, apply_overrides, ensemble_row, pair_with_ensembles, reference_row
+from bench.ablations import (
+    aggregate,
+    apply_overrides,
+    ensemble_row,
+    pair_posters_with_cards,
+    pair_with_ensembles,
+    reference_row,
+)
 from bench.control_rows import control_kind, control_runs, paired_rows
-from pipeline.reporting.experiments import experiments_table, multimodal_value
+from pipeline.reporting.experiments import cards_table, experiments_table, multimodal_value
 from tests.helpers.projects import write_project, write_text_features, write_topk
 
 TARGETS = [1, 2, 3, 4]
@@ -139,3 +146,31 @@ def test_early_fusion_row_is_the_sasrec_fusion_row_on_the_same_data() -> None:
     other = {"data": {"history_limit": None}, "model": {"name": "odmt"}, "train": {"seed": 42}}
     assert early_fusion_row(suite, base, other) == "sasrec_fusion_cold"
     assert early_fusion_row({"odmt": {}}, base, base) is None
+
+
+def test_posters_rows_pair_with_the_same_row_of_the_cards_suite(tmp_path: Path) -> None:
+    # per-user NDCG@10 (4 users): with cards ODMT hits users {0} (seed 1) and {0, 1} (seeds 2, 3); with posters
+    # it hits every user (seeds 1, 2); the posters suite has no seed 3, so only seeds 1 and 2 pair
+    results = tmp_path / "results"
+    cards = [fake_run(tmp_path / "c", f"odmt_s{s}", s, [[1], [2] if s > 1 else [9], [9], [9]]) for s in (1, 2, 3)]
+    posters = [fake_run(tmp_path / "p", f"odmt_s{s}", s, [[1], [2], [3], [4]]) for s in (1, 2)]
+    sasrec = [fake_run(tmp_path / "p", "sasrec_s1", 1, [[1], [9], [9], [9]])]
+    rows = {
+        ("suite", "odmt"): aggregate("odmt", "odmt", cards) | {"reads_content": True},
+        ("suite_posters", "odmt"): aggregate("odmt", "odmt", posters) | {"reads_content": True},
+        ("suite_posters", "sasrec"): aggregate("sasrec", "sasrec", sasrec) | {"reads_content": False},
+        ("suite", "sasrec"): aggregate("sasrec", "sasrec", sasrec) | {"reads_content": False},
+    }
+    for (suite, name), row in rows.items():
+        (results / suite).mkdir(parents=True, exist_ok=True)
+        (results / suite / f"{name}.json").write_text(json.dumps(row))
+    pair_posters_with_cards(results, "suite")  # from either suite of the pair
+    odmt = json.loads((results / "suite_posters" / "odmt.json").read_text())
+    paired = odmt["paired_vs_cards"]
+    assert paired["seeds"] == [1, 2]
+    assert paired["test"]["NDCG@10"]["diff"] == pytest.approx(1.0 - (0.25 + 0.5) / 2)  # vs the seed-averaged cards
+    assert "paired_vs_cards" not in json.loads((results / "suite_posters" / "sasrec.json").read_text())  # ID-only
+    assert "paired_vs_cards" not in json.loads((results / "suite" / "odmt.json").read_text())
+    table = cards_table(sorted((results / "suite_posters").glob("*.json")))
+    assert "| odmt | 1, 2 | +0.6250 [" in table and "sasrec" not in table
+    assert cards_table(sorted((results / "suite").glob("*.json"))) == ""

@@ -207,15 +207,37 @@ def heads_table(paths: list[Path], metric: str = "NDCG@10") -> str:
     return intro + "\n".join(lines) + "\n"
 
 
+def cards_table(paths: list[Path], metric: str = PAIRED_METRIC) -> str:
+    """Rows of a posters suite against the same rows with synthetic title cards (``paired_vs_cards``, written by
+    ``bench.ablations``); "" when no row has the comparison."""
+    results = sorted((json.loads(path.read_text()) for path in paths), key=lambda r: (r.get("order", 0), r["name"]))
+    lines = []
+    for result in results:
+        paired = result.get("paired_vs_cards")
+        if not paired:
+            continue
+        seeds = ", ".join(str(s) for s in paired.get("seeds", []))
+        test, valid = (paired.get(stage, {}).get(metric) for stage in ("test", "valid"))
+        lines.append(f"| {result['name']} | {seeds} | {_paired_cell(test)} | {_paired_cell(valid)} |")
+    if not lines:
+        return ""
+    intro = (
+        "Real posters against synthetic title cards: each row minus the same row of the title-card suite, paired "
+        "over users at the seeds both ran (seed-averaged), 95% bootstrap CI:\n\n"
+    )
+    header = f"| run | seeds | posters - cards, test {metric} | valid {metric} |\n|---|---|---|---|\n"
+    return intro + header + "\n".join(lines) + "\n"
+
+
 def experiments_markdown(results_dir: Path) -> str:
-    """One table per suite (``<results_dir>/<suite>/*.json``), plus a per-head table where runs have heads; empty
-    when there are no results."""
+    """One table per suite (``<results_dir>/<suite>/*.json``), plus a per-head table where runs have heads and a
+    posters - title cards table where rows have that comparison; empty when there are no results."""
     parts = []
     for suite_dir in sorted(p for p in Path(results_dir).glob("*") if p.is_dir()):
         paths = sorted(suite_dir.glob("*.json"))
         if paths:
-            heads = heads_table(paths)
-            table = experiments_table(paths) + ("\n" + heads if heads else "")
+            extra = [part for part in (heads_table(paths), cards_table(paths)) if part]
+            table = experiments_table(paths) + "".join("\n" + part for part in extra)
             parts.append(f"### Suite `{suite_dir.name}`\n\n" + _budget_line(paths) + table)
     if parts and (Path(results_dir) / PLOT_NAME).exists():  # written by bench.ablations where both suites ran
         link = f"{Path(results_dir).name}/{PLOT_NAME}"  # relative to reports/ (report.md, experiments.md)
