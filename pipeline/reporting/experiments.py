@@ -140,9 +140,14 @@ def _seed_and_paired_cells(result: dict[str, Any]) -> list[str]:
     return cells + [_paired_cell(vs_early), architecture_value(result)]
 
 
+def suite_results(paths: list[Path]) -> list[dict[str, Any]]:
+    """The result files ``paths`` read, in suite order (the row's ``order``, then its name)."""
+    return sorted((json.loads(path.read_text()) for path in paths), key=lambda r: (r.get("order", 0), r["name"]))
+
+
 def experiments_table(paths: list[Path]) -> str:
     """Markdown table of every result file, in suite order; cold-start columns show "–" without a cold-start split."""
-    results = sorted((json.loads(path.read_text()) for path in paths), key=lambda r: (r.get("order", 0), r["name"]))
+    results = suite_results(paths)
     header = ["run"]
     for _, label in TABLE_STAGES:
         header += [f"{label} {m}" for m in METRICS]
@@ -186,7 +191,7 @@ def per_head_metrics(result: dict[str, Any]) -> dict[str, dict[str, dict[str, fl
 
 def heads_table(paths: list[Path], metric: str = "NDCG@10") -> str:
     """Per-head test ``metric`` of the runs whose metrics hold ``<model>[<head>]`` rows (ODMT); "" when none do."""
-    results = sorted((json.loads(path.read_text()) for path in paths), key=lambda r: (r.get("order", 0), r["name"]))
+    results = suite_results(paths)
     rows, heads = [], []
     for result in results:
         model, metrics = result["model"], result["metrics"]
@@ -210,7 +215,7 @@ def heads_table(paths: list[Path], metric: str = "NDCG@10") -> str:
 def cards_table(paths: list[Path], metric: str = PAIRED_METRIC) -> str:
     """Rows of a posters suite against the same rows with synthetic title cards (``paired_vs_cards``, written by
     ``bench.ablations``); "" when no row has the comparison."""
-    results = sorted((json.loads(path.read_text()) for path in paths), key=lambda r: (r.get("order", 0), r["name"]))
+    results = suite_results(paths)
     lines = []
     for result in results:
         paired = result.get("paired_vs_cards")
