@@ -75,28 +75,31 @@ def _movielens(name: str, folder: str, description: str) -> Dataset:
     )
 
 
+def _amazon2018(name: str, description: str, reviews: str) -> Dataset:
+    """An Amazon 2018 category: ``reviews`` (its path, ``{c}`` = the category) + ``metaFiles2/meta_{c}.json.gz``."""
+    return Dataset(
+        name=name,
+        description=description,
+        source="amazon2018",
+        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/",
+        files=lambda c: [reviews.format(c=c), f"metaFiles2/meta_{c}.json.gz"],
+        categories=AMAZON_2018_CATEGORIES,
+        default_category="Arts_Crafts_and_Sewing",
+        images=True,
+        homepage="https://nijianmo.github.io/amazon/index.html",
+    )
+
+
 CATALOG: dict[str, Dataset] = {
-    "amazon2018": Dataset(
-        name="amazon2018",
-        description="Amazon Review Data 2018 (Ni et al.), one category: 5-core reviews + metadata",
-        source="amazon2018",
-        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/",
-        files=lambda c: [f"categoryFilesSmall/{c}_5.json.gz", f"metaFiles2/meta_{c}.json.gz"],
-        categories=AMAZON_2018_CATEGORIES,
-        default_category="Arts_Crafts_and_Sewing",
-        images=True,
-        homepage="https://nijianmo.github.io/amazon/index.html",
+    "amazon2018": _amazon2018(
+        "amazon2018",
+        "Amazon Review Data 2018 (Ni et al.), one category: 5-core reviews + metadata",
+        "categoryFilesSmall/{c}_5.json.gz",
     ),
-    "amazon2018_full": Dataset(
-        name="amazon2018_full",
-        description="Amazon Review Data 2018, one category: all reviews (not 5-core) + metadata",
-        source="amazon2018",
-        base_url="https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/",
-        files=lambda c: [f"categoryFiles/{c}.json.gz", f"metaFiles2/meta_{c}.json.gz"],
-        categories=AMAZON_2018_CATEGORIES,
-        default_category="Arts_Crafts_and_Sewing",
-        images=True,
-        homepage="https://nijianmo.github.io/amazon/index.html",
+    "amazon2018_full": _amazon2018(
+        "amazon2018_full",
+        "Amazon Review Data 2018, one category: all reviews (not 5-core) + metadata",
+        "categoryFiles/{c}.json.gz",
     ),
     "amazon2023": Dataset(
         name="amazon2023",
