@@ -19,7 +19,6 @@ prepare (``unknown_item``); skipped meta records are reported in the notes.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -29,9 +28,10 @@ from pipeline.data.readers.rawio import (
     BlockChecker,
     epoch_seconds,
     find_category_files,
-    meta_note,
     read_json_lines,
+    read_reviews,
     timestamp_notes,
+    unique_items,
 )
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series, compose_text, join_list, labelled
@@ -84,14 +84,8 @@ def _categories() -> pl.Expr:
 def read_meta(path: Path, wanted: pl.Series | None, notes: list[str]) -> pl.DataFrame:
     """Items frame from a 2018 (or 2014) meta file, restricted to ``wanted`` item ids when given."""
     meta, report = read_json_lines(path, META_SCHEMA)
-    issues: Counter[str] = Counter()
     notes.extend(report.notes("meta"))
-    missing = meta["asin"].is_null() | (meta["asin"].str.strip_chars() == "")
-    issues["missing_item"] = int(missing.sum())
-    meta = meta.filter(~missing).with_columns(pl.col("asin").str.strip_chars())
-    unique = meta.unique(subset="asin", keep="first", maintain_order=True)
-    issues["duplicate_item"] = meta.height - unique.height
-    notes.extend(meta_note(path, issues))
+    unique = unique_items(meta.with_columns(pl.col("asin").str.strip_chars()), "asin", path, notes)
     if wanted is not None:
         unique = unique.filter(pl.col("asin").is_in(wanted.implode()))
     clean = {"return_dtype": pl.String}
@@ -140,10 +134,7 @@ def read_amazon2018(cfg: DataConfig) -> RawData:
         pl.col("row"),
     ]
     checker = BlockChecker(columns, timestamp=review_seconds())
-    _, report = read_json_lines(reviews_path, REVIEW_SCHEMA, transform=checker)  # keeps only valid, typed rows
-    check = checker.result()
-    drops: Counter[str] = Counter(malformed_json=report.malformed, blank_line=report.blank)
-    drops.update(check.drops)
+    check, drops, report = read_reviews(reviews_path, REVIEW_SCHEMA, checker)
     notes = report.notes("review")
     wanted = check.interactions.select(pl.col("item_id").unique()).collect()["item_id"]
     items = read_meta(meta_path, wanted, notes)

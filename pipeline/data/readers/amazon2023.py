@@ -21,7 +21,6 @@ with U+FFFD and kept (a note says how many). Meta records that are malformed, la
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -31,9 +30,10 @@ from pipeline.data.readers.rawio import (
     CHUNK_BYTES,
     BlockChecker,
     find_category_files,
-    meta_note,
     read_json_lines,
+    read_reviews,
     timestamp_notes,
+    unique_items,
 )
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series, compose_text, join_list, labelled
@@ -69,14 +69,8 @@ def first_image(column: str = "images") -> pl.Expr:
 def read_meta(path: Path, wanted: pl.Series | None, notes: list[str]) -> pl.DataFrame:
     """Items frame from a 2023 meta file, restricted to ``wanted`` item ids when given."""
     meta, report = read_json_lines(path, META_SCHEMA, chunk_bytes=CHUNK_BYTES)
-    issues: Counter[str] = Counter()
     notes.extend(report.notes("meta"))
-    missing = meta["parent_asin"].is_null() | (meta["parent_asin"].str.strip_chars() == "")
-    issues["missing_item"] = int(missing.sum())
-    meta = meta.filter(~missing).with_columns(pl.col("parent_asin").str.strip_chars())
-    unique = meta.unique(subset="parent_asin", keep="first", maintain_order=True)
-    issues["duplicate_item"] = meta.height - unique.height
-    notes.extend(meta_note(path, issues))
+    unique = unique_items(meta.with_columns(pl.col("parent_asin").str.strip_chars()), "parent_asin", path, notes)
     if wanted is not None:
         unique = unique.filter(pl.col("parent_asin").is_in(wanted.implode()))
     frame = unique.select(
@@ -118,10 +112,7 @@ def read_amazon2023(cfg: DataConfig) -> RawData:
     reviews_path, meta_path, category = find_category_files(Path(cfg.path), SOURCE, "All_Beauty.jsonl.gz")
     columns = ["user_id", pl.col("parent_asin").alias("item_id"), pl.col("timestamp").alias("ts_raw"), "rating", "row"]
     checker = BlockChecker([pl.col(c) if isinstance(c, str) else c for c in columns])
-    _, report = read_json_lines(reviews_path, REVIEW_SCHEMA, transform=checker)  # keeps only valid, typed rows
-    check = checker.result()
-    drops: Counter[str] = Counter(malformed_json=report.malformed, blank_line=report.blank)
-    drops.update(check.drops)
+    check, drops, report = read_reviews(reviews_path, REVIEW_SCHEMA, checker)
     notes = report.notes("review")
     wanted = check.interactions.select(pl.col("item_id").unique()).collect()["item_id"]
     items = read_meta(meta_path, wanted, notes)

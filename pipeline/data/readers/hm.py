@@ -21,14 +21,13 @@ only materialised by prepare.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
 import polars as pl
 
 from pipeline.config import DataConfig
 from pipeline.data.paths import safe_file_stem_expr
-from pipeline.data.readers.rawio import check_delimited, meta_note, timestamp_notes, validate_interactions
+from pipeline.data.readers.rawio import check_delimited, timestamp_notes, unique_items, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series, compose_text, labelled
 
@@ -74,13 +73,7 @@ def read_articles(path: Path, images_root: Path, relative: bool, notes: list[str
     raw = raw.with_columns(
         [pl.lit(None, dtype=pl.String).alias(c) for c in TEXT_COLUMNS if c not in raw.columns]
     ).with_columns(article_id(pl.col("article_id")))
-    missing = raw["article_id"].is_null() | (raw["article_id"] == "")
-    issues: Counter[str] = Counter(missing_item=int(missing.sum()))
-    raw = raw.filter(~missing)
-    unique = raw.unique(subset="article_id", keep="first", maintain_order=True)
-    issues["duplicate_item"] = raw.height - unique.height
-    notes.extend(meta_note(path, issues))
-    cleaned = unique.with_columns(
+    cleaned = unique_items(raw, "article_id", path, notes).with_columns(
         [pl.col(c).map_batches(clean_text_series, return_dtype=pl.String) for c in TEXT_COLUMNS]
     )
     stem = safe_file_stem_expr(pl.col("article_id"))  # an id like "../x" must not leave the images folder

@@ -17,14 +17,13 @@ ids (first kept) are skipped and reported in the notes.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
 import polars as pl
 
 from pipeline.config import DataConfig
 from pipeline.data.paths import safe_file_stem_expr
-from pipeline.data.readers.rawio import check_delimited, meta_note, timestamp_notes, validate_interactions
+from pipeline.data.readers.rawio import check_delimited, timestamp_notes, unique_items, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series
 
@@ -111,12 +110,7 @@ def read_titles(path: Path, notes: list[str]) -> pl.DataFrame:
     quoted = title.str.starts_with('"') & title.str.ends_with('"') & (title.str.len_chars() > 1)
     unquoted = title.str.slice(1, title.str.len_chars() - 2).str.replace_all('""', '"')
     frame = frame.with_columns(pl.when(quoted).then(unquoted).otherwise(title).alias("title"))
-    missing = frame["item_id"].is_null() | (frame["item_id"] == "")
-    issues: Counter[str] = Counter(missing_item=int(missing.sum()))
-    frame = frame.filter(~missing)
-    unique = frame.unique(subset="item_id", keep="first", maintain_order=True)
-    issues["duplicate_item"] = frame.height - unique.height
-    notes.extend(meta_note(path, issues))
+    unique = unique_items(frame, "item_id", path, notes)
     return unique.with_columns(pl.col("title").map_batches(clean_text_series, return_dtype=pl.String).fill_null(""))
 
 

@@ -9,7 +9,10 @@
   timestamp present and valid (normalised to seconds, see :func:`epoch_seconds`). Each failing row is counted
   under one reason (the first that applies, in that order) and dropped. Interactions with items that have no
   metadata are *not* dropped here: prepare drops and counts them (``unknown_item``) for every source alike.
-- :func:`find_category_files`: the reviews + ``meta_`` pair of an Amazon category directory.
+- :func:`unique_items`: metadata records without an item id, or repeating one, skipped and noted (Amazon, H&M,
+  MicroLens, table).
+- :func:`find_category_files`: the reviews + ``meta_`` pair of an Amazon category directory; :func:`read_reviews`
+  reads the reviews file through a :class:`BlockChecker`.
 """
 
 from __future__ import annotations
@@ -577,6 +580,18 @@ def meta_note(path: Path, issues: Counter[str]) -> list[str]:
     return [f"{path.name}: {'; '.join(parts)}"] if parts else []
 
 
+def unique_items(meta: pl.DataFrame, key: str, path: Path, notes: list[str]) -> pl.DataFrame:
+    """``meta`` without the records whose item id ``key`` is null or empty and without repeats of an id (first
+    kept); both are counted in a :func:`meta_note` on ``path``, added to ``notes``. Strip the ids first."""
+    missing = meta[key].is_null() | (meta[key] == "")
+    issues: Counter[str] = Counter(missing_item=int(missing.sum()))
+    meta = meta.filter(~missing)
+    unique = meta.unique(subset=key, keep="first", maintain_order=True)
+    issues["duplicate_item"] = meta.height - unique.height
+    notes.extend(meta_note(path, issues))
+    return unique
+
+
 def timestamp_notes(check: InteractionCheck, source: str) -> list[str]:
     """Human-readable remarks on timestamp units and resolution for ``RawData.notes``."""
     notes = []
@@ -596,6 +611,18 @@ def timestamp_notes(check: InteractionCheck, source: str) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Amazon category files.
+
+
+def read_reviews(
+    path: Path, schema: dict[str, pl.DataType], checker: BlockChecker
+) -> tuple[InteractionCheck, Counter[str], LinesReport]:
+    """The valid interactions of a JSON-lines reviews file, checked block by block by ``checker``; the drops
+    include its malformed and blank lines."""
+    _, report = read_json_lines(path, schema, transform=checker)  # keeps only valid, typed rows
+    check = checker.result()
+    drops: Counter[str] = Counter(malformed_json=report.malformed, blank_line=report.blank)
+    drops.update(check.drops)
+    return check, drops, report
 
 
 def _strip_suffix(name: str) -> tuple[str, str] | None:

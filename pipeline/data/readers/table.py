@@ -46,10 +46,10 @@ from pipeline.data.readers.rawio import (
     BlockChecker,
     InteractionCheck,
     check_delimited,
-    meta_note,
     open_binary,
     read_json_lines,
     timestamp_notes,
+    unique_items,
     validate_interactions,
 )
 from pipeline.data.readers.timestamps import (
@@ -484,12 +484,8 @@ def read_table_items(cfg: DataConfig, notes: list[str] | None = None) -> tuple[p
     raw = _scan_items(files, fmt, t, notes)
     if cfg.images_dir is not None and t.item_columns.image is not None:
         check_image_refs(raw, files, Path(cfg.images_dir))
-    missing = raw["item_id"].is_null() | (raw["item_id"].str.strip_chars() == "")
-    issues: Counter[str] = Counter(missing_item=int(missing.sum()))
-    raw = raw.filter(~missing).with_columns(pl.col("item_id").str.strip_chars())
-    unique = raw.unique(subset="item_id", keep="first", maintain_order=True)
-    issues["duplicate_item"] = raw.height - unique.height
-    notes.extend(meta_note(files[0] if len(files) == 1 else files[0].parent, issues))
+    where = files[0] if len(files) == 1 else files[0].parent
+    unique = unique_items(raw.with_columns(pl.col("item_id").str.strip_chars()), "item_id", where, notes)
     text = t.item_columns.text
     cleaned = unique.with_columns([pl.col(c).map_batches(clean_text_series, return_dtype=pl.String) for c in text])
     items = cleaned.select(
