@@ -76,7 +76,7 @@ def read_ml1m_recbole(cfg: DataConfig) -> RawData:
     meta = files.items
     assert meta is not None  # require_items
     require_fields(meta, {name: "MovieLens-1M item field" for name in RECBOLE_ITEM_COLUMNS}, RECBOLE_FIX)
-    items = _items_frame(
+    items = movie_items_frame(
         item_id=meta.frame["item_id"],
         title=typed_field(meta, "movie_title", " ", RECBOLE_FIX).fill_null(""),
         year=typed_field(meta, "release_year", " ", RECBOLE_FIX).cast(pl.Int32, strict=False),
@@ -150,13 +150,10 @@ def read_movielens(cfg: DataConfig) -> RawData:
         parse_int(movies_path, meta, "item_id", GROUPLENS_FIX, allow_integral_float=False).cast(pl.String)
     )
     check_unique_ids(movies_path, meta, "item_id", GROUPLENS_FIX)
-    title = meta["title"].str.strip_chars()
-    year = title.str.extract(r"\((\d{4})\)$", 1).cast(pl.Int32)
-    items = _items_frame(
+    title, year = split_title_year(meta["title"])
+    items = movie_items_frame(
         item_id=meta["item_id"],
-        title=pl.select(pl.when(year.is_not_null()).then(title.str.replace(r"\s*\(\d{4}\)$", "")).otherwise(title))
-        .to_series()
-        .alias("title"),
+        title=title,
         year=year,
         genres=meta["genres"].str.strip_chars().str.split("|").list.eval(pl.element().filter(pl.element() != "")),
     )
@@ -171,10 +168,19 @@ def read_movielens(cfg: DataConfig) -> RawData:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Shared by both readers.
+# Shared by both readers and by those of pipeline.data.readers.movielens_family.
 
 
-def _items_frame(item_id: pl.Series, title: pl.Series, year: pl.Series, genres: pl.Series) -> pl.DataFrame:
+def split_title_year(full_title: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """``"Toy Story (1995)"`` -> ``("Toy Story", 1995)``: the stripped title without a trailing ``(YYYY)``, and that
+    year (Int32, null when the title has none)."""
+    title = full_title.str.strip_chars()
+    year = title.str.extract(r"\((\d{4})\)$", 1).cast(pl.Int32)
+    bare = pl.select(pl.when(year.is_not_null()).then(title.str.replace(r"\s*\(\d{4}\)$", "")).otherwise(title))
+    return bare.to_series(), year
+
+
+def movie_items_frame(item_id: pl.Series, title: pl.Series, year: pl.Series, genres: pl.Series) -> pl.DataFrame:
     """``item_id, text, image_ref, title, year, genres`` with text = "Title (year). Genres: a, b"."""
     frame = pl.DataFrame(
         {

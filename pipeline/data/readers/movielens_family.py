@@ -27,6 +27,7 @@ import polars as pl
 
 from pipeline.config import DataConfig
 from pipeline.data.readers import decode_lines
+from pipeline.data.readers.movielens import movie_items_frame, split_title_year
 from pipeline.data.readers.rawio import check_delimited, meta_note, timestamp_notes, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 
@@ -54,33 +55,20 @@ def _decode(path: Path, fix: str, notes: list[str] | None = None) -> str:
 
 
 def movie_items(movie_id: pl.Series, full_title: pl.Series, genres: pl.Series) -> pl.DataFrame:
-    """``item_id, text, image_ref, title, year, genres`` with text "Title (year). Genres: a, b"."""
-    title = full_title.str.strip_chars()
-    year = title.str.extract(r"\((\d{4})\)$", 1).cast(pl.Int32)
-    bare = pl.select(pl.when(year.is_not_null()).then(title.str.replace(r"\s*\(\d{4}\)$", "")).otherwise(title))
+    """``item_id, text, image_ref, title, year, genres`` with text "Title (year). Genres: a, b" (as for ML-1M);
+    movies without an id are skipped, a repeated id keeps its first row."""
+    title, year = split_title_year(full_title)
     frame = pl.DataFrame(
         {
             "item_id": movie_id.cast(pl.String).str.strip_chars(),
-            "title": bare.to_series().fill_null(""),
+            "title": title.fill_null(""),
             "year": year,
             "genres": genres.cast(pl.List(pl.String)),
         }
     )
-    year_part = pl.when(pl.col("year").is_not_null()).then(pl.format(" ({})", pl.col("year"))).otherwise(pl.lit(""))
-    genre_part = (
-        pl.when(pl.col("genres").list.len() > 0)
-        .then(pl.lit(". Genres: ") + pl.col("genres").list.join(", "))
-        .otherwise(pl.lit(""))
-    )
     frame = frame.filter(pl.col("item_id").is_not_null() & (pl.col("item_id") != ""))
-    return frame.unique(subset="item_id", keep="first", maintain_order=True).select(
-        "item_id",
-        pl.concat_str([pl.col("title"), year_part, genre_part]).fill_null("").alias("text"),
-        pl.lit(None, dtype=pl.String).alias("image_ref"),
-        "title",
-        "year",
-        "genres",
-    )
+    frame = frame.unique(subset="item_id", keep="first", maintain_order=True)
+    return movie_items_frame(frame["item_id"], frame["title"], frame["year"], frame["genres"])
 
 
 def _result(
