@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
+import re
+import zipfile
 from pathlib import Path
 
+import polars as pl
 import pytest
 
-from pipeline.config import ConfigError, load_params
+from pipeline.config import ConfigError, DataConfig, load_params
+from pipeline.data.readers.table import read_table
+from pipeline.data.schema import DataFormatError
+from tests.helpers.data import T0, table_cfg, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,3 +46,56 @@ def test_params_path_that_is_a_folder_says_so(tmp_path: Path) -> None:
     # was "error: [Errno 21] Is a directory: '<path>'" with no fix
     with pytest.raises(ConfigError, match=rf"^{tmp_path} is a folder, not a params file. Fix: pass the YAML file"):
         load_params(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A table file that is not UTF-8 delimited text
+
+
+def _table_project(tmp_path: Path) -> tuple[Path, DataConfig]:
+    events = "".join(f"u{u},{sku},{T0 + 60 * k}\n" for u in range(3) for k, sku in enumerate("ABC"))
+    root = write_table(tmp_path / "shop", "uid,sku,ts\n" + events)
+    return root, dataclasses.replace(table_cfg(root), user_core=1, item_core=1)
+
+
+def test_utf16_csv_is_named_as_utf16_not_a_ragged_last_line(tmp_path: Path) -> None:
+    # Excel's "Unicode Text" and PowerShell write UTF-16: this used to be "events.csv:331: expected 4 fields
+    # separated by ',' (as in the header), found 1: '\x00'. Fix: quote a field ..."
+    root, cfg = _table_project(tmp_path)
+    csv = root / "events.csv"
+    csv.write_bytes(csv.read_text(encoding="utf-8").encode("utf-16"))
+    with pytest.raises(DataFormatError) as info:
+        read_table(cfg)
+    message = str(info.value)
+    assert message.startswith(f"{csv}: UTF-16 text, not delimited UTF-8 text. Fix: save it as UTF-8")
+    assert "\n" not in message and "fields" not in message
+    csv.write_bytes(csv.read_text(encoding="utf-16").encode("utf-16-le"))  # no byte order mark: the NULs tell
+    with pytest.raises(DataFormatError, match=r"events.csv: holds NUL bytes \(UTF-16 text without a byte order mark"):
+        read_table(cfg)
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        ("parquet", r"a Parquet file, not delimited UTF-8 text. Fix: read it as Parquet \(data.table.format: auto"),
+        ("gzip", r"gzip-compressed, not delimited UTF-8 text. Fix: decompress it \(gunzip\)"),
+        ("xlsx", r"a zip archive \(or an Excel .xlsx workbook\), not delimited UTF-8 text. Fix: unzip it, or save"),
+    ],
+)
+def test_binary_file_read_as_csv_says_what_it_is(tmp_path: Path, content: str, what: str) -> None:
+    # data.table.format: csv on a Parquet shard (or a .csv that is really gzip/xlsx) used to print a 600-character
+    # "expected 1 fields ... found 2: '\x00\x0e\x00...'" line of binary garbage
+    root, cfg = _table_project(tmp_path)
+    csv = root / "events.csv"
+    data = csv.read_bytes()
+    if content == "parquet":
+        pl.read_csv(csv).write_parquet(csv)
+    elif content == "gzip":
+        csv.write_bytes(gzip.compress(data))
+    else:
+        with zipfile.ZipFile(csv, "w") as z:
+            z.writestr("sheet1.xml", data)
+    with pytest.raises(DataFormatError) as info:
+        read_table(cfg)
+    assert re.match(rf"^{re.escape(str(csv))}: {what}", str(info.value)), str(info.value)
+    assert "\\x00" not in str(info.value) and len(str(info.value)) < 400
