@@ -10,11 +10,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
 
 from pipeline.config import ConfigError, DataConfig, load_params
 from pipeline.data.readers.table import read_table
 from pipeline.data.schema import DataFormatError
+from pipeline.serving.inference import resolve_device
 from tests.helpers.data import T0, table_cfg, write_table
+from tests.helpers.projects import RECOMMEND, query_args, recommend_args, write_project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,3 +104,39 @@ def test_binary_file_read_as_csv_says_what_it_is(tmp_path: Path, content: str, w
         read_table(cfg)
     assert re.match(rf"^{re.escape(str(csv))}: {what}", str(info.value)), str(info.value)
     assert "\\x00" not in str(info.value) and len(str(info.value)) < 400
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Options of evaluate and recommend
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "query", "export"])
+def test_a_bad_device_option_names_the_option_not_train_device(tmp_path: Path, stage: str) -> None:
+    # `--device gpu` used to answer "train.device = 'gpu' is not a device": a key the user never set
+    params, prepared, models = write_project(tmp_path)
+    params.write_text(yaml.safe_dump(yaml.safe_load(params.read_text()) | {"recommend": dict(RECOMMEND)}))
+    p = {"params": params, "prepared": prepared, "models": models, "features": tmp_path / "features"}
+    p["out"] = tmp_path / "recommendations"
+    if stage == "evaluate":
+        from stages.evaluate import app
+
+        args = [*("--params", str(params), "--prepared", str(prepared), "--features", str(p["features"])), "--model"]
+        args += [str(models / "model.pt"), "--baseline", str(models / "baseline" / "model.pt")]
+        args += ["--out", str(tmp_path / "reports"), "--device", "gpu"]
+    else:
+        from stages.recommend import app
+
+        argv = query_args(p) + ["--history", "m3"] if stage == "query" else recommend_args(p)
+        args = [*argv[: argv.index("--device")], "--device", "gpu", *argv[argv.index("--device") + 2 :]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and result.stderr.strip().splitlines() == [
+        "error: --device = 'gpu' is not a device; use auto, cpu, cuda or cuda:N"
+    ]
+
+
+def test_resolve_device_names_the_key_it_was_given() -> None:
+    with pytest.raises(ValueError, match=r"^train.device = 'tpu' is not a device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^--device = 'cuda:0' but no CUDA device is visible; set --device to"):
+            resolve_device("cuda:0", "--device")
