@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from pipeline.config import ConfigError, DataConfig, load_params
 from pipeline.data.readers.table import read_table
 from pipeline.data.schema import DataFormatError
+from pipeline.io import check_disjoint
 from pipeline.serving.inference import resolve_device
 from tests.helpers.data import T0, table_cfg, write_table
 from tests.helpers.projects import RECOMMEND, query_args, recommend_args, write_project
@@ -140,3 +141,31 @@ def test_resolve_device_names_the_key_it_was_given() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"^--device = 'cuda:0' but no CUDA device is visible; set --device to"):
             resolve_device("cuda:0", "--device")
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    # `--out` naming an existing file used to fail with "error: [Errno 17] File exists: '<path>'" only when the
+    # outputs were published, after the index (or, for train, the whole training run) was built
+    from stages.recommend import app
+
+    params, prepared, models = write_project(tmp_path)
+    params.write_text(yaml.safe_dump(yaml.safe_load(params.read_text()) | {"recommend": dict(RECOMMEND)}))
+    out = tmp_path / "recommendations"
+    out.write_text("not a folder")
+    p = {"params": params, "prepared": prepared, "models": models, "features": tmp_path / "features", "out": out}
+    result = CliRunner().invoke(app, recommend_args(p))
+    assert result.exit_code == 1 and result.stderr.strip().splitlines() == [
+        f"error: --out {out} is a file; the stage writes a folder there (nothing was written or deleted). "
+        "Fix: choose another --out or remove that file"
+    ]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["models", "params.yaml", "prepared", "recommendations"]
+
+
+def test_output_file_that_is_a_folder_or_under_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(ValueError, match=r"^--gallery .*reports is a folder; it names the file to write"):
+        check_disjoint({"--gallery": tmp_path / "reports"}, {}, file_outputs=["--gallery"])
+    with pytest.raises(ValueError, match=r"^--out .*plain/a/b: .*plain is a file, so nothing can be written under"):
+        check_disjoint({"--out": tmp_path / "plain" / "a" / "b"}, {})
+    check_disjoint({"--out": tmp_path / "new" / "folder", "--gallery": tmp_path / "reports" / "g.html"}, {})

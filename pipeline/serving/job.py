@@ -36,7 +36,7 @@ def export_to_dir(
     ``gallery`` (model and baseline top-10s side by side for ``recommend.gallery_users`` seeded test users)."""
     k = check_k(cfg.k if k is None else k)
     inputs, files = {"--prepared": prepared, "--features": features}, {"--model": model, "--baseline": baseline}
-    check_disjoint({"--out": out, "--gallery": gallery}, inputs, files)
+    check_disjoint({"--out": out, "--gallery": gallery}, inputs, files, file_outputs=["--gallery"])
     torch_device = resolve_device(device, "--device")
     base, base_checkpoint, _ = load_trained(baseline, features, prepared, torch_device)  # fail before writing
     rec, _ = export(model, features, prepared, out, k, cfg.index_config, cfg.batch_size, torch_device)
