@@ -47,7 +47,7 @@ def main(
     cfg: EvaluateConfig = load_section(EvaluateConfig, "evaluate", params)
     if k not in cfg.ks:
         raise typer.BadParameter(f"--k {k} is not one of evaluate.ks {cfg.ks}")
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "--device")
     split = load_split(prepared)
     kinds = [IndexConfig(kind, cfg.ivf, cfg.hnsw) for kind in ("flat", "ivf", "hnsw")]
     rows = []

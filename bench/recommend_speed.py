@@ -43,7 +43,7 @@ def main(
         torch.set_num_threads(threads)
         faiss.omp_set_num_threads(threads)
     start = time.perf_counter()
-    recommender = Recommender.load(model, features, prepared, index, resolve_device(device))
+    recommender = Recommender.load(model, features, prepared, index, resolve_device(device, "--device"))
     load_s = time.perf_counter() - start
     sequences = user_sequences(prepared)
     histories = [np.asarray(s, dtype=np.int64) for s in sequences["items"].to_list()]

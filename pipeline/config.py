@@ -372,12 +372,26 @@ MAX_PARAMS_BYTES = 1 << 20  # a params file is a few KB; this bounds the time an
 def load_raw(path: Path = DEFAULT_PARAMS) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: params file not found (run from the repository root or pass --params)")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a params file. Fix: pass the YAML file, e.g. --params params.yaml")
     if path.stat().st_size > MAX_PARAMS_BYTES:
         raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a params file is at most {MAX_PARAMS_BYTES:,}")
-    raw = parse_yaml(path.read_text(encoding="utf-8"), path)
+    raw = parse_yaml(_params_text(path), path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a YAML mapping of sections")
     return raw
+
+
+def _params_text(path: Path) -> str:
+    """The params file as text; it must be UTF-8 (a UTF-8 byte order mark is fine)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")  # what Windows PowerShell's `>` and Notepad's "Unicode" write
+        what = "UTF-16 text" if utf16 else f"not UTF-8 (byte 0x{data[e.start]:02x} on line {line})"
+        raise ConfigError(f"{path}: {what}; a params file must be UTF-8. Fix: save it as UTF-8") from None
 
 
 # Sections read by optional stages, each validated by its own loader (``pretrain`` for MP4SR, ``download``).

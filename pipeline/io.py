@@ -137,8 +137,13 @@ def check_disjoint(
     folders: Mapping[str, Path | str | None],
     files: Mapping[str, Path | str | None] | None = None,
     published: Sequence[str] | None = None,
+    file_outputs: Sequence[str] = (),
 ) -> None:
     """Refuse an output that equals, contains or lies inside an input folder, or that would replace an input file.
+
+    Every output is a folder except the keys in ``file_outputs`` (``--gallery``); an output folder that is an
+    existing file, an output file that is an existing folder, or an output under an existing file is refused too,
+    here rather than when the results are published after the work.
 
     ``outputs`` and ``folders`` map the option or key that names each path (``--out``, ``data.path``) to it; paths
     are compared resolved (symlinks followed), so a link to the input folder is caught too. ``files`` are input
@@ -149,6 +154,7 @@ def check_disjoint(
     for out_key, out in outputs.items():
         if out is None:
             continue
+        _check_output_kind(out_key, Path(out), out_key in file_outputs)
         o = _resolved(out)
         for in_key, given in folders.items():
             if given is None:
@@ -166,6 +172,25 @@ def check_disjoint(
             targets = [o] if published is None else [o / name for name in published]
             if any(i == t or i.is_relative_to(t) for t in targets):
                 _refuse(out_key, out, "would replace", in_key, given)
+
+
+def _check_output_kind(key: str, out: Path, is_file: bool) -> None:
+    """``out`` can be written as a file (``is_file``) or a folder: nothing on its way is a file, and ``out`` itself
+    is not a file where a folder goes (or a folder where a file goes)."""
+    blocker = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(
+            f"{key} {out}: {blocker} is a file, so nothing can be written under it. Fix: choose another {key}"
+        )
+    if is_file and out.is_dir():
+        raise ValueError(
+            f"{key} {out} is a folder; it names the file to write. Fix: give a file path, e.g. {out / 'x'}"
+        )
+    if not is_file and out.exists() and not out.is_dir():
+        raise ValueError(
+            f"{key} {out} is a file; the stage writes a folder there (nothing was written or deleted). "
+            f"Fix: choose another {key} or remove that file"
+        )
 
 
 def _resolved(path: Path | str) -> Path:

@@ -53,7 +53,7 @@ def evaluate_to_dir(
     """
     files = {"--model": model, "--baseline": baseline, "--model's dvclive": model.parent / "dvclive"}
     check_disjoint({"--out": out}, {"--prepared": prepared, "--features": features}, files)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "--device")
     net, checkpoint, catalog = load_trained(model, features, prepared, torch_device)
     base_net, base_checkpoint, _ = load_trained(baseline, features, prepared, torch_device)
     members = ensemble_members or []

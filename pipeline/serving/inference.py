@@ -19,16 +19,17 @@ from pipeline.features.store import load_catalog
 from pipeline.training.checkpoint import load_checkpoint, model_spec, read_checkpoint, verify_data
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cpu``; ``cuda`` / ``cuda:N`` (must exist)."""
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cpu``; ``cuda`` / ``cuda:N`` (must exist). ``key`` is what set
+    ``name`` (``train.device``, or the ``--device`` option of evaluate and recommend), named in the error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device = {name!r} but no CUDA device is visible; set train.device to auto or cpu")
+        raise ValueError(f"{key} = {name!r} but no CUDA device is visible; set {key} to auto or cpu")
     try:
         return torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"train.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from err
+        raise ValueError(f"{key} = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from err
 
 
 @torch.no_grad()

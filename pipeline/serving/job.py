@@ -36,8 +36,8 @@ def export_to_dir(
     ``gallery`` (model and baseline top-10s side by side for ``recommend.gallery_users`` seeded test users)."""
     k = check_k(cfg.k if k is None else k)
     inputs, files = {"--prepared": prepared, "--features": features}, {"--model": model, "--baseline": baseline}
-    check_disjoint({"--out": out, "--gallery": gallery}, inputs, files)
-    torch_device = resolve_device(device)
+    check_disjoint({"--out": out, "--gallery": gallery}, inputs, files, file_outputs=["--gallery"])
+    torch_device = resolve_device(device, "--device")
     base, base_checkpoint, _ = load_trained(baseline, features, prepared, torch_device)  # fail before writing
     rec, _ = export(model, features, prepared, out, k, cfg.index_config, cfg.batch_size, torch_device)
     runs = [
@@ -64,7 +64,7 @@ def query(
     if (history is None) == (user is None):
         raise ValueError("give --history or --user (one of them)")
     k = check_k(k)
-    recommender = Recommender.load(model, features, prepared, index, resolve_device(device))
+    recommender = Recommender.load(model, features, prepared, index, resolve_device(device, "--device"))
     if user is not None:
         items = user_history(user_sequences(prepared), user)
     else:

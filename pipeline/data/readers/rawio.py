@@ -340,6 +340,31 @@ def _first_bad_record(path: Path, sep: str, expected: int, skip: int) -> tuple[i
     return None
 
 
+# What a file read as CSV/TSV text may really be, told by its first bytes: (magic, what it is, what to do).
+_NOT_TEXT = (
+    (b"PAR1", "a Parquet file", "read it as Parquet (data.table.format: auto or parquet) or export it as CSV"),
+    (b"\x1f\x8b", "gzip-compressed", "decompress it (gunzip)"),
+    (b"PK\x03\x04", "a zip archive (or an Excel .xlsx workbook)", "unzip it, or save the sheet as CSV (UTF-8)"),
+    (b"\xff\xfe", "UTF-16 text", "save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
+    (b"\xfe\xff", "UTF-16 text", "save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
+)
+
+
+def _refuse_non_text(path: Path, fix: str) -> None:
+    """A file that is not UTF-8 delimited text (Parquet, gzip, zip/xlsx, UTF-16, other binary) is one error line
+    saying what it is, before its bytes are parsed as rows (which reported a ragged last line of garbage)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    for magic, what, todo in _NOT_TEXT:
+        if head.startswith(magic):
+            raise DataFormatError(f"{path}: {what}, not delimited UTF-8 text. Fix: {todo}; {fix}")
+    if b"\x00" in head:  # UTF-16 without a byte order mark, or another binary format
+        raise DataFormatError(
+            f"{path}: holds NUL bytes (UTF-16 text without a byte order mark, or a binary file), not delimited "
+            f"UTF-8 text. Fix: save it as UTF-8 CSV; {fix}"
+        )
+
+
 def check_delimited(
     path: Path, sep: str, *, header: bool, fix: str, quoting: bool = True, fields: bool = True
 ) -> DelimitedCheck:
@@ -347,11 +372,13 @@ def check_delimited(
     honoured when ``quoting``), there is at least one data line, and invalid UTF-8 is counted.
 
     A ragged row is a ``DataFormatError`` naming the file and line, never cut to fit or padded with nulls; an empty
-    or header-only file is one too. One streaming pass counts separators per line; only when a line holds a quote
+    or header-only file is one too, and so is a file that is not UTF-8 text at all (Parquet, gzip, zip/xlsx,
+    UTF-16: told by its first bytes). One streaming pass counts separators per line; only when a line holds a quote
     character is the file parsed record by record with :mod:`csv` to find the exact record in error.
     """
     if not path.is_file():
         raise DataFormatError(f"{path}: file not found. Fix: {fix}")
+    _refuse_non_text(path, fix)
     first = _first_line(path)
     if first is None:
         raise DataFormatError(f"{path}: the file is empty. Fix: {fix}")
