@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import gzip
 import io
@@ -340,13 +341,12 @@ def _first_bad_record(path: Path, sep: str, expected: int, skip: int) -> tuple[i
     return None
 
 
-# What a file read as CSV/TSV text may really be, told by its first bytes: (magic, what it is, what to do).
-_NOT_TEXT = (
-    (b"PAR1", "a Parquet file", "read it as Parquet (data.table.format: auto or parquet) or export it as CSV"),
-    (b"\x1f\x8b", "gzip-compressed", "decompress it (gunzip)"),
-    (b"PK\x03\x04", "a zip archive (or an Excel .xlsx workbook)", "unzip it, or save the sheet as CSV (UTF-8)"),
-    (b"\xff\xfe", "UTF-16 text", "save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
-    (b"\xfe\xff", "UTF-16 text", "save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
+# What a file read as CSV/TSV text may really be, told by its first bytes: (magics, what it is, what to do).
+_NOT_TEXT: tuple[tuple[tuple[bytes, ...], str, str], ...] = (
+    ((b"PAR1",), "a Parquet file", "read it as Parquet (data.table.format: auto or parquet) or export it as CSV"),
+    ((b"\x1f\x8b",), "gzip-compressed", "decompress it (gunzip)"),
+    ((b"PK\x03\x04",), "a zip archive (or an Excel .xlsx workbook)", "unzip it, or save the sheet as CSV (UTF-8)"),
+    ((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE), "UTF-16 text", "save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"),
 )
 
 
@@ -355,8 +355,8 @@ def _refuse_non_text(path: Path, fix: str) -> None:
     saying what it is, before its bytes are parsed as rows (which reported a ragged last line of garbage)."""
     with open(path, "rb") as f:
         head = f.read(4096)
-    for magic, what, todo in _NOT_TEXT:
-        if head.startswith(magic):
+    for magics, what, todo in _NOT_TEXT:
+        if head.startswith(magics):
             raise DataFormatError(f"{path}: {what}, not delimited UTF-8 text. Fix: {todo}; {fix}")
     if b"\x00" in head:  # UTF-16 without a byte order mark, or another binary format
         raise DataFormatError(
