@@ -18,29 +18,20 @@ from pipeline.data.splits import UserSplit
 from pipeline.models.sasrec import SASRec, SASRecConfig
 from pipeline.serving.inference import item_table, user_queries
 from pipeline.training.checkpoint import load_checkpoint
-from pipeline.training.fit import fit, lr_factor, seed_everything, validate, write_summary
+from pipeline.training.fit import fit, lr_factor, validate, write_summary
 from stages.train import app
-from tests.helpers.training import MAX_LEN, NUM_ITEMS, catalog, cycle_split, train_cfg, write_stage_project
+from tests.helpers.training import (
+    MAX_LEN,
+    NUM_ITEMS,
+    RecordingLive,
+    catalog,
+    cycle_split,
+    train_cfg,
+    write_stage_project,
+)
+from tests.helpers.training import tiny_sasrec as model
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
-
-
-def model(seed: int = 0) -> SASRec:
-    seed_everything(seed)
-    return SASRec(SASRecConfig(hidden_dim=16, num_layers=1, num_heads=2, dropout=0.1), catalog())
-
-
-class RecordingLive:
-    """Stands in for ``dvclive.Live``: records every metric per step."""
-
-    def __init__(self) -> None:
-        self.steps: list[dict[str, float]] = [{}]
-
-    def log_metric(self, name: str, value: float) -> None:
-        self.steps[-1][name] = value
-
-    def next_step(self) -> None:
-        self.steps.append({})
 
 
 def test_left_pad_keeps_the_most_recent_items() -> None:

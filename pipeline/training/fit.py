@@ -37,7 +37,7 @@ from pipeline.evaluation import metrics, retrieval
 from pipeline.io import write_json_atomic
 from pipeline.models import contract
 from pipeline.serving.inference import item_table, resolve_device, user_queries  # noqa: F401 (resolve_device: re-exported)
-from pipeline.training import distributed
+from pipeline.training import distributed, resume
 from pipeline.training.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def fit(
     out_dir: Path | None,
     live: Any = None,
     phase: str = "train",
+    resume_path: Path | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``split.train``, validate each epoch, keep the best weights (loaded back at the end).
 
@@ -88,42 +89,48 @@ def fit(
     In a process group of several ranks (:func:`pipeline.training.distributed.session`) the model trains in DDP; only
     rank 0 validates, restores the best weights and writes ``out_dir`` (pass ``live`` on rank 0 only). Every rank
     returns the same result (rank 0's metrics); the model of a rank > 0 keeps its last epoch's weights.
+
+    ``resume_path``: rank 0 saves the loop's whole state there after every epoch, and a later call for the same run
+    (same fingerprint, :mod:`pipeline.training.resume`) continues after the last finished epoch, with the same
+    result as an uninterrupted run; the file is removed when training ends. None: no state is kept.
     """
     _check_train_config(train_cfg)
     seed_everything(train_cfg.seed)  # the same on every rank: the same global batches
     if train_cfg.num_threads > 0:
         torch.set_num_threads(train_cfg.num_threads)
     device = distributed.device_for(train_cfg.device)
-    model.to(device)
     contract.set_phase(model, phase)
-    trained = distributed.wrap(model, device)  # DDP over the process group, or the model itself
     main = distributed.is_main()
+    run_key = resume.fingerprint(model, split, train_cfg, max_seq_len, phase) if resume_path is not None else ""
+    model.to(device)
     dataset = NextItemDataset(split, max_seq_len)
-    loader = DataLoader(
-        dataset,
-        batch_size=train_cfg.batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(train_cfg.seed),
-    )
+    shuffling = torch.Generator().manual_seed(train_cfg.seed)
+    loader = DataLoader(dataset, batch_size=train_cfg.batch_size, shuffle=True, collate_fn=collate, generator=shuffling)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scheduler = lr_scheduler(optimizer, train_cfg, len(loader))
-    valid_inputs = eval_inputs(split, "valid", max_seq_len)  # (U, L)
     prefix = "" if phase == "train" else f"{phase}/"
+    loop = resume.LoopState()
+    saved = resume.load(resume_path, run_key) if resume_path is not None and main else None
+    if distributed.broadcast_object(saved is not None):  # rank 0's decision; every rank reads the same file
+        saved = saved if main else torch.load(resume_path, map_location="cpu", weights_only=False)
+        loop = resume.restore(saved, model, optimizer, scheduler, shuffling)
+        loop.best_state = loop.best_state if main else None  # as in an uninterrupted run: rank 0's alone
+        log.info("%s: resuming after epoch %d of an interrupted run (%s)", phase, loop.epoch, resume_path)
+        for row in loop.history:  # a fresh DVCLive folder gets the finished epochs first
+            _log_live(live, {f"{prefix}{k}": v for k, v in row.items()})
+    del saved
+    trained = distributed.wrap(model, device)  # DDP over the process group, or the model itself
+    valid_inputs = eval_inputs(split, "valid", max_seq_len)  # (U, L)
 
-    best_score, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
-    selected: dict[str, Any] = {}
-    history: list[dict[str, float]] = []
-    step_losses: list[float] = []
-    train_seconds, bad_epochs, stopped_early = 0.0, 0, False
-    for epoch in range(1, train_cfg.epochs + 1):
+    stopped_early = False
+    for epoch in range(loop.epoch + 1, train_cfg.epochs + 1):
         contract.start_epoch(model, epoch)
         start, cpu_start = time.perf_counter(), time.process_time()
         losses = _train_epoch(
-            trained, loader, optimizer, train_cfg, device, f"{phase} epoch {epoch}", step_losses, scheduler
+            trained, loader, optimizer, train_cfg, device, f"{phase} epoch {epoch}", loop.step_losses, scheduler
         )
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-        train_seconds += seconds
+        loop.train_seconds += seconds
         choice: dict[str, Any] = {}
         valid: dict[str, float] = {}  # validation is rank 0's; the other ranks get its metrics below
         valid_start = time.perf_counter()
@@ -131,7 +138,7 @@ def fit(
             choice, valid = _select_on_validation(model, valid_inputs, split, train_cfg.batch_size, device)
         elif main:
             valid = validate(model, valid_inputs, split, train_cfg.batch_size, device)
-        stop = main and valid[STOP_METRIC] <= best_score and bad_epochs + 1 >= train_cfg.patience
+        stop = main and valid[STOP_METRIC] <= loop.best_score and loop.bad_epochs + 1 >= train_cfg.patience
         choice, valid, stop = distributed.broadcast_object((choice, valid, stop))  # rank 0's, on every rank
         distributed.broadcast_buffers(model)  # what rank 0 chose on validation (ODMT's head_weight)
         row = {**{f"train/{k}": v for k, v in losses.items()}, **{f"valid/{k}": v for k, v in valid.items()}}
@@ -139,7 +146,7 @@ def fit(
         row |= {"epoch_seconds": seconds, "epoch_cpu_seconds": cpu_seconds, "lr": optimizer.param_groups[0]["lr"]}
         row["valid_seconds"] = time.perf_counter() - valid_start  # validation (and choices made on it), rank 0
         row["sequences_per_second"] = len(dataset) / seconds
-        history.append(row)
+        loop.history.append(row)
         _log_live(live, {f"{prefix}{k}": v for k, v in row.items()})
         log.info(
             "%s epoch %d: loss %.4f, valid %s %.4f (%.1f s)",
@@ -150,34 +157,39 @@ def fit(
             valid[STOP_METRIC],
             seconds,
         )
-        if valid[STOP_METRIC] > best_score:
-            best_score, best_epoch, best_valid, bad_epochs = valid[STOP_METRIC], epoch, valid, 0
-            selected = choice  # the choice is part of the state (a buffer), restored with it
+        loop.epoch = epoch
+        if valid[STOP_METRIC] > loop.best_score:
+            loop.best_score, loop.best_epoch, loop.best_valid, loop.bad_epochs = valid[STOP_METRIC], epoch, valid, 0
+            loop.selected = choice  # the choice is part of the state (a buffer), restored with it
             if main:
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                loop.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
-            bad_epochs += 1
+            loop.bad_epochs += 1
             if stop:  # rank 0's decision: bad_epochs >= train_cfg.patience
-                log.info("early stop: no better valid %s for %d epochs", STOP_METRIC, bad_epochs)
+                log.info("early stop: no better valid %s for %d epochs", STOP_METRIC, loop.bad_epochs)
                 stopped_early = True
                 break
+        if resume_path is not None and main and epoch < train_cfg.epochs:
+            resume.save(resume_path, run_key, loop, model, optimizer, scheduler, shuffling)
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    epochs_run = len(history)
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
+    epochs_run = len(loop.history)
     result = TrainResult(
-        best_epoch=best_epoch,
-        best_valid=best_valid,
+        best_epoch=loop.best_epoch,
+        best_valid=loop.best_valid,
         epochs_run=epochs_run,
         stopped_early=stopped_early,
-        seconds_per_epoch=train_seconds / max(epochs_run, 1),
-        sequences_per_second=len(dataset) * epochs_run / max(train_seconds, 1e-9),
-        history=history,
-        selected_on_validation=selected,
-        step_losses=step_losses,
+        seconds_per_epoch=loop.train_seconds / max(epochs_run, 1),
+        sequences_per_second=len(dataset) * epochs_run / max(loop.train_seconds, 1e-9),
+        history=loop.history,
+        selected_on_validation=loop.selected,
+        step_losses=loop.step_losses,
     )
     if out_dir is not None and main:
-        save_checkpoint(out_dir / CHECKPOINT_NAME, model, max_seq_len, train_cfg, best_epoch, best_valid)
+        save_checkpoint(out_dir / CHECKPOINT_NAME, model, max_seq_len, train_cfg, loop.best_epoch, loop.best_valid)
+    if main:
+        resume.discard(resume_path)
     return result
 
 

@@ -42,6 +42,7 @@ from pipeline.training.pretrain import (
     skip_reason,
     write_marker,
 )
+from pipeline.training.resume import state_path
 
 OUTPUTS = (CHECKPOINT_NAME, "train_summary.json", "dvclive")  # published together (pipeline.io.staged_outputs)
 PRETRAIN_OUTPUTS = (PRETRAIN_NAME, SUMMARY_NAME, "dvclive")  # a marker too (dvclive/ then empty)
@@ -88,7 +89,8 @@ def train_to_dir(
     # a failed or interrupted run leaves the previous three whole (pipeline.io.staged_outputs).
     with distributed.published(out, OUTPUTS) as stage:
         with distributed.main_only(lambda: Live(dir=str(stage / "dvclive"), dvcyaml=False, save_dvc_exp=False)) as live:
-            result = fit(model, split, train_cfg, max_seq_len, None, live=live)  # None: the checkpoint is written here
+            # None: the checkpoint is written below; an interrupted run resumes from out/.resume (kept off the outputs)
+            result = fit(model, split, train_cfg, max_seq_len, None, live=live, resume_path=state_path(out, "train"))
         if distributed.is_main():
             _write_outputs(stage, model, model_name, result, train_cfg, max_seq_len, fingerprint, device, start)
     return result
@@ -153,7 +155,8 @@ def pretrain_to_dir(
         seed_everything(train_cfg.seed)  # before building: weight init is part of "same seed, same metrics"
         model = registry.build_model(model_cfg.name, model_cfg.build(params), catalog, max_seq_len)
         start = time.perf_counter()
-        result = pretrain(model, split, pretrain_cfg, train_cfg, max_seq_len, stage / PRETRAIN_NAME, live=live)
+        result = pretrain(model, split, pretrain_cfg, train_cfg, max_seq_len, stage / PRETRAIN_NAME, live=live,
+                          resume_path=state_path(out, "pretrain"))  # fmt: skip
         if distributed.is_main():
             device, seconds = str(distributed.device_for(train_cfg.device)), time.perf_counter() - start
             write_summary(stage / SUMMARY_NAME, result, enabled=True, model_name=model_cfg.name, device=device,

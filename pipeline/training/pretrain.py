@@ -65,11 +65,12 @@ def pretrain(
     max_seq_len: int,
     out_path: Path,
     live: Any = None,
+    resume_path: Path | None = None,
 ) -> TrainResult:
     """Pre-train ``model`` (best valid epoch kept), write ``out_path`` (rank 0 only under torchrun), and leave the
-    model in the fine-tune phase."""
+    model in the fine-tune phase. ``resume_path``: as :func:`pipeline.training.fit.fit`'s."""
     cfg = pretrain_train_config(pretrain_cfg, train_cfg)
-    result = fit(model, split, cfg, max_seq_len, out_dir=None, live=live, phase="pretrain")
+    result = fit(model, split, cfg, max_seq_len, out_dir=None, live=live, phase="pretrain", resume_path=resume_path)
     model.set_phase("train")
     if not distributed.is_main():
         return result

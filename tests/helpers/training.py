@@ -13,6 +13,8 @@ import yaml
 from pipeline.catalog import ItemCatalog
 from pipeline.config import TrainConfig
 from pipeline.data.splits import UserSplit
+from pipeline.models.sasrec import SASRec, SASRecConfig
+from pipeline.training.fit import seed_everything
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +36,25 @@ def cycle_split(num_users: int = 160, seed: int = 0) -> UserSplit:
 
 def catalog() -> ItemCatalog:
     return ItemCatalog(num_items=NUM_ITEMS, max_seq_len=MAX_LEN, popularity=torch.zeros(NUM_ITEMS + 1))
+
+
+def tiny_sasrec(seed: int = 0) -> SASRec:
+    """A small SASRec over :func:`catalog`, its weights drawn after seeding with ``seed``."""
+    seed_everything(seed)
+    return SASRec(SASRecConfig(hidden_dim=16, num_layers=1, num_heads=2, dropout=0.1), catalog())
+
+
+class RecordingLive:
+    """Stands in for ``dvclive.Live``: records every metric per step."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = [{}]
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.steps[-1][name] = value
+
+    def next_step(self) -> None:
+        self.steps.append({})
 
 
 def train_cfg(**overrides: Any) -> TrainConfig:
