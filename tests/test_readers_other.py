@@ -140,6 +140,18 @@ def test_movielens_csv_fixture():
     assert by_id["209171"]["title"] == "Amélie (Fabuleux destin d'Amélie Poulain, Le)"
 
 
+def test_movielens_csv_movies_without_id_and_repeated_ids_are_counted_apart(tmp_path):
+    shutil.copytree(FIXTURES / "ml-25m", tmp_path / "ml", dirs_exist_ok=True)
+    movies = tmp_path / "ml" / "movies.csv"
+    lines = movies.read_text(encoding="utf-8").splitlines()
+    first = lines[1]
+    movies.write_text("\n".join([*lines, first, ',"No Id (1999)",Drama', ' ,"Blank Id (1999)",Drama']) + "\n")
+    raw = read_movielens_csv(cfg("movielens_csv", tmp_path / "ml"))
+    assert raw.items.height == len(lines) - 1  # the fixture's movies, each once
+    note = next(n for n in raw.notes if n.startswith("movies.csv:"))
+    assert "2 record(s) without an item id skipped" in note and "1 repeated item id(s) skipped (first kept)" in note
+
+
 def test_movielens_family_dispatch(tmp_path):
     assert read_movielens_family(cfg("m", FIXTURES / "ml-100k")).source_files[0].name == "u.data"
     assert read_movielens_family(cfg("m", FIXTURES / "ml-25m")).source_files[0].name == "ratings.csv"

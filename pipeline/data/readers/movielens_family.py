@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -28,7 +27,7 @@ import polars as pl
 from pipeline.config import DataConfig
 from pipeline.data.readers import decode_lines
 from pipeline.data.readers.movielens import movie_items_frame, split_title_year
-from pipeline.data.readers.rawio import check_delimited, meta_note, timestamp_notes, validate_interactions
+from pipeline.data.readers.rawio import check_delimited, timestamp_notes, unique_items, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 
 log = logging.getLogger(__name__)
@@ -54,9 +53,11 @@ def _decode(path: Path, fix: str, notes: list[str] | None = None) -> str:
     return decode_lines(path.read_bytes(), path, notes)
 
 
-def movie_items(movie_id: pl.Series, full_title: pl.Series, genres: pl.Series) -> pl.DataFrame:
+def movie_items(
+    movie_id: pl.Series, full_title: pl.Series, genres: pl.Series, path: Path, notes: list[str]
+) -> pl.DataFrame:
     """``item_id, text, image_ref, title, year, genres`` with text "Title (year). Genres: a, b" (as for ML-1M);
-    movies without an id are skipped, a repeated id keeps its first row."""
+    movies without an id are skipped, a repeated id keeps its first row, both counted in a note on ``path``."""
     title, year = split_title_year(full_title)
     frame = pl.DataFrame(
         {
@@ -66,21 +67,17 @@ def movie_items(movie_id: pl.Series, full_title: pl.Series, genres: pl.Series) -
             "genres": genres.cast(pl.List(pl.String)),
         }
     )
-    frame = frame.filter(pl.col("item_id").is_not_null() & (pl.col("item_id") != ""))
-    frame = frame.unique(subset="item_id", keep="first", maintain_order=True)
+    frame = unique_items(frame, "item_id", path, notes)
     return movie_items_frame(frame["item_id"], frame["title"], frame["year"], frame["genres"])
 
 
-def _result(
-    frame: pl.LazyFrame, items: pl.DataFrame, files: list[Path], source: str, meta_rows: int, file_notes: list[str]
-) -> RawData:
+def _result(frame: pl.LazyFrame, items: pl.DataFrame, files: list[Path], source: str, file_notes: list[str]) -> RawData:
     check = validate_interactions(frame)
     drops = check.drops
     notes = [
         "MovieLens timestamps have one-second resolution; equal timestamps are ordered by file row.",
         *file_notes,
         *timestamp_notes(check, source),
-        *meta_note(files[1], Counter(duplicate_item=meta_rows - items.height)),
     ]
     log.info("%s: kept %s ratings, %s movies; drops %s", files[0], f"{check.kept:,}", items.height, dict(+drops))
     return RawData(interactions=check.interactions, items=items, source_files=files, drops=+drops, notes=notes)
@@ -114,7 +111,7 @@ def read_movielens100k(cfg: DataConfig) -> RawData:
         .list.drop_nulls()
         .alias("genres")
     )["genres"]
-    items = movie_items(meta[meta.columns[0]], meta[meta.columns[1]], genres)
+    items = movie_items(meta[meta.columns[0]], meta[meta.columns[1]], genres, item_path, file_notes)
     scan = pl.scan_csv(
         data_path, separator="\t", has_header=False, new_columns=["user_id", "item_id", "rating", "ts_raw"],
         infer_schema=False, encoding="utf8-lossy",
@@ -122,7 +119,7 @@ def read_movielens100k(cfg: DataConfig) -> RawData:
     frame = scan.with_row_index("row").select(
         "user_id", "item_id", "ts_raw", pl.col("rating").cast(pl.Float64, strict=False), pl.col("row").cast(pl.Int64)
     )
-    return _result(frame, items, [data_path, item_path], "movielens100k", meta.height, file_notes)
+    return _result(frame, items, [data_path, item_path], "movielens100k", file_notes)
 
 
 def read_movielens_csv(cfg: DataConfig) -> RawData:
@@ -150,7 +147,7 @@ def read_movielens_csv(cfg: DataConfig) -> RawData:
         .str.split("|")
         .list.eval(pl.element().filter((pl.element() != "") & (pl.element() != "(no genres listed)")))
     )
-    items = movie_items(movies["movieId"], movies["title"], genres)
+    items = movie_items(movies["movieId"], movies["title"], genres, movies_path, file_notes)
     frame = scan.with_row_index("row").select(
         pl.col("userId").alias("user_id"),
         pl.col("movieId").alias("item_id"),
@@ -158,7 +155,7 @@ def read_movielens_csv(cfg: DataConfig) -> RawData:
         pl.col("rating").cast(pl.Float64, strict=False),
         pl.col("row").cast(pl.Int64),
     )
-    return _result(frame, items, [ratings_path, movies_path], "movielens_csv", movies.height, file_notes)
+    return _result(frame, items, [ratings_path, movies_path], "movielens_csv", file_notes)
 
 
 def read_movielens_family(cfg: DataConfig) -> RawData:
