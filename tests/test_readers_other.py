@@ -152,6 +152,27 @@ def test_movielens_csv_movies_without_id_and_repeated_ids_are_counted_apart(tmp_
     assert "2 record(s) without an item id skipped" in note and "1 repeated item id(s) skipped (first kept)" in note
 
 
+def test_movielens_csv_ratings_that_are_not_numbers_are_counted_in_a_note(tmp_path, monkeypatch):
+    from pipeline.data.prepare import prepare
+
+    shutil.copytree(FIXTURES / "ml-25m", tmp_path / "ml", dirs_exist_ok=True)
+    ratings = tmp_path / "ml" / "ratings.csv"
+    lines = ratings.read_text(encoding="utf-8").splitlines()
+    lines[1] = lines[1].replace(",1.0,", ",four stars,")  # user 1, movie 1
+    lines[2] = lines[2].replace(",1.5,", ", N/A ,")
+    ratings.write_text("\n".join(lines) + "\n")
+    raw = read_movielens_csv(cfg("movielens_csv", tmp_path / "ml"))
+    note = next(n for n in raw.notes if "not a number" in n)
+    assert note.startswith("movielens_csv: 2 kept interaction(s)") and "'four stars'" in note
+    unchanged = read_movielens_csv(cfg("movielens_csv", FIXTURES / "ml-25m"))
+    assert collect(raw).height == collect(unchanged).height  # all kept: without min_rating the rating is unused
+
+    monkeypatch.setitem(READERS, "movielens_csv", read_movielens_csv)
+    stats = prepare(cfg("movielens_csv", tmp_path / "ml", min_rating=0.5), tmp_path / "out")
+    assert stats["dropped"]["min_rating"] == 2  # unrated fails data.min_rating, as the note says
+    assert any("not a number" in n for n in stats["notes"])
+
+
 def test_movielens_family_dispatch(tmp_path):
     assert read_movielens_family(cfg("m", FIXTURES / "ml-100k")).source_files[0].name == "u.data"
     assert read_movielens_family(cfg("m", FIXTURES / "ml-25m")).source_files[0].name == "ratings.csv"

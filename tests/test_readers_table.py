@@ -81,8 +81,21 @@ def test_tsv_epoch_units_and_counted_bad_rows(tmp_path: Path) -> None:
     assert df.select("timestamp", "rating").rows() == [(T0, 5.0), (T0 + 1, 4.5)]
     assert raw.drops == {"missing_user": 1, "missing_item": 1, "missing_timestamp": 1, "bad_timestamp": 2}
     assert "1 timestamps were in milliseconds" in " ".join(raw.notes)
+    assert "not a number" not in " ".join(raw.notes)  # the one "bad" rating is on a dropped row
     stated = read_table(table_cfg(root, interactions="events.tsv", columns=columns, timestamp_unit="s"))
     assert stated.interactions.collect()["timestamp"].to_list() == [T0 + 1]  # T0 ms read as seconds: after 2100
+
+
+def test_ratings_that_are_not_numbers_are_kept_unrated_and_counted(tmp_path: Path) -> None:
+    events = f"uid,sku,ts,stars\nu1,A,{T0},5\nu1,B,{T0 + 1},five\nu1,C,{T0 + 2},\n"  # the last one: no rating
+    root = write_table(tmp_path, events, name="events.csv")
+    columns = TableColumns(user="uid", item="sku", timestamp="ts", rating="stars")
+    raw = read_table(table_cfg(root, interactions="events.csv", columns=columns))
+    assert raw.interactions.collect()["rating"].to_list() == [5.0, None, None]
+    assert [n for n in raw.notes if "not a number" in n] == [
+        "table: 1 kept interaction(s) have a rating that is not a number (e.g. 'five'); they count as unrated, so "
+        "data.min_rating, when set, drops them (as min_rating). Fix: write ratings as numbers if they matter"
+    ]
 
 
 def test_parquet_shards_list_columns_float_ids_and_nulls(tmp_path: Path) -> None:

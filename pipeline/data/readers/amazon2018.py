@@ -26,11 +26,11 @@ import polars as pl
 from pipeline.config import DataConfig
 from pipeline.data.readers.rawio import (
     BlockChecker,
+    check_notes,
     epoch_seconds,
     find_category_files,
     read_json_lines,
     read_reviews,
-    timestamp_notes,
     unique_items,
 )
 from pipeline.data.schema import DataFormatError, RawData
@@ -138,7 +138,7 @@ def read_amazon2018(cfg: DataConfig) -> RawData:
     notes = report.notes("review")
     wanted = check.interactions.select(pl.col("item_id").unique()).collect()["item_id"]
     items = read_meta(meta_path, wanted, notes)
-    notes.extend(timestamp_notes(check, SOURCE))
+    notes.extend(check_notes(check, SOURCE))
     if reviews_path.name.removesuffix(".gz").removesuffix(".json").endswith("_5"):
         notes.append(
             "5-core Amazon 2018 files have day-resolution timestamps: ties are common and are broken by file row"

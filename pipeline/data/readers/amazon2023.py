@@ -29,10 +29,10 @@ from pipeline.config import DataConfig
 from pipeline.data.readers.rawio import (
     CHUNK_BYTES,
     BlockChecker,
+    check_notes,
     find_category_files,
     read_json_lines,
     read_reviews,
-    timestamp_notes,
     unique_items,
 )
 from pipeline.data.schema import DataFormatError, RawData
@@ -116,7 +116,7 @@ def read_amazon2023(cfg: DataConfig) -> RawData:
     notes = report.notes("review")
     wanted = check.interactions.select(pl.col("item_id").unique()).collect()["item_id"]
     items = read_meta(meta_path, wanted, notes)
-    notes.extend(timestamp_notes(check, SOURCE))
+    notes.extend(check_notes(check, SOURCE))
     notes.append(f"Amazon Reviews 2023, category {category}; item id = parent_asin")
     log.info(
         "%s: kept %s of %s reviews, %s items; drops %s",

@@ -27,7 +27,7 @@ import polars as pl
 
 from pipeline.config import DataConfig
 from pipeline.data.paths import safe_file_stem_expr
-from pipeline.data.readers.rawio import check_delimited, timestamp_notes, unique_items, validate_interactions
+from pipeline.data.readers.rawio import check_delimited, check_notes, unique_items, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series, compose_text, labelled
 
@@ -124,7 +124,7 @@ def read_hm(cfg: DataConfig) -> RawData:
     seconds = day.cast(pl.Datetime("ms")).dt.epoch("s")
     check = validate_interactions(frame, timestamp=seconds)
     drops = check.drops
-    notes.extend(n for n in timestamp_notes(check, SOURCE) if "midnight" not in n)
+    notes.extend(n for n in check_notes(check, SOURCE) if "midnight" not in n)
     log.info("%s: kept %s transactions, %s articles; drops %s", tx_path, f"{check.kept:,}", items.height, dict(drops))
     return RawData(
         interactions=check.interactions,

@@ -23,7 +23,7 @@ import polars as pl
 
 from pipeline.config import DataConfig
 from pipeline.data.paths import safe_file_stem_expr
-from pipeline.data.readers.rawio import check_delimited, timestamp_notes, unique_items, validate_interactions
+from pipeline.data.readers.rawio import check_delimited, check_notes, unique_items, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series
 
@@ -141,7 +141,7 @@ def read_microlens(cfg: DataConfig) -> RawData:
     items = titles.select("item_id", pl.col("title").alias("text"), image_ref.alias("image_ref"), "title")
     check = validate_interactions(scan_pairs(pairs_path, notes))
     drops = check.drops
-    notes.extend(timestamp_notes(check, SOURCE))
+    notes.extend(check_notes(check, SOURCE))
     if covers is None:
         notes.append("no covers folder found under data.path; set data.images_dir to the MicroLens covers folder")
     log.info("%s: kept %s pairs, %s items; drops %s", pairs_path, f"{check.kept:,}", items.height, dict(drops))

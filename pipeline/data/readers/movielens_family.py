@@ -13,7 +13,8 @@ Item text is the same as for ML-1M: "Toy Story (1995). Genres: Animation, Childr
 
 Bad rows: ``missing_user``, ``missing_item``, ``missing_timestamp``, ``bad_timestamp`` are counted and dropped;
 ratings of movie ids absent from the movie list are dropped by prepare (``unknown_item``); a rating that is not a
-number becomes null. Repeated movie ids in the movie list are skipped (first kept) and reported in the notes.
+number becomes null (counted in a note). Movies without an id and repeated movie ids in the movie list are skipped
+(first kept) and counted in the notes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import polars as pl
 from pipeline.config import DataConfig
 from pipeline.data.readers import decode_lines
 from pipeline.data.readers.movielens import movie_items_frame, split_title_year
-from pipeline.data.readers.rawio import check_delimited, timestamp_notes, unique_items, validate_interactions
+from pipeline.data.readers.rawio import check_delimited, check_notes, unique_items, validate_interactions
 from pipeline.data.schema import DataFormatError, RawData
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def _result(frame: pl.LazyFrame, items: pl.DataFrame, files: list[Path], source:
     notes = [
         "MovieLens timestamps have one-second resolution; equal timestamps are ordered by file row.",
         *file_notes,
-        *timestamp_notes(check, source),
+        *check_notes(check, source),
     ]
     log.info("%s: kept %s ratings, %s movies; drops %s", files[0], f"{check.kept:,}", items.height, dict(+drops))
     return RawData(interactions=check.interactions, items=items, source_files=files, drops=+drops, notes=notes)
@@ -117,7 +118,7 @@ def read_movielens100k(cfg: DataConfig) -> RawData:
         infer_schema=False, encoding="utf8-lossy",
     )  # fmt: skip
     frame = scan.with_row_index("row").select(
-        "user_id", "item_id", "ts_raw", pl.col("rating").cast(pl.Float64, strict=False), pl.col("row").cast(pl.Int64)
+        "user_id", "item_id", "ts_raw", pl.col("rating"), pl.col("row").cast(pl.Int64)
     )
     return _result(frame, items, [data_path, item_path], "movielens100k", file_notes)
 
@@ -152,7 +153,7 @@ def read_movielens_csv(cfg: DataConfig) -> RawData:
         pl.col("userId").alias("user_id"),
         pl.col("movieId").alias("item_id"),
         pl.col("timestamp").alias("ts_raw"),
-        pl.col("rating").cast(pl.Float64, strict=False),
+        pl.col("rating"),
         pl.col("row").cast(pl.Int64),
     )
     return _result(frame, items, [ratings_path, movies_path], "movielens_csv", file_notes)

@@ -500,6 +500,8 @@ class InteractionCheck:
     kept: int = 0
     subsecond_rows: int = 0  # kept rows whose timestamp was given in ms/us/ns
     midnight_rows: int = 0  # kept rows whose timestamp is a multiple of 86400 (day resolution)
+    bad_rating_rows: int = 0  # kept rows whose rating is given but is not a number (kept as unrated)
+    bad_rating_example: str | None = None  # one such value, as written
 
     @property
     def midnight_fraction(self) -> float:
@@ -521,12 +523,15 @@ def _staged(frame: pl.LazyFrame, timestamp: pl.Expr | None) -> pl.LazyFrame:
         .then(pl.lit("bad_timestamp"))
     )
     raw_num = ts_raw.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False).abs()
+    rating_text = pl.col("rating").cast(pl.String).str.strip_chars()
+    rating = rating_text.cast(pl.Float64, strict=False)
     return frame.with_columns(
         pl.col("user_id").cast(pl.String).str.strip_chars(),
         pl.col("item_id").cast(pl.String).str.strip_chars(),
         seconds.alias("timestamp"),
-        pl.col("rating").cast(pl.Float64, strict=False),
+        rating.alias("rating"),
         (raw_num >= _MS).alias("_subsecond"),
+        pl.when(rating.is_null() & (rating_text != "")).then(rating_text).alias("_bad_rating"),  # given, not a number
     ).with_columns(reason.otherwise(pl.lit(None, dtype=pl.String)).alias("_reason"))
 
 
@@ -538,6 +543,8 @@ def _summary(staged: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
             pl.len().alias("n"),
             pl.col("_subsecond").sum().alias("subsecond"),
             ((pl.col("timestamp") % 86_400) == 0).sum().alias("midnight"),
+            pl.col("_bad_rating").is_not_null().sum().alias("bad_rating"),
+            pl.col("_bad_rating").drop_nulls().first().alias("bad_rating_example"),
         )
     )
 
@@ -554,6 +561,8 @@ def _tally(summary: pl.DataFrame, check: InteractionCheck) -> None:
             check.kept += row["n"]
             check.subsecond_rows += row["subsecond"] or 0
             check.midnight_rows += row["midnight"] or 0
+            check.bad_rating_rows += row["bad_rating"] or 0
+            check.bad_rating_example = check.bad_rating_example or row["bad_rating_example"]
         else:
             check.drops[row["_reason"]] += row["n"]
 
@@ -619,9 +628,16 @@ def unique_items(meta: pl.DataFrame, key: str, path: Path, notes: list[str]) -> 
     return unique
 
 
-def timestamp_notes(check: InteractionCheck, source: str) -> list[str]:
-    """Human-readable remarks on timestamp units and resolution for ``RawData.notes``."""
+def check_notes(check: InteractionCheck, source: str) -> list[str]:
+    """Human-readable remarks on timestamp units and resolution, and on ratings that are not numbers, for
+    ``RawData.notes``."""
     notes = []
+    if check.bad_rating_rows:
+        notes.append(
+            f"{source}: {check.bad_rating_rows:,} kept interaction(s) have a rating that is not a number (e.g. "
+            f"{check.bad_rating_example!r}); they count as unrated, so data.min_rating, when set, drops them "
+            "(as min_rating). Fix: write ratings as numbers if they matter"
+        )
     if check.subsecond_rows:
         notes.append(
             f"{source}: {check.subsecond_rows:,} timestamps were in milliseconds (or finer) and were converted to "

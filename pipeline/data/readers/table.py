@@ -46,9 +46,9 @@ from pipeline.data.readers.rawio import (
     BlockChecker,
     InteractionCheck,
     check_delimited,
+    check_notes,
     open_binary,
     read_json_lines,
-    timestamp_notes,
     unique_items,
     validate_interactions,
 )
@@ -272,7 +272,7 @@ def _scan_interactions(files: list[Path], fmt: str, t: TableConfig, notes: list[
         scan = _scan(path, fmt, notes)
         schema = scan.collect_schema()
         _require(path, schema, _interaction_columns(t))
-        rating = pl.col(c.rating).cast(pl.Float64, strict=False) if c.rating else pl.lit(None, dtype=pl.Float64)
+        rating = pl.col(c.rating) if c.rating else pl.lit(None, dtype=pl.Float64)  # cast when checked
         frames.append(
             scan.with_row_index("_frow").select(
                 id_text(pl.col(c.user), schema[c.user], path, c.user, "data.table.columns.user").alias("user_id"),
@@ -512,7 +512,7 @@ def read_table(cfg: DataConfig) -> RawData:
     drops: Counter[str] = Counter()
     check = _read_json(files, t, notes, drops) if fmt == "jsonl" else _read_scanned(files, fmt, t, notes)
     drops.update(check.drops)
-    notes.extend(timestamp_notes(check, SOURCE))
+    notes.extend(check_notes(check, SOURCE))
     shards = f"{len(files)} {fmt} file(s)"
     notes.insert(0, f"table: {check.kept:,} interactions from {shards} ({files[0]}{', ...' if len(files) > 1 else ''})")
     log.info(
