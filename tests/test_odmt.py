@@ -442,6 +442,45 @@ def test_ranking_table_cache_follows_the_weights() -> None:
     torch.testing.assert_close(second, torch.cat([fresh[h] for h in model.heads], dim=1))
 
 
+def test_eval_queries_are_encoded_once_per_batch_until_the_weights_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model()
+    ids = batch_ids()
+    calls = {"n": 0}
+    real = model.encode
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "encode", counting)
+    model.eval()
+    with torch.no_grad():
+        first = model.head_user_vectors(ids)
+        model.head_weight.copy_(torch.tensor([0.2, 0.3, 0.5]))  # the fusion weights: queries do not depend on them
+        again = model.head_user_vectors(ids.clone())  # the same histories in another tensor
+        other = model.head_user_vectors(ids[:2])
+    assert calls["n"] == 2 and again is first and len(other["id"]) == 2
+    with torch.enable_grad():
+        model.head_user_vectors(ids)  # with gradients: never served from the cache
+    assert calls["n"] == 3
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    model(next_item_batch(ids))["loss"].backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after_step = model.head_user_vectors(ids)
+    assert calls["n"] == 5 and not torch.allclose(after_step["text"], first["text"])  # train forward + re-encoded
+    monkeypatch.undo()
+    with torch.no_grad():
+        fresh = make_model().eval()
+        fresh.load_state_dict(model.state_dict())
+        expected = fresh.head_user_vectors(ids)
+    for head in model.heads:
+        torch.testing.assert_close(after_step[head], expected[head])
+
+
 def test_checkpoint_round_trip_keeps_catalog_content_out_of_the_state_dict() -> None:
     model = make_model(seed=1).eval()
     state = model.state_dict()

@@ -23,6 +23,7 @@ missing modalities, the KL form of KD, ``softmax: in_batch`` with logQ) and ever
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,7 @@ INIT_STD = 0.02
 RAMP_SHARPNESS = 5.0  # exp(-5 (1 - t)^2), Laine & Aila 2017, as in the authors' code
 EVAL_CHUNK = 1024  # items per item-transformer call when building the ranking table (bounds memory)
 DISTILL_MODES = ("mutual", "detached", "one_way")
+QUERY_CACHE_USERS = 262_144  # users whose per-head eval queries are kept (~200 MB at 3 heads x 64 dims)
 
 
 def distill_ramp(epoch: int, ramp_epochs: int) -> float:
@@ -340,6 +342,7 @@ class ODMT(nn.Module):
             self._init_ids_from_content()
         self.kd_ramp = distill_ramp(1, config.distill_ramp_epochs)  # set per epoch by on_epoch_start
         self._table_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
+        self._query_cache: tuple[tuple, dict[bytes, dict[str, torch.Tensor]]] | None = None
 
     # --- catalog content ---------------------------------------------------------------------------------------
 
@@ -404,7 +407,7 @@ class ODMT(nn.Module):
                     "(baseline.model), or set model.init_from_baseline: false"
                 )
             tensor.copy_(state[name])
-        self._table_cache = None
+        self._table_cache = self._query_cache = None
 
     def item_table(self, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """(M,) item ids, or None for all N+1 items -> {head: (M, D)} item vectors; rows of id 0 (padding) are zero."""
@@ -526,10 +529,15 @@ class ODMT(nn.Module):
     # --- ranking -----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
+    def _weights_key(self) -> tuple:
+        """Changes whenever any parameter does (an optimiser step, a load): what the eval-mode caches are keyed on.
+        The fusion weights (a buffer) are not in it: neither the item table nor the per-head queries depend on them."""
+        return (self.training, *((id(t), t._version, t.device) for t in self.parameters()))
+
     def ranking_table(self) -> dict[str, torch.Tensor]:
         """{head: (N+1, D)} for all items, for ranking (no gradient); built in chunks and, in eval mode, cached until
         any weight changes (the validation and evaluation loops call :meth:`user_vectors` once per user batch)."""
-        key = (self.training, *((id(t), t._version, t.device) for t in self.parameters()))
+        key = self._weights_key()
         if self._table_cache is not None and self._table_cache[0] == key and not self.training:
             return self._table_cache[1]
         ids = torch.arange(self.num_items + 1, device=self.id_emb.weight.device)  # (N+1,)
@@ -539,9 +547,25 @@ class ODMT(nn.Module):
         return table
 
     def head_user_vectors(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, L) histories -> {head: (B, D)} per-head queries (the hidden state at the last position)."""
+        """(B, L) histories -> {head: (B, D)} per-head queries (the hidden state at the last position).
+
+        In eval mode without gradients the result is kept per batch of histories until any weight changes: each
+        epoch's validation ranks the same batches three times (before the fusion weights are chosen, while choosing
+        them, after), and the per-head queries do not depend on those weights, so the user encoders run once."""
+        cached = not self.training and not torch.is_grad_enabled()
+        if cached:
+            key = self._weights_key()
+            if self._query_cache is None or self._query_cache[0] != key:
+                self._query_cache = (key, {})
+            batch = (str(input_ids.dtype), *input_ids.shape, input_ids.cpu().numpy().tobytes())
+            digest = hashlib.blake2b(repr(batch[:-1]).encode() + batch[-1], digest_size=16).digest()
+            if digest in self._query_cache[1]:
+                return self._query_cache[1][digest]
         hidden = self.encode(input_ids, self.ranking_table(), input_ids)  # {head: (B, L, D)}
-        return {h: x[:, -1] for h, x in hidden.items()}  # {head: (B, D)}
+        queries = {h: x[:, -1] for h, x in hidden.items()}  # {head: (B, D)}
+        if cached and sum(len(q["id"]) for q in self._query_cache[1].values()) < QUERY_CACHE_USERS:
+            self._query_cache[1][digest] = queries
+        return queries
 
     def user_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) histories -> (B, H*D) ``concat(w_h * u_h)``: its inner product with an item row is the fused score."""
