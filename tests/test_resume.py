@@ -117,6 +117,22 @@ def test_other_data_or_initial_weights_make_another_run(tmp_path: Path, monkeypa
     assert len(other_init.history) == 3 and not path.exists()
 
 
+def test_other_item_features_make_another_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ODMT keeps its item features out of the state dict: a resume after re-embedding must still start over
+    from tests.helpers.odmt import MAX_LEN as ODMT_LEN
+    from tests.helpers.odmt import make_catalog, make_model, tiny_split
+
+    path, cfg = tmp_path / "train.pt", train_cfg(epochs=2, batch_size=16)
+    with monkeypatch.context() as patch:
+        cut_off_during_epoch(patch, 2)
+        with pytest.raises(Interrupted):
+            fit(make_model(make_catalog(seed=0), id_init="random"), tiny_split(), cfg, ODMT_LEN, None, resume_path=path)
+    reembedded = make_model(make_catalog(seed=1), id_init="random")
+    assert not any("pooled" in k for k in reembedded.state_dict())  # the features are not in the weights
+    result = fit(reembedded, tiny_split(), cfg, ODMT_LEN, None, resume_path=path)
+    assert path.with_suffix(".stale").exists() and len(result.history) == 2
+
+
 def test_a_torn_state_file_starts_over_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "train.pt"
     path.write_bytes(b"not a torch file")

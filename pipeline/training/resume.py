@@ -8,9 +8,10 @@ the history so far, and the random generators (python, numpy, torch, the data lo
 and resumed run trains exactly the epochs, and ends with exactly the weights, of one that ran through.
 
 A state is only taken up when its fingerprint matches the run about to start: the initial weights (model config, seed
-and any weights it starts from), the training data, the train params that shape learning (not ``num_threads``), the
-phase and sequence length, and the source of :mod:`pipeline.models` and :mod:`pipeline.training`. Anything else is a
-different run: its state is set aside with a log line and training starts from epoch 1.
+and any weights it starts from) and buffers (the item features), the training data, the train params that shape
+learning (not ``num_threads``), the phase and sequence length, and the source of :mod:`pipeline.models` and
+:mod:`pipeline.training`. Anything else is a different run: its state is set aside with a log line and training
+starts from epoch 1.
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ class LoopState:
 def fingerprint(model: nn.Module, split: UserSplit, cfg: TrainConfig, max_seq_len: int, phase: str) -> str:
     """Identity of a training run before its first step (see the module docstring)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    # the weights, and every buffer, also those kept out of checkpoints (the item features a model reads)
+    tensors = dict(model.state_dict()) | {f"buffer:{k}": v for k, v in model.named_buffers()}
+    for name, tensor in sorted(tensors.items()):
+        digest.update(name.encode() + str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
     digest.update(np.asarray(split.user_idx).tobytes())
     for items in split.train:
         digest.update(np.asarray(items, dtype=np.int64).tobytes() + b"|")
