@@ -160,6 +160,7 @@ def test_the_train_stage_resumes_after_being_killed(tmp_path: Path, monkeypatch:
     summaries = [json.loads((d / "train_summary.json").read_text()) for d in (straight_out, out)]
     assert summaries[1]["best_valid"] == summaries[0]["best_valid"]
     assert summaries[1]["epochs_run"] == 3
+    assert (summaries[0]["resumed_after_epoch"], summaries[1]["resumed_after_epoch"]) == (0, 2)  # said in the summary
     assert json.loads((out / "dvclive" / "metrics.json").read_text())["step"] == 2  # all three epochs logged
     a = torch.load(straight_out / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(out / "model.pt", weights_only=True)["state_dict"]

@@ -61,6 +61,9 @@ class TrainResult:
     # what the model chose on validation at best_epoch (ODMT's fusion weights), and the valid metrics before it
     selected_on_validation: dict[str, Any] = field(default_factory=dict)
     step_losses: list[float] = field(default_factory=list)  # the global batch's loss at every optimiser step
+    # > 0: this call continued an interrupted run after that epoch (resume_path); history, step_losses and
+    # seconds_per_epoch then cover every epoch, while a caller's wall time and peak RSS are this call's alone
+    resumed_after_epoch: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -119,6 +122,7 @@ def fit(
         for row in loop.history:  # a fresh DVCLive folder gets the finished epochs first
             _log_live(live, {f"{prefix}{k}": v for k, v in row.items()})
     del saved
+    resumed_after = loop.epoch
     trained = distributed.wrap(model, device)  # DDP over the process group, or the model itself
     valid_inputs = eval_inputs(split, "valid", max_seq_len)  # (U, L)
 
@@ -185,6 +189,7 @@ def fit(
         history=loop.history,
         selected_on_validation=loop.selected,
         step_losses=loop.step_losses,
+        resumed_after_epoch=resumed_after,
     )
     if out_dir is not None and main:
         save_checkpoint(out_dir / CHECKPOINT_NAME, model, max_seq_len, train_cfg, loop.best_epoch, loop.best_valid)
