@@ -429,6 +429,8 @@ def test_ranking_table_cache_follows_the_weights() -> None:
     model.eval()
     first = model.item_vectors()
     assert model.ranking_table() is model.ranking_table()  # cached in eval mode
+    assert not any(t.requires_grad for t in model.train().ranking_table().values())  # never part of a graph
+    model.eval()
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     model(batch)["loss"].backward()

@@ -528,12 +528,12 @@ class ODMT(nn.Module):
 
     # --- ranking -----------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def _weights_key(self) -> tuple:
         """Changes whenever any parameter does (an optimiser step, a load): what the eval-mode caches are keyed on.
         The fusion weights (a buffer) are not in it: neither the item table nor the per-head queries depend on them."""
         return (self.training, *((id(t), t._version, t.device) for t in self.parameters()))
 
+    @torch.no_grad()
     def ranking_table(self) -> dict[str, torch.Tensor]:
         """{head: (N+1, D)} for all items, for ranking (no gradient); built in chunks and, in eval mode, cached until
         any weight changes (the validation and evaluation loops call :meth:`user_vectors` once per user batch)."""
