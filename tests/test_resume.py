@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pipeline.data.splits import UserSplit
 from pipeline.training import fit as fit_module
 from pipeline.training.fit import TrainResult, fit
-from pipeline.training.resume import state_path
+from pipeline.training.resume import progress, progress_path, state_path
 from stages.train import app
 from tests.helpers.training import MAX_LEN, RecordingLive, cycle_split, train_cfg, write_stage_project
 from tests.helpers.training import tiny_sasrec as model
@@ -63,6 +63,9 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(
         with pytest.raises(Interrupted):
             fit(model(seed=3), split, cfg, MAX_LEN, None, resume_path=path)
     assert path.exists()  # the state after epoch 3
+    saved = progress(path)
+    assert saved is not None and (saved["epoch"], saved["best_epoch"]) == (3, straight.history.index(max(
+        straight.history[:3], key=lambda row: row["valid/NDCG@10"])) + 1)  # fmt: skip
 
     live = RecordingLive()
     resumed_model = model(seed=3)
@@ -77,7 +80,7 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(
     for name, tensor in weights(straight_model).items():
         assert torch.equal(tensor, resumed_model.state_dict()[name]), name
     assert [step["train/loss"] for step in live.steps if step] == [row["train/loss"] for row in straight.history]
-    assert not path.exists() and not path.parent.exists()  # a finished run leaves no state behind
+    assert not path.exists() and not progress_path(path).exists() and not path.parent.exists()  # nothing left
 
 
 def test_the_state_of_another_run_is_set_aside_not_taken_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 
 from pipeline.config import TrainConfig
 from pipeline.data.splits import UserSplit
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,32 @@ def save(
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+    best = loop.best_valid.get("NDCG@10")
+    write_json_atomic(
+        progress_path(path), {"epoch": loop.epoch, "best_epoch": loop.best_epoch, "best_valid_ndcg10": best}
+    )
+
+
+def progress_path(path: Path) -> Path:
+    """The small JSON beside a state (``<phase>.json``): how far the interrupted run got, readable without torch."""
+    return Path(path).with_suffix(".json")
+
+
+def progress(path: Path) -> dict[str, Any] | None:
+    """``{"epoch", "best_epoch", "best_valid_ndcg10"}`` of the state saved at ``path``; None when there is none."""
+    if not Path(path).exists():
+        return None
+    if progress_path(path).exists():
+        return json.loads(progress_path(path).read_text())
+    try:  # a state written before the JSON existed: read the loop's counters from the state itself
+        loop = torch.load(path, map_location="cpu", weights_only=False)["loop"]
+    except Exception:  # noqa: BLE001 - torn or foreign: nothing to report
+        return None
+    return {
+        "epoch": loop["epoch"],
+        "best_epoch": loop["best_epoch"],
+        "best_valid_ndcg10": loop["best_valid"].get("NDCG@10"),
+    }
 
 
 def load(path: Path, key: str) -> dict[str, Any] | None:
@@ -118,7 +144,7 @@ def load(path: Path, key: str) -> dict[str, Any] | None:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - a torn or foreign file: start over, say why
         log.warning("%s: unreadable resume state (%s); training starts from epoch 1", path, exc)
-        path.replace(path.with_suffix(".stale"))
+        _set_aside(path)
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != key:
         log.warning(
@@ -127,9 +153,14 @@ def load(path: Path, key: str) -> dict[str, Any] | None:
             path,
             path.with_suffix(".stale").name,
         )
-        path.replace(path.with_suffix(".stale"))
+        _set_aside(path)
         return None
     return state
+
+
+def _set_aside(path: Path) -> None:
+    path.replace(path.with_suffix(".stale"))
+    progress_path(path).unlink(missing_ok=True)
 
 
 def restore(
@@ -159,6 +190,7 @@ def discard(path: Path | None) -> None:
     if path is None:
         return
     path.unlink(missing_ok=True)
+    progress_path(path).unlink(missing_ok=True)
     try:
         path.parent.rmdir()
     except OSError:
