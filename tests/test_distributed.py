@@ -28,6 +28,7 @@ from pipeline.config import TrainConfig as Cfg
 from pipeline.data.splits import UserSplit
 from pipeline.models.sasrec import SASRec, SASRecConfig
 from pipeline.training import distributed
+from pipeline.training import fit as fit_module
 from pipeline.training.fit import fit, seed_everything
 from pipeline.training.job import train_to_dir
 from stages.prepare import app as prepare_app
@@ -74,6 +75,31 @@ def _rank_main(rank: int, port: int, tmp: str) -> None:
         cfg = toys.train_cfg(epochs=2)
         out = Path(tmp) / f"out{rank}"  # a directory per rank: only rank 0's may appear
         train_to_dir("sasrec", sasrec_cfg, cfg, toys.MAX_LEN, Path(tmp) / "prepared", Path(tmp) / "features", out)
+        _cut_off_and_resume(rank, Path(tmp))
+
+
+def _cut_off_and_resume(rank: int, tmp: Path) -> None:
+    """Under DDP: every rank dies while training epoch 3, then reruns; rank 0 wrote the state, every rank reads it."""
+    cfg, split = toys.train_cfg(epochs=4, patience=4), toys.cycle_split(num_users=161)
+    straight = fit(sasrec(), split, cfg, toys.MAX_LEN, None)
+    state, real, calls = tmp / "resume" / "train.pt", fit_module._train_epoch, {"n": 0}
+
+    def dying(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise InterruptedError("cut off during epoch 3")
+        return real(*args, **kwargs)
+
+    fit_module._train_epoch = dying
+    try:
+        fit(sasrec(), split, cfg, toys.MAX_LEN, None, resume_path=state)
+    except InterruptedError:
+        pass
+    finally:
+        fit_module._train_epoch = real
+    resumed = fit(sasrec(), split, cfg, toys.MAX_LEN, None, resume_path=state)
+    results = {"straight": dataclasses.asdict(straight), "resumed": dataclasses.asdict(resumed)}
+    torch.save(results, tmp / f"resume{rank}.pt")
 
 
 def free_port() -> int:
@@ -117,6 +143,17 @@ def test_only_rank_0_writes_the_checkpoint_summary_and_dvclive(two_ranks: Path) 
     assert json.loads((out / "dvclive" / "metrics.json").read_text())["step"] == 1  # 2 epochs, logged once each
     assert len((out / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()) == 3
     assert not (two_ranks / "out1").exists()
+
+
+def test_an_interrupted_ddp_run_resumes_on_every_rank_like_an_uninterrupted_one(two_ranks: Path) -> None:
+    for rank in range(WORLD):
+        got = torch.load(two_ranks / f"resume{rank}.pt", weights_only=False)
+        straight, resumed = got["straight"], got["resumed"]
+        assert resumed["resumed_after_epoch"] == 2 and resumed["epochs_run"] == straight["epochs_run"] == 4
+        assert resumed["step_losses"] == straight["step_losses"]  # rank 0's state, restored on both ranks
+        untimed = [[{k: v for k, v in row.items() if "second" not in k} for row in r["history"]] for r in got.values()]
+        assert untimed[0] == untimed[1]  # straight, resumed
+    assert not (two_ranks / "resume" / "train.pt").exists()  # removed by rank 0 when training ended
 
 
 def test_shard_splits_rows_and_weights_each_rank_by_its_target_positions() -> None:
