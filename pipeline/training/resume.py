@@ -63,9 +63,9 @@ class LoopState:
 def fingerprint(model: nn.Module, split: UserSplit, cfg: TrainConfig, max_seq_len: int, phase: str) -> str:
     """Identity of a training run before its first step (see the module docstring)."""
     digest = hashlib.sha256()
-    # the weights, and every buffer, also those kept out of checkpoints (the item features a model reads)
-    tensors = dict(model.state_dict()) | {f"buffer:{k}": v for k, v in model.named_buffers()}
-    for name, tensor in sorted(tensors.items()):
+    # the weights, and every buffer, also those kept out of checkpoints (the item features a model reads): each once
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, tensor in sorted(tensors, key=lambda pair: pair[0]):
         digest.update(name.encode() + str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
     digest.update(np.asarray(split.user_idx).tobytes())
