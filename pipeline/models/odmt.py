@@ -342,7 +342,7 @@ class ODMT(nn.Module):
             self._init_ids_from_content()
         self.kd_ramp = distill_ramp(1, config.distill_ramp_epochs)  # set per epoch by on_epoch_start
         self._table_cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
-        self._query_cache: tuple[tuple, dict[bytes, dict[str, torch.Tensor]]] | None = None
+        self._query_cache: tuple[tuple, dict[tuple, dict[str, torch.Tensor]]] | None = None
 
     # --- catalog content ---------------------------------------------------------------------------------------
 
@@ -557,14 +557,14 @@ class ODMT(nn.Module):
             key = self._weights_key()
             if self._query_cache is None or self._query_cache[0] != key:
                 self._query_cache = (key, {})
-            batch = (str(input_ids.dtype), *input_ids.shape, input_ids.cpu().numpy().tobytes())
-            digest = hashlib.blake2b(repr(batch[:-1]).encode() + batch[-1], digest_size=16).digest()
-            if digest in self._query_cache[1]:
-                return self._query_cache[1][digest]
+            content = hashlib.blake2b(input_ids.cpu().numpy().tobytes(), digest_size=16).digest()
+            batch = (input_ids.dtype, tuple(input_ids.shape), content)  # the histories, whatever tensor holds them
+            if batch in self._query_cache[1]:
+                return self._query_cache[1][batch]
         hidden = self.encode(input_ids, self.ranking_table(), input_ids)  # {head: (B, L, D)}
         queries = {h: x[:, -1] for h, x in hidden.items()}  # {head: (B, D)}
         if cached and sum(len(q["id"]) for q in self._query_cache[1].values()) < QUERY_CACHE_USERS:
-            self._query_cache[1][digest] = queries
+            self._query_cache[1][batch] = queries
         return queries
 
     def user_vectors(self, input_ids: torch.Tensor) -> torch.Tensor:
