@@ -371,8 +371,7 @@ def main(
             model = runs[0]["metrics"].keys() - set(RESERVED_KEYS)
             result = aggregate(name, model.pop(), runs)
         else:
-            own_seeds = (variants[name] or {}).get("seeds") or [params["train"]["seed"]]
-            run_seeds = [int(x) for x in seeds.split(",") if x] or own_seeds
+            run_seeds = [int(x) for x in seeds.split(",") if x] or row_seeds(variants[name], params)
             runs = [_seed_run(suite, name, ref_name, params, seed, results, force, env) for seed in run_seeds]
             result = aggregate(name, params["model"]["name"], runs)
         if runs[0].get("members"):  # the ensemble: one run over several SASRec seeds
@@ -391,6 +390,11 @@ def main(
     markdown = experiments_markdown(results)
     write_text_atomic(results.parent / "experiments.md", markdown)
     typer.echo(markdown)
+
+
+def row_seeds(row: dict[str, Any] | None, params: dict[str, Any]) -> list[int]:
+    """The seeds a trained row runs at: its ``seeds`` list, else the one ``train.seed`` of its params."""
+    return (row or {}).get("seeds") or [params["train"]["seed"]]
 
 
 def _seed_run(

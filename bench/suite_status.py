@@ -23,6 +23,7 @@ from bench.ablations import (
     params_key,
     pretrain_dir,
     reference_row,
+    row_seeds,
     suite_rows,
 )
 from bench.control_rows import control_kind
@@ -59,20 +60,20 @@ def suite_status(suite: str, spec: dict[str, Any], base_params: dict[str, Any], 
     lines: list[str] = []
     finished: dict[str, set[int]] = {}
     for name, row in variants.items():
-        params = apply_overrides(base, _overrides(row))
         if control_kind(row) is not None:
             continue
-        seeds = (row or {}).get("seeds") or [params["train"]["seed"]]
-        for seed in seeds:
+        params = apply_overrides(base, _overrides(row))
+        for seed in row_seeds(row, params):
             status = seed_status(suite, name, params, seed, results)
-            finished.setdefault(name, set()).update({seed} if status == "finished" else set())
+            if status == "finished":
+                finished.setdefault(name, set()).add(seed)
             lines.append(f"{name} seed {seed}: {status}")
     for name, row in variants.items():
         if control_kind(row) is None:
             continue
         ref = reference_row(variants, base, apply_overrides(base, _overrides(row)))
-        need = set((variants.get(ref) or {}).get("seeds") or [base["train"]["seed"]])
-        missing = sorted(need - finished.get(ref, set()))
+        need = row_seeds(variants.get(ref), apply_overrides(base, _overrides(variants.get(ref))))
+        missing = sorted(set(need) - finished.get(ref, set()))
         lines.append(
             f"{name}: " + ("ready" if not missing else f"waits for {ref} seed(s) {', '.join(map(str, missing))}")
         )
