@@ -108,8 +108,9 @@ def test_other_data_or_initial_weights_make_another_run(tmp_path: Path, monkeypa
         with pytest.raises(Interrupted):
             fit(model(seed=3), split, cfg, MAX_LEN, None, resume_path=path)
     other_data = UserSplit(split.user_idx, split.train[::-1], split.valid_target[::-1], split.test_target[::-1])
-    fit(model(seed=3), other_data, cfg, MAX_LEN, None, resume_path=path)
+    after_other_data = fit(model(seed=3), other_data, cfg, MAX_LEN, None, resume_path=path)
     assert path.with_suffix(".stale").exists()
+    assert without_timings(after_other_data) == without_timings(fit(model(seed=3), other_data, cfg, MAX_LEN, None))
 
     with monkeypatch.context() as patch:
         cut_off_during_epoch(patch, 2)
@@ -118,6 +119,8 @@ def test_other_data_or_initial_weights_make_another_run(tmp_path: Path, monkeypa
     other_init = fit(model(seed=4), split, cfg, MAX_LEN, None, resume_path=path)
     assert other_init.history[0]["train/loss"] != pytest.approx(0.0)  # it trained epoch 1 itself
     assert len(other_init.history) == 3 and not path.exists()
+    fresh = fit(model(seed=4), split, cfg, MAX_LEN, None)
+    assert without_timings(other_init) == without_timings(fresh)  # from epoch 1, as if no state had been there
 
 
 def test_other_item_features_make_another_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
