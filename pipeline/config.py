@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, Strict, field_validator, model_validator
+from pydantic import AfterValidator, Field, Strict, field_validator, model_validator
 
 from pipeline.schema import Bool, ConfigError, Float, Int, Rule, Section, Seed, Str, check, from_dict
 
@@ -22,6 +22,29 @@ __all__ = ["ConfigError", "check", "from_dict"]  # re-exported: the loader's err
 
 DEFAULT_PARAMS = Path("params.yaml")
 MAX_SEQ_LEN = 100_000  # positions a model embeds (and attends over, L^2): beyond this nothing trains
+
+
+def _listed_once(what: str) -> AfterValidator:
+    """A list of field or column names that names each one once (a repeated one would make two equal columns)."""
+
+    def check(names: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise ValueError(f"lists {name!r} twice; list each {what} once")
+            seen.add(name)
+        return names
+
+    return AfterValidator(check)
+
+
+def _not_empty_separator(separator: str) -> str:
+    if not separator:  # "" would split every token_seq value into single characters
+        raise ValueError(
+            "must not be empty: it separates the values of a token_seq or float_seq field (RecBole's default is "
+            'one space: seq_separator: " ")'
+        )
+    return separator
 
 
 @dataclass(frozen=True)
@@ -37,9 +60,10 @@ class RecboleConfig(Section):
     item_field: Str = "item_id"
     timestamp_field: Str | None = "timestamp"  # None = file order (only for files listed chronologically)
     rating_field: Str | None = "rating"  # read when the file has it; None = never
-    text_fields: list[Str] | None = None  # .item fields making the item text, in order; None = every token field
+    # .item fields making the item text, in order; None = every token field
+    text_fields: Annotated[list[Str], _listed_once("field")] | None = None
     text_labels: dict[Str, Str] = field(default_factory=dict)  # field -> label in the text ("" = no label)
-    seq_separator: Str = " "  # separator of token_seq / float_seq values (RecBole's seq_separator)
+    seq_separator: Annotated[Str, AfterValidator(_not_empty_separator)] = " "  # of token_seq / float_seq values
 
 
 @dataclass(frozen=True)
@@ -59,7 +83,8 @@ class TableItemColumns(Section):
 
     SECTION: ClassVar[str] = "data.table.item_columns"
     id: Str = "item_id"
-    text: list[Str] = field(default_factory=lambda: ["title"])  # text columns, in order (lists joined by ", ")
+    # text columns, in order (lists joined by ", ")
+    text: Annotated[list[Str], _listed_once("column")] = field(default_factory=lambda: ["title"])
     image: Str | None = None  # local path (relative to data.images_dir) or http(s) URL; None = no image column
 
 

@@ -64,6 +64,11 @@ def query(
     if (history is None) == (user is None):
         raise ValueError("give --history or --user (one of them)")
     k = check_k(k)
+    if history is not None and not sep:  # str.split("") would answer "empty separator", naming no option
+        raise ValueError(
+            "--sep is empty; it separates the item ids of --history. Fix: pass the character between them, "
+            "e.g. --sep ',' (the default)"
+        )
     recommender = Recommender.load(model, features, prepared, index, resolve_device(device, "--device"))
     if user is not None:
         items = user_history(user_sequences(prepared), user)

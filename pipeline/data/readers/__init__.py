@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.config import ConfigError, DataConfig
+from pipeline.data.readers.rawio import refuse_non_text
 from pipeline.data.schema import DataFormatError, RawData
 
 Reader = Callable[[DataConfig], RawData]
@@ -101,12 +102,15 @@ def decode_lines(data: bytes, path: Path, notes: list[str] | None = None) -> str
 
 def read_text(path: Path, encoding: str, fix: str, notes: list[str] | None = None) -> str:
     """Decode a whole file (a leading BOM removed). ``encoding="latin-1"``: UTF-8, else latin-1, per line (see
-    :func:`decode_lines`). An empty file, or one of blank lines only, is a ``DataFormatError`` naming it."""
+    :func:`decode_lines`). An empty file, or one of blank lines only, is a ``DataFormatError`` naming it, and so is
+    one that is not text at all (UTF-16, gzip, zip, NUL bytes: :func:`~pipeline.data.readers.rawio.refuse_non_text`)."""
     if not path.is_file():
         raise format_error(path, None, "file not found", None, fix)
     data = path.read_bytes()
     if not data.strip().removeprefix(b"\xef\xbb\xbf").strip():
         raise format_error(path, None, "the file is empty (no data lines)", None, fix)
+    # UTF-16 (Notepad's "Unicode"), gzip, zip: named as such, not split into a first "line" of binary garbage
+    refuse_non_text(path, data[:4096], fix, text="UTF-8 text", as_="UTF-8 text")
     if encoding == "latin-1":
         return decode_lines(data, path, notes)
     try:
@@ -115,6 +119,9 @@ def read_text(path: Path, encoding: str, fix: str, notes: list[str] | None = Non
         line = data[: e.start].count(b"\n") + 1
         bad = data[e.start : e.start + 16]
         raise format_error(path, line, f"not valid {encoding} (byte {bad[:1]!r} at offset {e.start})", None, fix) from e
+
+
+SPLIT_COLUMNS = ("line", "row")  # what split_lines adds to the file's own columns
 
 
 def split_lines(

@@ -354,14 +354,21 @@ def _refuse_non_text(path: Path, fix: str) -> None:
     """A file that is not UTF-8 delimited text (Parquet, gzip, zip/xlsx, UTF-16, other binary) is one error line
     saying what it is, before its bytes are parsed as rows (which reported a ragged last line of garbage)."""
     with open(path, "rb") as f:
-        head = f.read(4096)
+        refuse_non_text(path, f.read(4096), fix)
+
+
+def refuse_non_text(
+    path: Path, head: bytes, fix: str, text: str = "delimited UTF-8 text", as_: str = "UTF-8 CSV"
+) -> None:
+    """A one-line ``DataFormatError`` when ``head`` (the first bytes of ``path``) shows that the file is not
+    ``text``: Parquet, gzip, zip/xlsx, UTF-16 (told by their first bytes) or NUL bytes; ``as_``: what to save it as."""
     for magics, what, todo in _NOT_TEXT:
         if head.startswith(magics):
-            raise DataFormatError(f"{path}: {what}, not delimited UTF-8 text. Fix: {todo}; {fix}")
+            raise DataFormatError(f"{path}: {what}, not {text}. Fix: {todo}; {fix}")
     if b"\x00" in head:  # UTF-16 without a byte order mark, or another binary format
         raise DataFormatError(
-            f"{path}: holds NUL bytes (UTF-16 text without a byte order mark, or a binary file), not delimited "
-            f"UTF-8 text. Fix: save it as UTF-8 CSV; {fix}"
+            f"{path}: holds NUL bytes (UTF-16 text without a byte order mark, or a binary file), not {text}. "
+            f"Fix: save it as {as_}; {fix}"
         )
 
 

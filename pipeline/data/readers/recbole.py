@@ -41,10 +41,18 @@ import polars as pl
 
 from pipeline.config import ConfigError, DataConfig, RecboleConfig
 from pipeline.data.paths import inside_root
-from pipeline.data.readers import check_nonempty, check_unique_ids, format_error, read_text, split_lines
+from pipeline.data.readers import (
+    SPLIT_COLUMNS,
+    check_nonempty,
+    check_unique_ids,
+    format_error,
+    read_text,
+    split_lines,
+)
 from pipeline.data.readers.rawio import _MS, drop_bad_timestamps, epoch_seconds
 from pipeline.data.schema import INTERACTION_SCHEMA, DataFormatError, RawData
 from pipeline.data.text import compose_fields
+from pipeline.schema import check_value
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +99,10 @@ def parse_header(path: Path, header: str, fix: str) -> dict[str, str]:
             raise format_error(path, 1, problem, header, fix)
         if name in types:
             raise format_error(path, 1, f"bad header: field `{name}` appears twice", header, fix)
+        if name in SPLIT_COLUMNS:
+            own = ", ".join(SPLIT_COLUMNS)
+            problem = f"bad header: field `{name}` has a name the reader keeps for its own bookkeeping ({own})"
+            raise format_error(path, 1, problem, header, f"rename the field in the header (e.g. `{name}_id:{kind}`)")
         types[name] = kind
     return types
 
@@ -319,7 +331,7 @@ def _number_text(expr: pl.Expr) -> pl.Expr:
 
 def text_fields(spec: RecboleConfig, item: AtomicFile) -> list[str]:
     """The fields making the item text; an unknown field or a label for a field not in the text is a ConfigError."""
-    names = spec.text_fields
+    names = check_value(RecboleConfig, "text_fields", spec.text_fields, None, "data.recbole.text_fields")
     if names is None:
         names = [n for n, t in item.types.items() if t in ("token", "token_seq") and n != spec.item_field]
     for name in names:
@@ -343,7 +355,8 @@ def items_frame(files: RecboleFiles, spec: RecboleConfig) -> tuple[pl.DataFrame,
         ids = files.interactions.select(pl.col("item_id").unique(maintain_order=True))
         return ids.with_columns(pl.lit("").alias("text"), pl.lit(None, dtype=pl.String).alias("image_ref")), []
     item = files.items
-    typed = pl.DataFrame([typed_field(item, n, spec.seq_separator, FIX) for n in item.types if n != spec.item_field])
+    separator = check_value(RecboleConfig, "seq_separator", spec.seq_separator, None, "data.recbole.seq_separator")
+    typed = pl.DataFrame([typed_field(item, n, separator, FIX) for n in item.types if n != spec.item_field])
     typed = typed.with_columns(item.frame[spec.item_field].str.strip_chars().alias("__item_id"))
     names = text_fields(spec, item)
     rendered = typed.select([_as_text(typed, n, item.types[n]) for n in names]) if names else pl.DataFrame()

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.config import ConfigError, DataConfig, TableConfig
+from pipeline.config import ConfigError, DataConfig, TableConfig, TableItemColumns
 from pipeline.data.paths import inside_root
 from pipeline.data.readers.rawio import (
     BlockChecker,
@@ -62,6 +62,7 @@ from pipeline.data.readers.timestamps import (
 )
 from pipeline.data.schema import DataFormatError, RawData
 from pipeline.data.text import clean_text_series, compose_fields
+from pipeline.schema import check_value
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +174,18 @@ def _scan(path: Path, fmt: str, notes: list[str]) -> pl.LazyFrame:
 
 
 def _require(path: Path, schema: pl.Schema, wanted: dict[str, str]) -> None:
-    """Each column of ``wanted`` (column -> the param naming it) is in ``schema``."""
+    """Each column of ``wanted`` (column -> the param naming it) is in ``schema``, once."""
     for column, key in wanted.items():
         if column not in schema:
+            names = [name for name in schema.names() if name != "_frow"]  # not the reader's own row counter
             raise DataFormatError(
-                f"{path}: no column {column!r} (`{key}`); columns: {', '.join(schema.names())}. "
+                f"{path}: no column {column!r} (`{key}`); columns: {', '.join(names)}. "
                 f"Fix: set {key} to the column that holds it"
+            )
+        if f"{column}_duplicated_0" in schema:  # polars' name for a CSV header's second `column`
+            raise DataFormatError(
+                f"{path}: the header names column {column!r} (`{key}`) more than once, so which one is meant is "
+                f"unclear. Fix: rename or remove the other {column!r} column(s)"
             )
 
 
@@ -467,6 +474,7 @@ def read_table_items(cfg: DataConfig, notes: list[str] | None = None) -> tuple[p
     notes = notes if notes is not None else []
     if not t.item_columns.text:
         raise ConfigError("`data.table.item_columns.text` = [] must name at least one text column, e.g. [title]")
+    check_value(TableItemColumns, "text", t.item_columns.text, None, "data.table.item_columns.text")
     for column in t.text_labels:
         if column not in t.item_columns.text:
             raise ConfigError(
