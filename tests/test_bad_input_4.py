@@ -224,3 +224,17 @@ def test_recbole_field_named_line_or_row_is_a_header_error(tmp_path: Path, name:
         f"bookkeeping (line, row): "
     ), line
     assert f"Fix: rename the field in the header (e.g. `{name}_id:token`)" in line and "unexpected" not in line
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 6. RecBole ids written with surrounding spaces
+
+
+def test_recbole_ids_padded_with_spaces_match_in_inter_and_item(tmp_path: Path) -> None:
+    # `.item` ids were stripped but `.inter` ids were not, so "a " in both files never matched: every interaction
+    # was dropped as unknown_item and prepare said "lower data.user_core / data.item_core or data.min_rating"
+    inter = ["user_id:token\titem_id:token\ttimestamp:float"]
+    inter += [f" u{u}\t{i} \t{100 + 10 * u + k}" for u in range(4) for k, i in enumerate("abcd")]
+    root = write_recbole(tmp_path / "d", "d", inter, ["item_id:token\ttitle:token"] + [f"{i} \tT{i}" for i in "abcd"])
+    stats = prepare(dataclasses.replace(recbole_cfg(root), user_core=3), tmp_path / "out")
+    assert stats["dropped"]["unknown_item"] == 0 and stats["users"] == 4 and stats["items"] == 4

@@ -232,8 +232,9 @@ def read_recbole_files(
         rating = pl.Series("rating", [None] * inter.frame.height, dtype=pl.Float64)
     interactions = pl.DataFrame(
         {
-            "user_id": inter.frame[spec.user_field],
-            "item_id": inter.frame[spec.item_field],
+            # stripped, as .item's ids are (and every other reader's): "a " in both files is one item
+            "user_id": inter.frame[spec.user_field].str.strip_chars(),
+            "item_id": inter.frame[spec.item_field].str.strip_chars(),
             "timestamp": timestamp,
             "rating": rating,
             "row": inter.frame["row"],
