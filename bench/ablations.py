@@ -17,12 +17,12 @@ its own (`train.seed`), and the result holds the mean and standard deviation ove
 its suite's *reference*: the `sasrec` row on the same `data` section (cold-start rows with the cold-start SASRec
 row), paired over users at each seed both share (each user's NDCG@10 averaged over those seeds), with a 95%
 bootstrap CI and a randomization p-value. Its evaluate stage also gets that SASRec checkpoint as `--baseline`.
+
+What a suite's rows are, the params each runs and the keys of runs and shared folders: `bench/suite_spec.py`.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import os
 import sys
@@ -33,83 +33,33 @@ import numpy as np
 import typer
 import yaml
 
-from bench.control_rows import ROW_KEYS, control_kind, control_runs, paired_by_seed, paired_rows
+from bench.control_rows import control_kind, control_runs, paired_by_seed, paired_rows
 from bench.run_stage import StageRun, run_measured
-from pipeline.config import ConfigError, check_params
+from bench.suite_spec import (
+    RUNS,
+    apply_overrides,
+    check_rows,
+    early_fusion_row,
+    ensemble_row,
+    params_key,
+    pretrain_dir,
+    reads_content,
+    reference_row,
+    row_overrides,
+    row_seeds,
+    shared_dirs,
+    suite_rows,
+)
+from pipeline.config import ConfigError
 from pipeline.io import write_json_atomic, write_text_atomic
-from pipeline.models import registry
-from pipeline.models.configs import PRETRAIN_KEYS
-from pipeline.models.registry import spec as model_spec
 from pipeline.reporting.experiments import experiments_markdown
 from pipeline.reporting.images_plot import POSTERS_SUFFIX, plot_cards_vs_posters
 from pipeline.reporting.report import RESERVED_KEYS
-from pipeline.training.pretrain import PRETRAIN_MODELS
 
 app = typer.Typer(add_completion=False)
-RUNS = Path("runs")
 
 
-def apply_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`{"model.distill_weight": 0}` -> params with that key replaced; the key must already exist, except under
-    `model` (every model key may be set there, and a model's subsection `model.<name>` is created when absent)."""
-    out = copy.deepcopy(params)
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {}) if parents[:1] == ["model"] else node[part]
-        if leaf not in node and parents[:1] != ["model"]:
-            raise KeyError(f"override `{dotted}`: no such key in params.yaml")
-        node[leaf] = value
-    return out
-
-
-# Keys added to params.yaml after runs were recorded, with the value that reproduces the behaviour from before they
-# existed: a run's identity leaves such a key out while it holds that value, so finished runs stay reusable.
-NEUTRAL_LATER_KEYS: dict[str, Any] = {
-    "train.lr_schedule": "constant",
-    "train.warmup_epochs": 0,
-    "baseline.train.lr_schedule": "constant",
-    "baseline.train.warmup_epochs": 0,
-}
-
-
-def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` without the :data:`NEUTRAL_LATER_KEYS` that hold their neutral value, and with
-    ``model.content_max_seq_len`` at 0 where it has no effect (:func:`_content_window_without_effect`)."""
-    out = copy.deepcopy(params)
-    for dotted, neutral in NEUTRAL_LATER_KEYS.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
-            del node[leaf]
-    if _content_window_without_effect(out):
-        out["model"]["content_max_seq_len"] = 0
-    return out
-
-
-def _content_window_without_effect(params: dict[str, Any]) -> bool:
-    """ODMT's ``model.content_max_seq_len`` (default 0 until it moved to 50) changes nothing when the selected
-    model is not ODMT (no other model reads it) or when it is >= ``data.max_seq_len`` (the content heads then read
-    every item, as with 0): runs recorded with 0 stay reusable there."""
-    model, data = params.get("model"), params.get("data")
-    if not isinstance(model, dict) or "content_max_seq_len" not in model:
-        return False
-    if model.get("name") != "odmt":
-        return True
-    window, length = model["content_max_seq_len"], data.get("max_seq_len") if isinstance(data, dict) else None
-    return isinstance(window, int) and isinstance(length, int) and window >= length
-
-
-def params_key(params: dict[str, Any]) -> str:
-    """Identity of a run: every param that reaches a stage (:func:`canonical_params`)."""
-    return _key(canonical_params(params))
-
-
-def _key(*sections: Any) -> str:
-    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:12]
+# --- running a seed run ---------------------------------------------------------------------------------------------
 
 
 def _stage(name: str, args: list[str], env: dict[str, str]) -> StageRun:
@@ -149,13 +99,6 @@ def run_variant(name: str, params: dict[str, Any], env: dict[str, str], referenc
     return _run_record(out, params, stages)
 
 
-def shared_dirs(params: dict[str, Any]) -> tuple[Path, Path]:
-    """The prepare and embed outputs a variant shares with every variant of the same `data` / `embed` sections."""
-    data_section = {k: v for k, v in params["data"].items() if k != "max_seq_len"}
-    prepared = RUNS / "shared" / f"prepared-{_key(data_section)}"
-    return prepared, RUNS / "shared" / f"features-{_key(data_section, params['embed'])}"
-
-
 def prepare_shared(params: dict[str, Any], params_path: Path, env: dict[str, str]) -> tuple[Path, Path]:
     """Run the prepare and embed stages for ``params`` (written at ``params_path``) into :func:`shared_dirs`, unless
     a run with the same `data` / `embed` sections already did; returns those (prepared, features) folders."""
@@ -166,20 +109,6 @@ def prepare_shared(params: dict[str, Any], params_path: Path, env: dict[str, str
     if not (features / "manifest.json").exists():
         _stage("embed", [*common, "--items", str(prepared / "items.parquet"), "--out", str(features)], env)
     return prepared, features
-
-
-def pretrain_dir(params: dict[str, Any]) -> Path | None:
-    """Where a variant's pre-training lives: one folder per everything the pretrain stage reads (data, embed,
-    pretrain section, the model keys of ``PRETRAIN_KEYS``, seed, sequence length), shared by the variants that
-    differ in fine-tuning only; None for a model without pre-training."""
-    model = params["model"]
-    if model["name"] not in PRETRAIN_MODELS:
-        return None
-    data_section = {k: v for k, v in params["data"].items() if k != "max_seq_len"}
-    built = registry.model_config(model["name"], {k: v for k, v in model.items() if k != "name"})
-    keys = {k: getattr(built, k) for k in PRETRAIN_KEYS}  # MP4SR's own values, from model.mp4sr and flat keys
-    identity = [data_section, params["embed"], params["pretrain"], keys, model["name"], params["train"]["seed"]]
-    return RUNS / "shared" / f"pretrain-{_key(*identity, params['data']['max_seq_len'])}"
 
 
 def _run_record(out: Path, params: dict[str, Any], stages: dict[str, Any]) -> dict[str, Any]:
@@ -218,36 +147,37 @@ def find_run(results: Path, key: str) -> dict[str, Any] | None:
     return None
 
 
-def reference_row(suite: dict[str, Any], base: dict[str, Any], params: dict[str, Any]) -> str | None:
-    """The suite's SASRec row on the same `data` section as ``params`` (the row every other row is compared with)."""
-    for name, spec in suite.items():
-        candidate = apply_overrides(base, _overrides(spec))
-        if not control_kind(spec) and candidate["model"]["name"] == "sasrec" and candidate["data"] == params["data"]:
-            return name
-    return None
+def _seed_run(
+    suite: str,
+    name: str,
+    ref_name: str | None,
+    params: dict[str, Any],
+    seed: int,
+    results: Path,
+    force: bool,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """One seed of a trained row: a finished run with the same params is reused, else the stages run."""
+    seeded = apply_overrides(params, {"train.seed": seed})
+    earlier = None if force else find_run(results, params_key(seeded))
+    if earlier is None and not force:
+        earlier = finished_run_dir(f"{suite}/{name}/seed{seed}", seeded)
+    if earlier is not None:
+        typer.echo(f"== {name} seed {seed}: same params as a finished run, reused", err=True)
+        return earlier
+    reference = None
+    if ref_name is not None and ref_name != name:
+        reference = RUNS / suite / ref_name / f"seed{seed}" / "models" / "model.pt"
+        if not reference.exists():
+            raise typer.Exit(
+                f"{name}: no checkpoint {reference} of reference row {ref_name}, seed {seed}; run "
+                f"`python -m bench.ablations --suite {suite} --only {ref_name} --force` first"
+            )
+    typer.echo(f"== {name} seed {seed}: model {params['model']['name']}", err=True)
+    return run_variant(f"{suite}/{name}/seed{seed}", seeded, env, reference)
 
 
-def ensemble_row(suite: dict[str, Any], base: dict[str, Any], params: dict[str, Any]) -> str | None:
-    """The suite's ID-only ensemble row (``control: id_ensemble``) on the same `data` section as ``params``."""
-    for name, spec in suite.items():
-        if control_kind(spec) == "id_ensemble" and apply_overrides(base, _overrides(spec))["data"] == params["data"]:
-            return name
-    return None
-
-
-def early_fusion_row(suite: dict[str, Any], base: dict[str, Any], params: dict[str, Any]) -> str | None:
-    """The suite's simplest multimodal row (``model.name: sasrec_fusion``, one seed per run) on the same `data`
-    section as ``params``: a multimodal architecture claims value for its design only where it beats this row."""
-    for name, spec in suite.items():
-        row = apply_overrides(base, _overrides(spec))
-        if control_kind(spec) is None and row["model"]["name"] == "sasrec_fusion" and row["data"] == params["data"]:
-            return name
-    return None
-
-
-def reads_content(model: str, kind: str | None) -> bool:
-    """Whether a row uses item content (a multimodal model or the late-fusion control)."""
-    return kind == "late_fusion" or (kind is None and bool(model_spec(model).needs_features))
+# --- results: seeds aggregated, rows paired ---------------------------------------------------------------------------
 
 
 def aggregate(name: str, model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -318,115 +248,6 @@ def paired_with_reference(result: dict[str, Any], reference: dict[str, Any] | No
     return paired_rows(result, reference) or result.get("paired")
 
 
-@app.command()
-def main(
-    suite: str = typer.Option(..., help="Suite name in bench/experiments.yaml."),
-    only: list[str] = typer.Option([], help="Run only these variants."),  # noqa: B008
-    force: bool = typer.Option(False, help="Rerun variants even when a result with the same params exists."),
-    seeds: str = typer.Option("", help="Comma-separated seeds for every variant (overrides the file's)."),
-    experiments: Path = Path("bench/experiments.yaml"),
-    params_file: Path = Path("params.yaml"),
-    results: Path = Path("reports/experiments"),
-) -> None:
-    spec = yaml.safe_load(experiments.read_text())
-    suites = spec["suites"]
-    if suite not in suites:
-        raise typer.BadParameter(f"{experiments}: no suite {suite!r}; known: {', '.join(suites)}")
-    variants, budget = suite_rows(spec, suite)
-    unknown = set(only) - set(variants)
-    if unknown:
-        raise typer.BadParameter(f"{experiments}: suite {suite!r} has no variant {', '.join(sorted(unknown))}")
-    base = apply_overrides(yaml.safe_load(params_file.read_text()), budget)
-    try:
-        check_rows(suite, variants, base, experiments)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done: dict[str, dict[str, Any]] = {}
-    for path in sorted((results / suite).glob("*.json")):
-        earlier = json.loads(path.read_text())
-        if "runs" in earlier:
-            done[earlier["name"]] = earlier
-    # Reference (SASRec) rows first: every other row needs their checkpoints; then the controls built from them.
-    order = {name: i for i, name in enumerate(variants)}
-
-    def rank(n: str) -> int:
-        if control_kind(variants[n]):
-            return 1
-        return 0 if apply_overrides(base, _overrides(variants[n]))["model"]["name"] == "sasrec" else 2
-
-    for name in sorted(variants, key=lambda n: (rank(n), order[n])):
-        if only and name not in only:
-            continue
-        overrides = _overrides(variants[name])
-        params = apply_overrides(base, overrides)
-        ref_name = reference_row(variants, base, params)
-        kind = control_kind(variants[name])
-        if kind is not None:
-            if ref_name not in done:
-                raise typer.Exit(f"{name}: no finished SASRec row on its data; run `--only {ref_name}` first")
-            out = RUNS / suite / name
-            runs = control_runs(kind, variants[name], done[ref_name], out, shared_dirs(params))
-            model = runs[0]["metrics"].keys() - set(RESERVED_KEYS)
-            result = aggregate(name, model.pop(), runs)
-        else:
-            run_seeds = [int(x) for x in seeds.split(",") if x] or row_seeds(variants[name], params)
-            runs = [_seed_run(suite, name, ref_name, params, seed, results, force, env) for seed in run_seeds]
-            result = aggregate(name, params["model"]["name"], runs)
-        if runs[0].get("members"):  # the ensemble: one run over several SASRec seeds
-            result["seeds"] = runs[0]["members"]
-        result.update(order=order[name], overrides=overrides, budget=budget, reference=ref_name, control=kind)
-        result["reads_content"] = reads_content(params["model"]["name"], kind)
-        result["paired"] = None if ref_name == name else paired_with_reference(result, done.get(ref_name))
-        done[name] = result
-        write_json_atomic(results / suite / f"{name}.json", result)
-        if ref_name == name:
-            for row in reference_results(result):
-                write_json_atomic(results / suite / f"{row['name']}.json", row)
-    pair_with_ensembles(done, variants, base, results / suite)
-    pair_posters_with_cards(results, suite)
-    plot_cards_vs_posters(results)  # per-head NDCG@10, title cards against posters, where both suites ran
-    markdown = experiments_markdown(results)
-    write_text_atomic(results.parent / "experiments.md", markdown)
-    typer.echo(markdown)
-
-
-def row_seeds(row: dict[str, Any] | None, params: dict[str, Any]) -> list[int]:
-    """The seeds a trained row runs at: its ``seeds`` list, else the one ``train.seed`` of its params."""
-    return (row or {}).get("seeds") or [params["train"]["seed"]]
-
-
-def _seed_run(
-    suite: str,
-    name: str,
-    ref_name: str | None,
-    params: dict[str, Any],
-    seed: int,
-    results: Path,
-    force: bool,
-    env: dict[str, str],
-) -> dict[str, Any]:
-    """One seed of a trained row: a finished run with the same params is reused, else the stages run."""
-    seeded = apply_overrides(params, {"train.seed": seed})
-    earlier = None if force else find_run(results, params_key(seeded))
-    if earlier is None and not force:
-        earlier = finished_run_dir(f"{suite}/{name}/seed{seed}", seeded)
-    if earlier is not None:
-        typer.echo(f"== {name} seed {seed}: same params as a finished run, reused", err=True)
-        return earlier
-    reference = None
-    if ref_name is not None and ref_name != name:
-        reference = RUNS / suite / ref_name / f"seed{seed}" / "models" / "model.pt"
-        if not reference.exists():
-            raise typer.Exit(
-                f"{name}: no checkpoint {reference} of reference row {ref_name}, seed {seed}; run "
-                f"`python -m bench.ablations --suite {suite} --only {ref_name} --force` first"
-            )
-    typer.echo(f"== {name} seed {seed}: model {params['model']['name']}", err=True)
-    return run_variant(f"{suite}/{name}/seed{seed}", seeded, env, reference)
-
-
 def pair_with_ensembles(
     done: dict[str, dict[str, Any]], variants: dict[str, Any], base: dict[str, Any], suite_dir: Path
 ) -> None:
@@ -436,7 +257,7 @@ def pair_with_ensembles(
     for name, row in done.items():
         if name not in variants:
             continue
-        params = apply_overrides(base, _overrides(variants[name]))
+        params = apply_overrides(base, row_overrides(variants[name]))
         controls = {"paired_vs_ensemble": ensemble_row, "paired_vs_early_fusion": early_fusion_row}
         paired = False
         for key, find in controls.items():
@@ -463,30 +284,107 @@ def pair_posters_with_cards(results: Path, suite: str) -> None:
             write_json_atomic(path, row | {"paired_vs_cards": paired})
 
 
-def suite_rows(spec: dict[str, Any], suite: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Suite ``suite`` of an experiments file's ``spec``: its rows, and its budget (the file's shared budget plus
-    the suite's own, which may add to it)."""
-    variants = dict(spec["suites"][suite])
-    budget = {**(spec.get("budget") or {}), **(variants.pop("budget", None) or {})}
-    return variants, budget
+# --- a suite --------------------------------------------------------------------------------------------------------
 
 
-def check_rows(suite: str, variants: dict[str, Any], base: dict[str, Any], experiments: Path) -> None:
-    """Every trained row's params validated before anything trains, as the stages would validate them: a mistyped
-    key or value stops the suite at once, naming the row, instead of after hours of the rows before it."""
-    for name, spec in variants.items():
-        if control_kind(spec):
+def _load_suite(
+    suite: str, only: list[str], experiments: Path, params_file: Path
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Suite ``suite`` of ``experiments``: its rows, its budget and the params every row starts from (``params_file``
+    + budget); exits naming the mistake where a suite or row does not exist or a trained row's params are invalid."""
+    spec = yaml.safe_load(experiments.read_text())
+    suites = spec["suites"]
+    if suite not in suites:
+        raise typer.BadParameter(f"{experiments}: no suite {suite!r}; known: {', '.join(suites)}")
+    variants, budget = suite_rows(spec, suite)
+    unknown = set(only) - set(variants)
+    if unknown:
+        raise typer.BadParameter(f"{experiments}: suite {suite!r} has no variant {', '.join(sorted(unknown))}")
+    base = apply_overrides(yaml.safe_load(params_file.read_text()), budget)
+    try:
+        check_rows(suite, variants, base, experiments)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    return variants, budget, base
+
+
+def _recorded_rows(suite_dir: Path) -> dict[str, dict[str, Any]]:
+    """The rows already in ``suite_dir`` with their seed runs (not the training-free reference rows), by name."""
+    done: dict[str, dict[str, Any]] = {}
+    for path in sorted(suite_dir.glob("*.json")):
+        earlier = json.loads(path.read_text())
+        if "runs" in earlier:
+            done[earlier["name"]] = earlier
+    return done
+
+
+def _run_order(variants: dict[str, Any], base: dict[str, Any], order: dict[str, int]) -> list[str]:
+    """Reference (SASRec) rows first: every other row needs their checkpoints; then the controls built from them;
+    then the rest, each group in ``order`` (the file's)."""
+
+    def rank(n: str) -> int:
+        if control_kind(variants[n]):
+            return 1
+        return 0 if apply_overrides(base, row_overrides(variants[n]))["model"]["name"] == "sasrec" else 2
+
+    return sorted(variants, key=lambda n: (rank(n), order[n]))
+
+
+def _control_result(
+    suite: str, name: str, kind: str, row: dict[str, Any], params: dict[str, Any], reference: dict[str, Any]
+) -> dict[str, Any]:
+    """A control row (:mod:`bench.control_rows`), built from its SASRec row's finished result ``reference``."""
+    runs = control_runs(kind, row, reference, RUNS / suite / name, shared_dirs(params))
+    model = runs[0]["metrics"].keys() - set(RESERVED_KEYS)
+    return aggregate(name, model.pop(), runs)
+
+
+@app.command()
+def main(
+    suite: str = typer.Option(..., help="Suite name in bench/experiments.yaml."),
+    only: list[str] = typer.Option([], help="Run only these variants."),  # noqa: B008
+    force: bool = typer.Option(False, help="Rerun variants even when a result with the same params exists."),
+    seeds: str = typer.Option("", help="Comma-separated seeds for every variant (overrides the file's)."),
+    experiments: Path = Path("bench/experiments.yaml"),
+    params_file: Path = Path("params.yaml"),
+    results: Path = Path("reports/experiments"),
+) -> None:
+    variants, budget, base = _load_suite(suite, only, experiments, params_file)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = _recorded_rows(results / suite)
+    order = {name: i for i, name in enumerate(variants)}
+    for name in _run_order(variants, base, order):
+        if only and name not in only:
             continue
-        where = Path(f"{experiments} (suite {suite}, row {name})")
-        try:
-            params = apply_overrides(base, _overrides(spec))
-        except KeyError as e:
-            raise ConfigError(f"{where}: {e.args[0]}") from None
-        check_params(params, where)
-
-
-def _overrides(spec: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (spec or {}).items() if k not in ROW_KEYS}
+        overrides = row_overrides(variants[name])
+        params = apply_overrides(base, overrides)
+        ref_name = reference_row(variants, base, params)
+        kind = control_kind(variants[name])
+        if kind is not None:
+            if ref_name not in done:
+                raise typer.Exit(f"{name}: no finished SASRec row on its data; run `--only {ref_name}` first")
+            result = _control_result(suite, name, kind, variants[name], params, done[ref_name])
+        else:
+            run_seeds = [int(x) for x in seeds.split(",") if x] or row_seeds(variants[name], params)
+            runs = [_seed_run(suite, name, ref_name, params, seed, results, force, env) for seed in run_seeds]
+            result = aggregate(name, params["model"]["name"], runs)
+        if result["runs"][0].get("members"):  # the ensemble: one run over several SASRec seeds
+            result["seeds"] = result["runs"][0]["members"]
+        result.update(order=order[name], overrides=overrides, budget=budget, reference=ref_name, control=kind)
+        result["reads_content"] = reads_content(params["model"]["name"], kind)
+        result["paired"] = None if ref_name == name else paired_with_reference(result, done.get(ref_name))
+        done[name] = result
+        write_json_atomic(results / suite / f"{name}.json", result)
+        if ref_name == name:
+            for row in reference_results(result):
+                write_json_atomic(results / suite / f"{row['name']}.json", row)
+    pair_with_ensembles(done, variants, base, results / suite)
+    pair_posters_with_cards(results, suite)
+    plot_cards_vs_posters(results)  # per-head NDCG@10, title cards against posters, where both suites ran
+    markdown = experiments_markdown(results)
+    write_text_atomic(results.parent / "experiments.md", markdown)
+    typer.echo(markdown)
 
 
 if __name__ == "__main__":

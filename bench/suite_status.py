@@ -14,19 +14,18 @@ from typing import Any
 import typer
 import yaml
 
-from bench.ablations import (
+from bench.ablations import find_run, finished_run_dir
+from bench.control_rows import control_kind
+from bench.suite_spec import (
     RUNS,
-    _overrides,
     apply_overrides,
-    find_run,
-    finished_run_dir,
     params_key,
     pretrain_dir,
     reference_row,
+    row_overrides,
     row_seeds,
     suite_rows,
 )
-from bench.control_rows import control_kind
 from pipeline.training.resume import progress, state_path
 
 
@@ -62,7 +61,7 @@ def suite_status(suite: str, spec: dict[str, Any], base_params: dict[str, Any], 
     for name, row in variants.items():
         if control_kind(row) is not None:
             continue
-        params = apply_overrides(base, _overrides(row))
+        params = apply_overrides(base, row_overrides(row))
         for seed in row_seeds(row, params):
             status = seed_status(suite, name, params, seed, results)
             if status == "finished":
@@ -71,8 +70,8 @@ def suite_status(suite: str, spec: dict[str, Any], base_params: dict[str, Any], 
     for name, row in variants.items():
         if control_kind(row) is None:
             continue
-        ref = reference_row(variants, base, apply_overrides(base, _overrides(row)))
-        need = row_seeds(variants.get(ref), apply_overrides(base, _overrides(variants.get(ref))))
+        ref = reference_row(variants, base, apply_overrides(base, row_overrides(row)))
+        need = row_seeds(variants.get(ref), apply_overrides(base, row_overrides(variants.get(ref))))
         missing = sorted(set(need) - finished.get(ref, set()))
         lines.append(
             f"{name}: " + ("ready" if not missing else f"waits for {ref} seed(s) {', '.join(map(str, missing))}")

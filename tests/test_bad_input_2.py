@@ -112,7 +112,7 @@ def test_files_checked_against_root_at_open_images_in_embed_and_gallery(tmp_path
     from PIL import Image
 
     from pipeline.data.images import attach_images, checked_image, image_root, resolve_image_path
-    from pipeline.features.embed import _image_inputs
+    from pipeline.features.inputs import image_inputs
     from tests.helpers.data import image_ref_items
 
     images, prepared = tmp_path / "posters", tmp_path / "prepared"
@@ -125,7 +125,7 @@ def test_files_checked_against_root_at_open_images_in_embed_and_gallery(tmp_path
     (images / "b.png").unlink()
     (images / "b.png").symlink_to(secret)  # replaced after prepare checked it: caught when opened
     paths = items["image_path"].to_list()
-    inputs = _image_inputs(["a", "b"], paths, image_root(prepared))
+    inputs = image_inputs(["a", "b"], paths, image_root(prepared))
     assert inputs.counts["rejected_outside_root"] == 1 and inputs.digests[1] is None and inputs.digests[0]
     root = image_root(prepared)
     assert checked_image(resolve_image_path(paths[0], prepared, root), root) == (Path(paths[0]), "ok")
@@ -250,7 +250,7 @@ def test_features_fingerprint_content_changed_image_bytes_are_refused(tmp_path: 
     import polars as pl
     from PIL import Image
 
-    from pipeline.features.embed import content_fingerprint, files_hash
+    from pipeline.features.inputs import content_fingerprint, files_hash
     from pipeline.features.store import check_content
 
     prepared = tmp_path / "prepared"

@@ -10,15 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.ablations import (
-    aggregate,
-    apply_overrides,
-    ensemble_row,
-    pair_posters_with_cards,
-    pair_with_ensembles,
-    reference_row,
-)
+from bench.ablations import aggregate, pair_posters_with_cards, pair_with_ensembles
 from bench.control_rows import control_kind, control_runs, paired_rows
+from bench.suite_spec import apply_overrides, ensemble_row, reference_row
 from pipeline.reporting.experiments import cards_table, experiments_table, multimodal_value
 from tests.helpers.projects import write_project, write_text_features, write_topk
 
@@ -132,7 +126,7 @@ def test_architecture_value_needs_the_ensemble_and_the_early_fusion_model_beaten
 
 
 def test_early_fusion_row_is_the_sasrec_fusion_row_on_the_same_data() -> None:
-    from bench.ablations import early_fusion_row
+    from bench.suite_spec import early_fusion_row
 
     base = {"data": {"history_limit": 15}, "model": {"name": "odmt"}, "train": {"seed": 42}}
     suite = {

@@ -12,7 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.config import EmbedConfig, EncoderConfig
-from pipeline.features.embed import embed_items, read_items
+from pipeline.features.embed import embed_items
+from pipeline.features.inputs import read_items
 from pipeline.features.store import load_catalog
 from stages.embed import app
 from tests.helpers.data import write_dataset

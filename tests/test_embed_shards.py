@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.features.embed import embed_items, shard_batches
+from pipeline.features.batching import shard_batches
+from pipeline.features.embed import embed_items
 from pipeline.features.ranks import SINGLE, Ranks
 from tests.fixtures import fake_encoder
 from tests.helpers.data import write_items

@@ -10,13 +10,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from bench.ablations import (
-    aggregate,
-    app,
+from bench.ablations import aggregate, app, find_run
+from bench.suite_spec import (
     apply_overrides,
     canonical_params,
     check_rows,
-    find_run,
     params_key,
     reference_row,
     suite_rows,

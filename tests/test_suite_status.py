@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 import bench.ablations
+import bench.suite_spec
 import bench.suite_status
-from bench.ablations import apply_overrides, params_key
+from bench.suite_spec import apply_overrides, params_key
 from bench.suite_status import suite_status
 from pipeline.training.resume import progress_path, state_path
 
@@ -29,6 +30,7 @@ SPEC = {
 def test_status_says_finished_interrupted_and_not_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs, results = tmp_path / "runs", tmp_path / "results"
     results.mkdir()
+    monkeypatch.setattr(bench.suite_spec, "RUNS", runs)
     monkeypatch.setattr(bench.ablations, "RUNS", runs)
     monkeypatch.setattr(bench.suite_status, "RUNS", runs)
     base = yaml.safe_load(Path("params.yaml").read_text())

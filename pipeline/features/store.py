@@ -12,8 +12,10 @@ import torch
 
 from pipeline.catalog import ItemCatalog
 from pipeline.data.splits import load_split
-from pipeline.features.embed import MANIFEST, content_fingerprint, feature_files, files_hash, image_paths
+from pipeline.features.embed import MANIFEST
 from pipeline.features.encoders import MODALITIES
+from pipeline.features.inputs import content_fingerprint, files_hash, image_paths
+from pipeline.features.outputs import feature_files
 from pipeline.io import load_npy, read_json, read_parquet
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import polars as pl
 import torch
 
 from pipeline.catalog import ItemCatalog
-from pipeline.features.embed import content_fingerprint
+from pipeline.features.inputs import content_fingerprint
 from pipeline.models.sasrec import SASRec, SASRecConfig
 from pipeline.training.checkpoint import data_fingerprint, save_checkpoint
 from pipeline.training.fit import seed_everything
