@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import re
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -20,6 +22,7 @@ from pipeline.data.readers.movielens import read_movielens
 from pipeline.data.readers.recbole import read_recbole
 from pipeline.data.readers.table import read_table
 from pipeline.data.schema import DataFormatError
+from stages.recommend import app as recommend_app
 from tests.helpers.data import (
     RECBOLE_CFG,
     RECBOLE_INTER,
@@ -190,16 +193,20 @@ def test_empty_recbole_seq_separator_is_refused_at_load(tmp_path: Path) -> None:
         read_recbole(recbole_cfg(root, seq_separator=""))
 
 
-def test_recommend_query_with_an_empty_sep_names_the_option(tmp_path: Path) -> None:
-    # was "error: empty separator" (Python's str.split), naming neither --sep nor a fix
-    from stages.recommend import app
-
+def _exported_project(tmp_path: Path) -> dict[str, Path]:
+    """write_project's tiny project with its index exported by the recommend stage, for `query` calls."""
     params, prepared, models = write_project(tmp_path)
     params.write_text(yaml.safe_dump(yaml.safe_load(params.read_text()) | {"recommend": dict(RECOMMEND)}))
     p = {"params": params, "prepared": prepared, "models": models, "features": tmp_path / "features"}
     p["out"] = tmp_path / "recommendations"
-    assert CliRunner().invoke(app, recommend_args(p)).exit_code == 0
-    result = CliRunner().invoke(app, [*query_args(p), "--history", "m3,m4", "--sep", ""])
+    assert CliRunner().invoke(recommend_app, recommend_args(p)).exit_code == 0
+    return p
+
+
+def test_recommend_query_with_an_empty_sep_names_the_option(tmp_path: Path) -> None:
+    # was "error: empty separator" (Python's str.split), naming neither --sep nor a fix
+    p = _exported_project(tmp_path)
+    result = CliRunner().invoke(recommend_app, [*query_args(p), "--history", "m3,m4", "--sep", ""])
     assert result.exit_code == 1 and result.stderr.strip().splitlines() == [
         "error: --sep is empty; it separates the item ids of --history. Fix: pass the character between them, "
         "e.g. --sep ',' (the default)"
@@ -238,3 +245,25 @@ def test_recbole_ids_padded_with_spaces_match_in_inter_and_item(tmp_path: Path) 
     root = write_recbole(tmp_path / "d", "d", inter, ["item_id:token\ttitle:token"] + [f"{i} \tT{i}" for i in "abcd"])
     stats = prepare(dataclasses.replace(recbole_cfg(root), user_core=3), tmp_path / "out")
     assert stats["dropped"]["unknown_item"] == 0 and stats["users"] == 4 and stats["items"] == 4
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. A --history that covers (nearly) the whole catalogue
+
+
+def test_recommend_query_with_every_item_in_the_history_says_nothing_is_left(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # printed an empty table and exited 0: the history is excluded, so nothing was left, and nothing said so
+    p = _exported_project(tmp_path)
+    every = pl.read_parquet(p["prepared"] / "items.parquet")["item_id"].to_list()
+    result = CliRunner().invoke(recommend_app, [*query_args(p), "--history", ",".join(every)])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"error: the history holds all {len(every)} items of the index, and a history is never recommended back: "
+        "nothing is left to recommend. Fix: pass a shorter history (the most recent items)"
+    ]
+    fewer = [*query_args(p), "--history", ",".join(every[:-2]), "--k", "5", "--json"]
+    result = CliRunner().invoke(recommend_app, fewer)
+    assert result.exit_code == 0 and sorted(r["item_id"] for r in json.loads(result.stdout)) == sorted(every[-2:])
+    assert "only 2 item(s) are not in the history: 2 result(s) instead of --k 5" in caplog.text

@@ -5,6 +5,7 @@ the gallery) and :func:`query` (the on-demand CLI: one history's top-K from the 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from pipeline.io import check_disjoint
 from pipeline.reporting.gallery import export_gallery
 from pipeline.serving.inference import load_trained, resolve_device
 from pipeline.serving.recommend import Recommender, export, format_table, parse_history, user_history, user_sequences
+
+log = logging.getLogger(__name__)
 
 
 def check_k(k: int) -> int:
@@ -75,7 +78,16 @@ def query(
     else:
         items = recommender.map_ids(parse_history(history or "", recommender.idx_of, sep), skip_unknown)
     top_items, top_scores = recommender.recommend([items], k)
-    return recommender.rows(top_items[0], top_scores[0])
+    rows = recommender.rows(top_items[0], top_scores[0])
+    left = recommender.num_items - len(set(items.tolist()))  # the history is never recommended back
+    if not rows:
+        raise ValueError(
+            f"the history holds all {recommender.num_items} items of the index, and a history is never recommended "
+            "back: nothing is left to recommend. Fix: pass a shorter history (the most recent items)"
+        )
+    if len(rows) < k:
+        log.warning("only %d item(s) are not in the history: %d result(s) instead of --k %d", left, len(rows), k)
+    return rows
 
 
 def render(rows: list[dict[str, Any]], as_json: bool = False) -> str:
