@@ -77,17 +77,16 @@ def query(
         items = user_history(user_sequences(prepared), user)
     else:
         items = recommender.map_ids(parse_history(history or "", recommender.idx_of, sep), skip_unknown)
-    top_items, top_scores = recommender.recommend([items], k)
-    rows = recommender.rows(top_items[0], top_scores[0])
     left = recommender.num_items - len(set(items.tolist()))  # the history is never recommended back
-    if not rows:
+    if left == 0:  # refused before the search, which could only come back empty
         raise ValueError(
             f"the history holds all {recommender.num_items} items of the index, and a history is never recommended "
             "back: nothing is left to recommend. Fix: pass a shorter history (the most recent items)"
         )
-    if len(rows) < k:
-        log.warning("only %d item(s) are not in the history: %d result(s) instead of --k %d", left, len(rows), k)
-    return rows
+    if left < k:
+        log.warning("only %d item(s) are not in the history: %d result(s) instead of --k %d", left, left, k)
+    top_items, top_scores = recommender.recommend([items], k)
+    return recommender.rows(top_items[0], top_scores[0])
 
 
 def render(rows: list[dict[str, Any]], as_json: bool = False) -> str:
